@@ -1,0 +1,3 @@
+//! What the repository knows about clusters and their backups.
+
+pub mod cluster;

@@ -1,0 +1,504 @@
+//! TOML configuration with defaults, `TIDEMARK_<SECTION>_<FIELD>` environment overrides,
+//! unknown keys rejected, and validation errors that name the field.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Default config file location.
+pub const DEFAULT_PATH: &str = "/etc/tidemark/tidemark.toml";
+
+/// A configuration problem; exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    /// The TOML is malformed, has an unknown key, or a value of the wrong type.
+    #[error("config {0}: {1}")]
+    Parse(String, String),
+    /// A value is out of range or inconsistent.
+    #[error("config field `{0}`: {1}")]
+    Invalid(&'static str, String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Cluster handle: this database's name in the repository.
+    pub cluster: String,
+    /// PostgreSQL settings.
+    pub postgres: PostgresConfig,
+    /// Where backups and WAL go.
+    pub repository: RepositoryConfig,
+    /// Keys.
+    pub encryption: EncryptionConfig,
+    /// WAL archiving.
+    pub archive: ArchiveConfig,
+    /// WAL fetching during recovery.
+    pub fetch: FetchConfig,
+    /// Base backups.
+    pub backup: BackupConfig,
+    /// The agent process.
+    pub daemon: DaemonConfig,
+    /// EBS snapshot provider.
+    pub ebs: EbsConfig,
+}
+
+/// `[postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// libpq-style connection string.
+    pub conninfo: String,
+    /// Directory of pg_ctl, initdb, postgres; found from PATH when absent.
+    pub bin_dir: Option<PathBuf>,
+    /// OS user that runs PostgreSQL for restores and the demo.
+    pub os_user: String,
+}
+
+/// `[repository]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// `file:///path` or `s3://bucket/prefix`.
+    pub url: String,
+    /// S3 region.
+    pub region: Option<String>,
+    /// S3-compatible endpoint.
+    pub endpoint: Option<String>,
+}
+
+/// `[encryption]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionConfig {
+    /// Keyring file (mode 0600).
+    pub keyring: PathBuf,
+}
+
+/// `[archive]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArchiveConfig {
+    /// zstd level.
+    pub compression_level: i32,
+    /// Parallel uploads (daemon read-ahead).
+    pub workers: usize,
+}
+
+/// `[fetch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchConfig {
+    /// Segments to read ahead on a miss.
+    pub prefetch: usize,
+    /// Directory for read-ahead segments.
+    pub spool_dir: PathBuf,
+}
+
+/// `[backup]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackupConfig {
+    /// `files` or `ebs`.
+    pub provider: String,
+    /// `daily` or `off`.
+    pub schedule: String,
+    /// UTC time of the automatic backup, `HH:MM`.
+    pub time_of_day: String,
+    /// Maximum bundle size in MiB.
+    pub bundle_mib: u64,
+    /// Parallel bundle uploads / downloads.
+    pub workers: usize,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control socket `wal-push` talks to.
+    pub socket: PathBuf,
+    /// Local state (schedules, counters).
+    pub state_dir: PathBuf,
+    /// Prometheus metrics listen address (loopback).
+    pub metrics_listen: Option<String>,
+}
+
+/// `[ebs]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbsConfig {
+    /// Region of the instance and its volumes.
+    pub region: Option<String>,
+    /// fsfreeze mounts around the snapshot call.
+    pub freeze: bool,
+    /// Thaw no later than this, whatever happens.
+    pub freeze_timeout_s: u64,
+    /// EC2 endpoint override (tests).
+    pub endpoint: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster: "main".into(),
+            postgres: PostgresConfig::default(),
+            repository: RepositoryConfig::default(),
+            encryption: EncryptionConfig::default(),
+            archive: ArchiveConfig::default(),
+            fetch: FetchConfig::default(),
+            backup: BackupConfig::default(),
+            daemon: DaemonConfig::default(),
+            ebs: EbsConfig::default(),
+        }
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            data_dir: "/var/lib/postgresql/15/main".into(),
+            conninfo: "host=/var/run/postgresql user=postgres dbname=postgres".into(),
+            bin_dir: None,
+            os_user: "postgres".into(),
+        }
+    }
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        RepositoryConfig { url: "file:///var/lib/tidemark/repo".into(), region: None, endpoint: None }
+    }
+}
+
+impl Default for EncryptionConfig {
+    fn default() -> Self {
+        EncryptionConfig { keyring: "/etc/tidemark/keyring".into() }
+    }
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { compression_level: 3, workers: 4 }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig { prefetch: 8, spool_dir: "/var/lib/tidemark/spool".into() }
+    }
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        BackupConfig {
+            provider: "files".into(),
+            schedule: "daily".into(),
+            time_of_day: "03:00".into(),
+            bundle_mib: 64,
+            workers: 4,
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: "/run/tidemark/tidemark.sock".into(),
+            state_dir: "/var/lib/tidemark/state".into(),
+            metrics_listen: None,
+        }
+    }
+}
+
+impl Default for EbsConfig {
+    fn default() -> Self {
+        EbsConfig { region: None, freeze: true, freeze_timeout_s: 10, endpoint: None }
+    }
+}
+
+const SECTIONS: &[&str] = &["postgres", "repository", "encryption", "archive", "fetch", "backup", "daemon", "ebs"];
+
+/// Applies `TIDEMARK_<SECTION>_<FIELD>=value` (and `TIDEMARK_CLUSTER`) onto the parsed TOML.
+fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("TIDEMARK_") else {
+            continue;
+        };
+        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT") {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let parsed = if let Ok(i) = value.parse::<i64>() {
+            toml::Value::Integer(i)
+        } else if let Ok(b) = value.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else {
+            toml::Value::String(value.clone())
+        };
+        if rest == "cluster" {
+            doc.insert("cluster".into(), toml::Value::String(value));
+            continue;
+        }
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            return Err(ConfigError::Parse(
+                format!("environment variable {name}"),
+                "not a known setting (use TIDEMARK_<SECTION>_<FIELD>, e.g. TIDEMARK_ARCHIVE_WORKERS)".into(),
+            ));
+        };
+        let field = rest[section.len() + 1..].to_string();
+        // Paths and names stay strings even when they look like numbers.
+        let parsed = match (&parsed, field.as_str()) {
+            (
+                toml::Value::Integer(_) | toml::Value::Boolean(_),
+                "url" | "conninfo" | "region" | "endpoint" | "os_user" | "time_of_day",
+            ) => toml::Value::String(value),
+            _ => parsed,
+        };
+        let table = doc.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match table {
+            toml::Value::Table(t) => {
+                t.insert(field, parsed);
+            }
+            _ => return Err(ConfigError::Parse(name, format!("`{section}` is not a table in the config file"))),
+        }
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Loads `path` (or the defaults if `path` is the default location and absent), applies
+    /// environment overrides, and validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(ConfigError::Read(path, e)),
+        };
+        Self::from_toml(&text, &path.display().to_string(), std::env::vars())
+    }
+
+    /// Parses TOML text plus environment overrides; `origin` names the source in errors.
+    pub fn from_toml(
+        text: &str,
+        origin: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut doc: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(origin.into(), e.to_string()))?;
+        apply_env(&mut doc, env)?;
+        let cfg: Config = Config::deserialize(toml::Value::Table(doc))
+            .map_err(|e| ConfigError::Parse(origin.into(), e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Range and consistency checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.is_empty()
+            || self.cluster.len() > 63
+            || !self.cluster.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            || self.cluster.starts_with('.')
+        {
+            return Err(ConfigError::Invalid(
+                "cluster",
+                format!("'{}' must be 1-63 of [A-Za-z0-9._-], not starting with '.'", self.cluster),
+            ));
+        }
+        if !(1..=22).contains(&self.archive.compression_level) {
+            return Err(ConfigError::Invalid(
+                "archive.compression_level",
+                format!("{} is not a zstd level (1-22)", self.archive.compression_level),
+            ));
+        }
+        if !(1..=64).contains(&self.archive.workers) {
+            return Err(ConfigError::Invalid(
+                "archive.workers",
+                format!("{} must be between 1 and 64", self.archive.workers),
+            ));
+        }
+        if self.fetch.prefetch > 256 {
+            return Err(ConfigError::Invalid("fetch.prefetch", format!("{} must be at most 256", self.fetch.prefetch)));
+        }
+        if !(1..=64).contains(&self.backup.workers) {
+            return Err(ConfigError::Invalid(
+                "backup.workers",
+                format!("{} must be between 1 and 64", self.backup.workers),
+            ));
+        }
+        if !(1..=4096).contains(&self.backup.bundle_mib) {
+            return Err(ConfigError::Invalid(
+                "backup.bundle_mib",
+                format!("{} must be between 1 and 4096", self.backup.bundle_mib),
+            ));
+        }
+        if !matches!(self.backup.provider.as_str(), "files" | "ebs") {
+            return Err(ConfigError::Invalid(
+                "backup.provider",
+                format!("'{}' is not a provider (use \"files\" or \"ebs\")", self.backup.provider),
+            ));
+        }
+        if !matches!(self.backup.schedule.as_str(), "daily" | "off") {
+            return Err(ConfigError::Invalid(
+                "backup.schedule",
+                format!("'{}' must be \"daily\" or \"off\"", self.backup.schedule),
+            ));
+        }
+        if self.time_of_day().is_none() {
+            return Err(ConfigError::Invalid(
+                "backup.time_of_day",
+                format!("'{}' must be HH:MM (UTC)", self.backup.time_of_day),
+            ));
+        }
+        let url = &self.repository.url;
+        let ok_url = url.strip_prefix("file://").is_some_and(|p| p.starts_with('/'))
+            || url.strip_prefix("s3://").is_some_and(|b| !b.is_empty() && !b.starts_with('/'));
+        if !ok_url {
+            return Err(ConfigError::Invalid(
+                "repository.url",
+                format!("'{url}' must be file:///absolute/path or s3://bucket/prefix"),
+            ));
+        }
+        if let Some(ep) = &self.repository.endpoint {
+            if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                return Err(ConfigError::Invalid(
+                    "repository.endpoint",
+                    format!("'{ep}' must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.ebs.freeze_timeout_s == 0 || self.ebs.freeze_timeout_s > 600 {
+            return Err(ConfigError::Invalid(
+                "ebs.freeze_timeout_s",
+                format!("{} must be between 1 and 600", self.ebs.freeze_timeout_s),
+            ));
+        }
+        if let Some(m) = &self.daemon.metrics_listen {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(
+                    "daemon.metrics_listen",
+                    format!("'{m}' must be an address like 127.0.0.1:9187"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `backup.time_of_day` as (hour, minute).
+    pub fn time_of_day(&self) -> Option<(u32, u32)> {
+        let (h, m) = self.backup.time_of_day.split_once(':')?;
+        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+        (h < 24 && m < 60).then_some((h, m))
+    }
+
+    /// Store options for the repository.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            region: self.repository.region.clone(),
+            endpoint: self.repository.endpoint.clone(),
+            multipart_threshold: None,
+        }
+    }
+
+    /// Renders the config as TOML (the demo and tests write configs this way).
+    pub fn example_toml() -> &'static str {
+        include_str!("../systemd/tidemark.toml")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "test.toml", std::iter::empty())
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.cluster, "main");
+        assert_eq!(c.archive.workers, 4);
+        assert_eq!(c.archive.compression_level, 3);
+        assert_eq!(c.backup.provider, "files");
+        assert_eq!(c.backup.bundle_mib, 64);
+        assert_eq!(c.fetch.prefetch, 8);
+        assert!(c.ebs.freeze);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let c = parse(Config::example_toml()).unwrap();
+        assert_eq!(c.cluster, "orders-db");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e = parse("[archive]\nwrkers = 3\n").unwrap_err().to_string();
+        assert!(e.contains("wrkers"), "{e}");
+        let e = parse("bogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let e = parse("[nosuch]\n").unwrap_err().to_string();
+        assert!(e.contains("nosuch"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = parse("[archive]\nworkers = \"many\"\n").unwrap_err().to_string();
+        assert!(e.contains("workers"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        for (text, field) in [
+            ("[archive]\nworkers = 0\n", "archive.workers"),
+            ("[archive]\ncompression_level = 30\n", "archive.compression_level"),
+            ("[backup]\nprovider = \"tape\"\n", "backup.provider"),
+            ("[backup]\ntime_of_day = \"25:00\"\n", "backup.time_of_day"),
+            ("[repository]\nurl = \"ftp://x\"\n", "repository.url"),
+            ("[repository]\nurl = \"file://relative\"\n", "repository.url"),
+            ("[repository]\nendpoint = \"127.0.0.1:9000\"\n", "repository.endpoint"),
+            ("cluster = \"../x\"\n", "cluster"),
+            ("[ebs]\nfreeze_timeout_s = 0\n", "ebs.freeze_timeout_s"),
+            ("[daemon]\nmetrics_listen = \"nope\"\n", "daemon.metrics_listen"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_apply_and_unknown_ones_fail() {
+        let env = vec![
+            ("TIDEMARK_ARCHIVE_WORKERS".to_string(), "7".to_string()),
+            ("TIDEMARK_REPOSITORY_URL".to_string(), "s3://b/p".to_string()),
+            ("TIDEMARK_CLUSTER".to_string(), "x1".to_string()),
+            ("TIDEMARK_CONFIG".to_string(), "/ignored".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let c = Config::from_toml("[archive]\nworkers = 2\n", "t", env.into_iter()).unwrap();
+        assert_eq!(c.archive.workers, 7);
+        assert_eq!(c.repository.url, "s3://b/p");
+        assert_eq!(c.cluster, "x1");
+        let env = vec![("TIDEMARK_NOPE_X".to_string(), "1".to_string())];
+        let e = Config::from_toml("", "t", env.into_iter()).unwrap_err().to_string();
+        assert!(e.contains("TIDEMARK_NOPE_X"), "{e}");
+        let env = vec![("TIDEMARK_ARCHIVE_WORKRS".to_string(), "1".to_string())];
+        let e = Config::from_toml("", "t", env.into_iter()).unwrap_err().to_string();
+        assert!(e.contains("workrs"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let e = Config::load(Some(Path::new("/nonexistent/tidemark.toml"))).unwrap_err();
+        assert!(matches!(e, ConfigError::Read(..)));
+    }
+}

@@ -1,0 +1,104 @@
+//! The control socket: one JSON request line, one JSON response line.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::wal::push::PushOutcome;
+
+/// A request to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Archive the file at `path` (absolute), answering once it is durably stored.
+    Push {
+        /// Absolute path of the WAL file.
+        path: String,
+    },
+    /// Counters and state.
+    Stats,
+}
+
+/// The daemon's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Stats {
+    /// Files the daemon stored.
+    pub stored: u64,
+    /// Files that were already in the archive.
+    pub already_archived: u64,
+    /// Archiver requests answered from read-ahead that had already finished.
+    pub served_from_read_ahead: u64,
+    /// Archiver requests that waited for or performed the push.
+    pub served_after_push: u64,
+    /// Failed push attempts.
+    pub failures: u64,
+    /// Plaintext bytes stored.
+    pub bytes_stored: u64,
+    /// Last file archived and when (RFC 3339).
+    pub last_archived: Option<(String, String)>,
+    /// Last failure message.
+    pub last_failure: Option<String>,
+    /// Files currently marked .ready.
+    pub ready: u64,
+}
+
+/// A daemon response.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Response {
+    /// The file is durably archived.
+    Pushed {
+        /// Stored now or earlier.
+        outcome: PushOutcome,
+        /// True when read-ahead had finished before the request came.
+        read_ahead: bool,
+    },
+    /// Counters.
+    Stats(Stats),
+    /// The request failed.
+    Error {
+        /// What went wrong and what to do.
+        message: String,
+    },
+}
+
+/// Why the client could not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket: the caller should do the work itself.
+    #[error("no daemon at {0}: {1}")]
+    NoDaemon(String, std::io::Error),
+    /// The daemon went away or sent garbage mid-request.
+    #[error("daemon at {0} failed mid-request: {1}")]
+    Broken(String, String),
+}
+
+/// Sends one request and waits up to `timeout` for the answer.
+pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let s = socket.display().to_string();
+    let stream = match tokio::time::timeout(Duration::from_millis(500), UnixStream::connect(socket)).await {
+        Ok(Ok(st)) => st,
+        Ok(Err(e)) => return Err(ClientError::NoDaemon(s, e)),
+        Err(_) => return Err(ClientError::NoDaemon(s, std::io::Error::other("connect timed out"))),
+    };
+    let exchange = async {
+        let (rd, mut wr) = stream.into_split();
+        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+        line.push('\n');
+        wr.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        BufReader::new(rd).read_line(&mut resp).await.map_err(|e| e.to_string())?;
+        if resp.is_empty() {
+            return Err("connection closed without an answer".to_string());
+        }
+        serde_json::from_str::<Response>(&resp).map_err(|e| format!("bad answer: {e}"))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(ClientError::Broken(s, e)),
+        Err(_) => Err(ClientError::Broken(s, format!("no answer within {timeout:?}"))),
+    }
+}

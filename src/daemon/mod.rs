@@ -1,0 +1,139 @@
+//! The agent: control socket, archive read-ahead, and (later) scheduler and sweeper.
+
+pub mod control;
+pub mod read_ahead;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::config::Config;
+use crate::daemon::control::{Request, Response};
+use crate::daemon::read_ahead::ReadAhead;
+use crate::repo::Repository;
+use crate::wal::push::Archiver;
+use crate::wal::watch;
+
+/// Binds the control socket, replacing a stale one left by a crashed daemon.
+async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
+    if socket.exists() {
+        if UnixStream::connect(socket).await.is_ok() {
+            anyhow::bail!("another daemon is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(socket).with_context(|| format!("removing stale socket {}", socket.display()))?;
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let l = UnixListener::bind(socket).with_context(|| format!("binding control socket {}", socket.display()))?;
+    // Group access lets an archive_command running as another user of the group connect.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+async fn serve(stream: UnixStream, ra: Arc<ReadAhead>) {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(rd).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let resp = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Push { path }) => match ra.request(Path::new(&path)).await {
+            Ok((outcome, read_ahead)) => Response::Pushed { outcome, read_ahead },
+            Err(message) => Response::Error { message },
+        },
+        Ok(Request::Stats) => Response::Stats(ra.stats()),
+        Err(e) => Response::Error { message: format!("bad request: {e}") },
+    };
+    if let Ok(mut out) = serde_json::to_string(&resp) {
+        out.push('\n');
+        let _ = wr.write_all(out.as_bytes()).await;
+    }
+}
+
+/// Tells systemd (Type=notify) something, when run under it.
+pub fn sd_notify(msg: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let path = path.to_string_lossy().into_owned();
+    let res = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
+    } else {
+        sock.send_to(msg.as_bytes(), &path)
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let repo = Repository::open(&cfg).await?;
+    let archiver = Arc::new(Archiver::new(repo));
+    let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));
+    let listener = bind(&cfg.daemon.socket).await?;
+    let mut watch = watch::watch(&cfg.postgres.data_dir).with_context(|| {
+        format!(
+            "watching {}/pg_wal/archive_status (is postgres.data_dir right, and readable by this user?)",
+            cfg.postgres.data_dir.display()
+        )
+    })?;
+    tracing::info!(socket = %cfg.daemon.socket.display(), data_dir = %cfg.postgres.data_dir.display(), workers = cfg.archive.workers, "daemon ready");
+    sd_notify("READY=1");
+
+    let scanner = {
+        let ra = ra.clone();
+        tokio::spawn(async move {
+            // Events wake the scan; the tick covers dropped events and retry back-off.
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    ev = watch.changes.recv() => if ev.is_none() { break },
+                }
+                ra.scan();
+            }
+        })
+    };
+    let watchdog = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            sd_notify("WATCHDOG=1");
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok((stream, _)) => { tokio::spawn(serve(stream, ra.clone())); }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    sd_notify("STOPPING=1");
+    tracing::info!("shutting down: finishing uploads in flight");
+    scanner.abort();
+    watchdog.abort();
+    drop(listener);
+    let _ = std::fs::remove_file(&cfg.daemon.socket);
+    if tokio::time::timeout(Duration::from_secs(60), ra.drain()).await.is_err() {
+        tracing::warn!("uploads still running after 60 s; PostgreSQL will push them again");
+    }
+    Ok(())
+}

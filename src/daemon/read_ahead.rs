@@ -1,0 +1,211 @@
+//! Archive read-ahead: push `.ready` files in parallel before the archiver asks for them,
+//! and answer the archiver's request once its file is durably stored.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::Semaphore;
+
+use crate::daemon::control::Stats;
+use crate::wal::push::{Archiver, PushOutcome};
+use crate::wal::watch;
+
+/// Identity of a file on disk: a recycled segment file gets a new stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+    })
+}
+
+type PushResult = Result<(Stamp, PushOutcome), Arc<str>>;
+type PushFuture = Shared<BoxFuture<'static, PushResult>>;
+
+#[derive(Default)]
+struct State {
+    inflight: HashMap<String, PushFuture>,
+    done: HashMap<String, (Stamp, PushOutcome)>,
+    /// Failed names: attempts so far and when to try again.
+    backoff: HashMap<String, (u32, Instant)>,
+    stats: Stats,
+}
+
+/// The read-ahead engine for one data directory.
+pub struct ReadAhead {
+    archiver: Arc<Archiver>,
+    pg_wal: PathBuf,
+    permits: Arc<Semaphore>,
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave State inconsistent in a way that loses WAL:
+    // at worst a file is pushed again, which is idempotent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ReadAhead {
+    /// Read-ahead with `workers` parallel uploads.
+    pub fn new(archiver: Arc<Archiver>, data_dir: &Path, workers: usize) -> ReadAhead {
+        ReadAhead {
+            archiver,
+            pg_wal: data_dir.join("pg_wal"),
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        lock(&self.state).stats.clone()
+    }
+
+    /// Starts (or joins) the push of `name` from pg_wal.
+    fn ensure(&self, name: &str, priority: bool) -> PushFuture {
+        let mut st = lock(&self.state);
+        if let Some(f) = st.inflight.get(name) {
+            return f.clone();
+        }
+        let archiver = self.archiver.clone();
+        let path = self.pg_wal.join(name);
+        let permits = self.permits.clone();
+        let state = self.state.clone();
+        let n = name.to_string();
+        let task = tokio::spawn(async move {
+            // The archiver's own request skips the queue: it is what PostgreSQL waits on.
+            let _permit = if priority { None } else { permits.acquire_owned().await.ok() };
+            let res = async {
+                let before = stamp(&path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+                let outcome = archiver.push(&path).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((before, outcome))
+            }
+            .await;
+            let mut st = lock(&state);
+            st.inflight.remove(&n);
+            match res {
+                Ok((s, outcome)) => {
+                    st.backoff.remove(&n);
+                    match outcome {
+                        PushOutcome::Stored => {
+                            st.stats.stored += 1;
+                            st.stats.bytes_stored += s.len;
+                        }
+                        PushOutcome::AlreadyArchived => st.stats.already_archived += 1,
+                    }
+                    st.stats.last_archived =
+                        Some((n.clone(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+                    st.done.insert(n.clone(), (s, outcome));
+                    tracing::info!(file = %n, ?outcome, "archived");
+                    Ok((s, outcome))
+                }
+                Err(e) => {
+                    st.stats.failures += 1;
+                    st.stats.last_failure = Some(e.clone());
+                    let attempts = st.backoff.get(&n).map_or(0, |b| b.0) + 1;
+                    let delay = Duration::from_secs((1u64 << attempts.min(5)).min(30));
+                    st.backoff.insert(n.clone(), (attempts, Instant::now() + delay));
+                    tracing::warn!(file = %n, attempts, error = %e, "push failed; will retry");
+                    Err(Arc::<str>::from(e))
+                }
+            }
+        });
+        let fut: BoxFuture<'static, PushResult> =
+            async move { task.await.unwrap_or_else(|e| Err(Arc::<str>::from(format!("push task failed: {e}")))) }
+                .boxed();
+        let shared = fut.shared();
+        st.inflight.insert(name.to_string(), shared.clone());
+        shared
+    }
+
+    /// One pass over archive_status: queue every ready file not yet pushed.
+    pub fn scan(&self) {
+        let names = match watch::ready_files(&self.pg_wal.join("archive_status")) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list archive_status");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let todo: Vec<String> = {
+            let mut st = lock(&self.state);
+            st.stats.ready = names.len() as u64;
+            // Files PostgreSQL has since marked .done need no answer any more.
+            st.done.retain(|n, _| names.contains(n));
+            st.backoff.retain(|n, _| names.contains(n));
+            names
+                .into_iter()
+                .filter(|n| {
+                    !st.done.contains_key(n)
+                        && !st.inflight.contains_key(n)
+                        && st.backoff.get(n).is_none_or(|b| b.1 <= now)
+                })
+                .collect()
+        };
+        for n in todo {
+            drop(self.ensure(&n, false));
+        }
+    }
+
+    /// Answers the archiver for `path`: done already, or push it now and wait.
+    pub async fn request(&self, path: &Path) -> Result<(PushOutcome, bool), String> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let in_pg_wal = path.parent().is_some_and(|p| same_dir(p, &self.pg_wal));
+        if !in_pg_wal {
+            // Not ours to track (e.g. a manual push of some other file): push it directly.
+            return self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
+        }
+        let current = stamp(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+        {
+            let mut st = lock(&self.state);
+            if let Some(&(s, outcome)) = st.done.get(&name) {
+                if s == current {
+                    st.done.remove(&name);
+                    st.stats.served_from_read_ahead += 1;
+                    return Ok((outcome, true));
+                }
+            }
+        }
+        let (s, outcome) = self.ensure(&name, true).await.map_err(|e| e.to_string())?;
+        {
+            let mut st = lock(&self.state);
+            st.done.remove(&name);
+            st.stats.served_after_push += 1;
+        }
+        if s != current {
+            // The file changed under us: push exactly what is there now.
+            return self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
+        }
+        Ok((outcome, false))
+    }
+
+    /// Waits until no push is running (shutdown).
+    pub async fn drain(&self) {
+        let futs: Vec<PushFuture> = lock(&self.state).inflight.values().cloned().collect();
+        for f in futs {
+            let _ = f.await;
+        }
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}

@@ -1,0 +1,15 @@
+//! tidemark: a PostgreSQL point-in-time-recovery agent.
+//!
+//! The folder tree is the architecture: `store` (object stores), `codec` (sealing),
+//! `wal` (names, push, fetch, watch), `catalog` (what the repository knows),
+//! `daemon` (the agent). See DESIGN.md.
+
+pub mod app;
+pub mod catalog;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod daemon;
+pub mod repo;
+pub mod store;
+pub mod wal;

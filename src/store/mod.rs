@@ -1,0 +1,132 @@
+//! The object store seam: one trait, a folder-free file per backend, one constructor.
+
+pub mod fs;
+pub mod s3;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// A listed or inspected object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Full key relative to the store's root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Result of a conditional put.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object did not exist and now does.
+    Created,
+    /// An object already existed under that key; nothing was written.
+    Exists,
+}
+
+/// A streaming object body.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Store failures, each naming the store and object.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be reached or refused the request.
+    #[error("{store}: {op} {key} failed: {msg}")]
+    Backend {
+        /// Store description (URL).
+        store: String,
+        /// Operation name.
+        op: &'static str,
+        /// Object key.
+        key: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// The key is not a valid object key.
+    #[error("invalid object key '{0}'")]
+    BadKey(String),
+    /// The repository URL is not supported.
+    #[error("repository url '{0}' is not supported (use file:///path or s3://bucket/prefix)")]
+    BadUrl(String),
+}
+
+/// An object store holding sealed objects under '/'-separated keys.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Writes an object atomically (readers see the old or the new object, never a mix).
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError>;
+    /// Writes an object only if none exists under `key`.
+    async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError>;
+    /// Opens an object for streaming; `None` when absent.
+    async fn get(&self, key: &str) -> Result<Option<ObjectReader>, StoreError>;
+    /// Size of an object; `None` when absent.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// Deletes an object; deleting an absent object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Human-readable location, e.g. `s3://bucket/prefix`.
+    fn describe(&self) -> String;
+
+    /// Reads a whole object into memory; `None` when absent.
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let Some(mut r) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::new();
+        r.read_to_end(&mut buf).await.map_err(|e| StoreError::Backend {
+            store: self.describe(),
+            op: "read",
+            key: key.to_string(),
+            msg: e.to_string(),
+        })?;
+        Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// Rejects keys that could escape the repository root or confuse listings.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.ends_with('/')
+        || key.split('/').any(|p| p.is_empty() || p == "." || p == ".." || p.starts_with(fs::TEMP_PREFIX))
+        || key.contains('\0');
+    if bad {
+        Err(StoreError::BadKey(key.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Settings for opening a store from a repository URL.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// S3 region.
+    pub region: Option<String>,
+    /// Custom S3 endpoint (S3-compatible stores, tests).
+    pub endpoint: Option<String>,
+    /// Objects above this size are uploaded in parts.
+    pub multipart_threshold: Option<u64>,
+}
+
+/// Opens the store a repository URL names: `file:///path` or `s3://bucket/prefix`.
+pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    if let Some(path) = url.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(StoreError::BadUrl(url.to_string()));
+        }
+        return Ok(Arc::new(fs::FsStore::new(path)));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::BadUrl(url.to_string()));
+        }
+        return Ok(Arc::new(s3::S3Store::new(bucket, prefix.trim_matches('/'), opts).await));
+    }
+    Err(StoreError::BadUrl(url.to_string()))
+}

@@ -1,0 +1,7 @@
+//! WAL: file names and LSN math, segment headers, archiving, fetching, watching.
+
+pub mod fetch;
+pub mod header;
+pub mod name;
+pub mod push;
+pub mod watch;
