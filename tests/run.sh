@@ -24,8 +24,8 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'moto[server]>=5,<6'
 fi
-export TIDEMARK_TEST_MOTO_SERVER=$venv/bin/moto_server
-export TIDEMARK_TEST_PG_BIN=/usr/lib/postgresql/15/bin
+export TEST_MOTO_SERVER=$venv/bin/moto_server
+export TEST_PG_BIN=/usr/lib/postgresql/15/bin
 # Never let the AWS SDK reach for instance metadata or real credentials.
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1
 unset AWS_PROFILE AWS_SESSION_TOKEN || true

@@ -118,16 +118,25 @@ impl S3Store {
                     .map_err(|e| self.err("put", key, e))?;
                 parts.push(CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_string)).part_number(n).build());
             }
-            self.client
+            let done = self
+                .client
                 .complete_multipart_upload()
                 .bucket(&self.bucket)
                 .key(full)
                 .upload_id(&upload_id)
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
-                .await
-                .map_err(|e| self.err("put", key, e))?;
-            Ok(())
+                .await;
+            match done {
+                Ok(_) => Ok(()),
+                // A 200 whose body the SDK cannot parse is ambiguous (some S3-compatible servers
+                // word the reply differently): trust it only if the object is there, whole.
+                Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(200) => match self.head(key).await? {
+                    Some(m) if m.size == data.len() as u64 => Ok(()),
+                    _ => Err(self.err("put", key, e)),
+                },
+                Err(e) => Err(self.err("put", key, e)),
+            }
         }
         .await;
         if res.is_err() {

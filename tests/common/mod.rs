@@ -1,0 +1,493 @@
+//! Test harness: real PostgreSQL 15 (as the `postgres` OS user), a local moto server for S3,
+//! a TCP proxy to take the store away and bring it back, and the tidemark binary.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Waits for `cond` up to `limit`, polling; panics with `what` on timeout.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A free loopback TCP port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// PostgreSQL binaries.
+pub fn pg_bin() -> PathBuf {
+    PathBuf::from(std::env::var("TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// uid and gid of the `postgres` OS user.
+pub fn postgres_ids() -> (u32, u32) {
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let id = |flag: &str| {
+            let out = run_ok(Command::new("id").arg(flag).arg("postgres"));
+            String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().unwrap()
+        };
+        (id("-u"), id("-g"))
+    })
+}
+
+/// `program` run as the postgres user (PostgreSQL refuses root), from /tmp.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = postgres_ids();
+    let mut c = Command::new(program);
+    c.uid(uid).gid(gid).current_dir("/tmp").env("HOME", "/var/lib/postgresql").env_remove("PGDATA");
+    c
+}
+
+/// A temp dir owned by postgres (mode 0700).
+pub fn postgres_dir(tag: &str) -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix(&format!("tidemark-{tag}-")).tempdir_in("/tmp").unwrap();
+    chown_postgres(d.path());
+    d
+}
+
+/// chown -R postgres:postgres.
+pub fn chown_postgres(p: &Path) {
+    run_ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(p));
+}
+
+/// The tidemark binary, copied where the postgres user can run it (the checkout may not be).
+pub fn bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tidemark-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dst = dir.join("tidemark");
+        std::fs::copy(env!("CARGO_BIN_EXE_tidemark"), &dst).unwrap();
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dst
+    })
+}
+
+/// Environment every tidemark process gets in tests: moto credentials, no instance metadata.
+pub const AWS_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+fn env_prefix() -> String {
+    AWS_ENV.iter().map(|(k, v)| format!("{k}={v} ")).collect()
+}
+
+/// A moto server on a free loopback port.
+pub struct Moto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Moto {
+    /// Starts moto and waits until it answers.
+    pub fn start() -> Moto {
+        let exe = std::env::var("TEST_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = free_port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {exe} (tests/run.sh installs it): {e}"));
+        let m = Moto { child, port };
+        wait_for("moto to listen", Duration::from_secs(60), || TcpStream::connect(("127.0.0.1", port)).is_ok());
+        m
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket.
+    pub async fn create_bucket(&self, bucket: &str) {
+        create_bucket(&self.endpoint(), bucket).await;
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Creates a bucket through any S3 endpoint.
+pub async fn create_bucket(endpoint: &str, bucket: &str) {
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let opts = tidemark::store::StoreOptions {
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.to_string()),
+        multipart_threshold: None,
+    };
+    let s = tidemark::store::s3::S3Store::new(bucket, "", &opts).await;
+    s.client().create_bucket().bucket(bucket).send().await.expect("create bucket");
+}
+
+/// A loopback TCP proxy that can be taken down and brought back on the same port,
+/// so the store "goes away" (connections refused) without losing moto's in-memory state.
+pub struct Proxy {
+    /// Listen port.
+    pub port: u16,
+    target: u16,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Proxy {
+    /// Starts forwarding a free port to `target`.
+    pub fn start(target: u16) -> Proxy {
+        let mut p = Proxy { port: free_port(), target, rt: None };
+        p.up();
+        p
+    }
+
+    /// Starts (again) listening.
+    pub fn up(&mut self) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let (port, target) = (self.port, self.target);
+        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).expect("proxy bind");
+        rt.spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        self.rt = Some(rt);
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn down(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+        wait_for("proxy to close", Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", self.port)).is_err());
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A PostgreSQL 15 cluster in a temp dir, run as `postgres`.
+pub struct Pg {
+    /// Owning temp dir.
+    pub dir: tempfile::TempDir,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Socket directory.
+    pub sock: PathBuf,
+    /// Port.
+    pub port: u16,
+    running: bool,
+}
+
+impl Pg {
+    /// initdb a new cluster (not started).
+    pub fn init() -> Pg {
+        let dir = postgres_dir("pg");
+        let data = dir.path().join("data");
+        let sock = dir.path().join("sock");
+        std::fs::create_dir_all(&sock).unwrap();
+        chown_postgres(&sock);
+        run_ok(as_postgres(pg_bin().join("initdb")).args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data));
+        let port = free_port();
+        let pg = Pg { dir, data, sock, port, running: false };
+        pg.conf(&format!(
+            "port = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nfsync = off\nshared_buffers = 64MB\n",
+            pg.sock.display()
+        ));
+        pg
+    }
+
+    /// Appends settings to postgresql.conf.
+    pub fn conf(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(self.data.join("postgresql.conf")).unwrap();
+        writeln!(f, "{text}").unwrap();
+    }
+
+    /// Starts and waits until it accepts connections.
+    pub fn start(&mut self) {
+        let log = self.dir.path().join("server.log");
+        run_ok(
+            as_postgres(pg_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "120", "start"]),
+        );
+        self.running = true;
+    }
+
+    /// Stops (fast shutdown).
+    pub fn stop(&mut self) {
+        if self.running {
+            run_ok(as_postgres(pg_bin().join("pg_ctl")).arg("-D").arg(&self.data).args(["-w", "-m", "fast", "stop"]));
+            self.running = false;
+        }
+    }
+
+    /// Runs SQL and returns trimmed unaligned output.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = run_ok(Command::new(pg_bin().join("psql")).arg("-h").arg(&self.sock).args([
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtq",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs pgbench with `args`.
+    pub fn pgbench(&self, args: &[&str]) {
+        run_ok(
+            Command::new(pg_bin().join("pgbench"))
+                .arg("-h")
+                .arg(&self.sock)
+                .args(["-p", &self.port.to_string(), "-U", "postgres"])
+                .args(args)
+                .arg("postgres"),
+        );
+    }
+
+    /// The server log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Sets archive_command to tidemark wal-push with `config`.
+    pub fn archive_to(&self, config: &Path) {
+        self.conf(&format!(
+            "archive_mode = on\narchive_command = '{}{} --config {} wal-push %p'\nwal_keep_size = '4GB'\nmax_wal_size = '4GB'\n",
+            env_prefix(),
+            bin().display(),
+            config.display()
+        ));
+    }
+
+    /// Names of segments PostgreSQL has marked archived (.done), sorted.
+    pub fn done_segments(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data.join("pg_wal/archive_status"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".done").map(str::to_string))
+            .filter(|n| n.len() == 24)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Writes with pgbench until at least `segments` new WAL segments exist, then switches WAL.
+    /// Returns the last segment that must reach the archive.
+    pub fn write_segments(&self, segments: u64) -> String {
+        let start = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
+        self.pgbench(&["-i", "-q", "-s", "5"]);
+        loop {
+            let now = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
+            if seg_no(&now) - seg_no(&start) >= segments {
+                break;
+            }
+            self.pgbench(&["-n", "-c", "2", "-t", "3000"]);
+        }
+        let last = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
+        self.sql("select pg_switch_wal()");
+        last
+    }
+
+    /// Waits until the archiver has archived `name` (or later).
+    pub fn wait_archived(&self, name: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            let last = self.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+            if last.len() >= 24 && last[..24] >= *name {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "archiver did not reach {name} in {limit:?} (last {last}); server log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_postgres(pg_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-w", "-m", "immediate", "stop"])
+                .output();
+        }
+    }
+}
+
+/// Segment number of a 24-hex segment name (16 MiB segments).
+pub fn seg_no(name: &str) -> u64 {
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    log * 256 + seg
+}
+
+/// A tidemark configuration in a postgres-owned temp dir, with a fresh keyring.
+pub struct Tidemark {
+    /// Owning temp dir.
+    pub dir: tempfile::TempDir,
+    /// Config file.
+    pub config: PathBuf,
+    /// Keyring file.
+    pub keyring: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Tidemark {
+    /// A config for `cluster` with repository `url` (and S3 `endpoint`), for `data_dir`.
+    pub fn new(cluster: &str, url: &str, endpoint: Option<&str>, data_dir: &Path) -> Tidemark {
+        let dir = postgres_dir("tm");
+        let keyring = dir.path().join("keyring");
+        let socket = dir.path().join("tidemark.sock");
+        let config = dir.path().join("tidemark.toml");
+        let ep = endpoint.map(|e| format!("endpoint = \"{e}\"\nregion = \"us-east-1\"\n")).unwrap_or_default();
+        std::fs::write(
+            &config,
+            format!(
+                "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+                data_dir.display(),
+                keyring.display(),
+                dir.path().join("spool").display(),
+                socket.display(),
+                dir.path().join("state").display(),
+            ),
+        )
+        .unwrap();
+        let t = Tidemark { dir, config, keyring, socket, daemon: None };
+        run_ok(&mut t.cmd(&["keygen", "--out", t.keyring.to_str().unwrap()]));
+        chown_postgres(t.dir.path());
+        t
+    }
+
+    /// A file:// repository inside this test's dir.
+    pub fn fs_url(dir: &Path) -> String {
+        format!("file://{}", dir.display())
+    }
+
+    /// `tidemark --config CFG args...` as root.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.envs(AWS_ENV.iter().copied()).arg("--config").arg(&self.config).args(args);
+        c
+    }
+
+    /// The same, as the postgres user (what PostgreSQL and systemd run).
+    pub fn cmd_as_postgres(&self, args: &[&str]) -> Command {
+        let mut c = as_postgres(bin());
+        c.envs(AWS_ENV.iter().copied()).arg("--config").arg(&self.config).args(args);
+        c
+    }
+
+    /// Starts the daemon as postgres and waits for its socket to answer.
+    pub fn start_daemon(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
+        let child = self.cmd_as_postgres(&["daemon"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.daemon = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            let exited = self.daemon.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none() && start.elapsed() < Duration::from_secs(30),
+                "daemon did not come up ({exited:?}):\n{}",
+                self.daemon_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The daemon's counters.
+    pub fn daemon_stats(&self) -> serde_json::Value {
+        let out = run_ok(&mut self.cmd(&["daemon-stats"]));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// SIGTERM the daemon and wait for it.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tidemark {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}

@@ -1,0 +1,138 @@
+//! One contract suite for every `ObjectStore`: the fs store and S3 through a local moto server.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidemark::store::{self, ObjectStore, PutOutcome, StoreOptions};
+use tokio::io::AsyncReadExt;
+
+async fn contract(s: Arc<dyn ObjectStore>) {
+    // Absent objects.
+    assert!(s.get("a/missing").await.unwrap().is_none());
+    assert!(s.head("a/missing").await.unwrap().is_none());
+    assert!(s.list("a/").await.unwrap().is_empty());
+    s.delete("a/missing").await.unwrap();
+
+    // Put, head, streaming get.
+    s.put("a/one", Bytes::from_static(b"first")).await.unwrap();
+    assert_eq!(s.head("a/one").await.unwrap().unwrap().size, 5);
+    let mut r = s.get("a/one").await.unwrap().unwrap();
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await.unwrap();
+    assert_eq!(buf, b"first");
+
+    // Put replaces; put-if-absent never does.
+    s.put("a/one", Bytes::from_static(b"second")).await.unwrap();
+    assert_eq!(&s.get_bytes("a/one").await.unwrap().unwrap()[..], b"second");
+    assert_eq!(s.put_if_absent("a/one", Bytes::from_static(b"third")).await.unwrap(), PutOutcome::Exists);
+    assert_eq!(&s.get_bytes("a/one").await.unwrap().unwrap()[..], b"second");
+    assert_eq!(s.put_if_absent("a/two", Bytes::from_static(b"2")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(&s.get_bytes("a/two").await.unwrap().unwrap()[..], b"2");
+
+    // Empty and large objects (large crosses the S3 multipart threshold set below).
+    s.put("a/empty", Bytes::new()).await.unwrap();
+    assert_eq!(s.get_bytes("a/empty").await.unwrap().unwrap().len(), 0);
+    let big: Vec<u8> = (0..(40u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    s.put("b/big", Bytes::from(big.clone())).await.unwrap();
+    let back = s.get_bytes("b/big").await.unwrap().unwrap();
+    assert_eq!(back.len(), big.len());
+    assert!(back[..] == big[..], "large object differs");
+    assert_eq!(s.put_if_absent("b/big2", Bytes::from(big)).await.unwrap(), PutOutcome::Created);
+
+    // Listing is by prefix, sorted, recursive, and not fooled by sibling prefixes.
+    s.put("a/sub/deep", Bytes::from_static(b"d")).await.unwrap();
+    s.put("ab/other", Bytes::from_static(b"o")).await.unwrap();
+    let keys: Vec<String> = s.list("a/").await.unwrap().into_iter().map(|m| m.key).collect();
+    assert_eq!(keys, ["a/empty", "a/one", "a/sub/deep", "a/two"]);
+    let keys: Vec<String> = s.list("a").await.unwrap().into_iter().map(|m| m.key).collect();
+    assert_eq!(keys, ["a/empty", "a/one", "a/sub/deep", "a/two", "ab/other"]);
+    let metas = s.list("a/o").await.unwrap();
+    assert_eq!(metas.len(), 1);
+    assert_eq!((metas[0].key.as_str(), metas[0].size), ("a/one", 6));
+
+    // Delete.
+    s.delete("a/one").await.unwrap();
+    assert!(s.get("a/one").await.unwrap().is_none());
+    assert!(s.head("a/one").await.unwrap().is_none());
+
+    // Keys that could escape the root are refused.
+    for bad in ["", "/abs", "a/../b", "a//b", "a/", "./a", "a/.tidemark-tmp.x"] {
+        assert!(s.put(bad, Bytes::from_static(b"x")).await.is_err(), "{bad}");
+    }
+
+    // More than 1,000 objects: every listing paginates.
+    let n = 1_234;
+    futures::future::try_join_all((0..n).map(|i| {
+        let s = s.clone();
+        async move { s.put(&format!("many/{i:05}"), Bytes::from(i.to_string())).await }
+    }))
+    .await
+    .unwrap();
+    let all = s.list("many/").await.unwrap();
+    assert_eq!(all.len(), n);
+    assert_eq!(all[0].key, "many/00000");
+    assert_eq!(all[n - 1].key, format!("many/{:05}", n - 1));
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+}
+
+#[tokio::test]
+async fn fs_store_meets_the_contract() {
+    let d = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/repo", d.path().display());
+    let s = store::open(&url, &StoreOptions::default()).await.unwrap();
+    contract(s).await;
+    // No temp files are left behind by successful writes.
+    let leftovers = walk(&d.path().join("repo")).into_iter().filter(|p| p.contains(".tidemark-tmp.")).count();
+    assert_eq!(leftovers, 0);
+}
+
+fn walk(p: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn s3_store_meets_the_contract() {
+    let moto = common::Moto::start();
+    moto.create_bucket("contract").await;
+    let opts = StoreOptions {
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+        multipart_threshold: Some(16 << 20),
+    };
+    let s = store::open("s3://contract/some/prefix", &opts).await.unwrap();
+    assert_eq!(s.describe(), "s3://contract/some/prefix");
+    contract(s).await;
+}
+
+#[tokio::test]
+async fn s3_store_unreachable_is_a_clear_error() {
+    for (k, v) in common::AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let port = common::free_port();
+    let opts = StoreOptions {
+        region: Some("us-east-1".into()),
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        multipart_threshold: None,
+    };
+    let s = store::open("s3://nowhere", &opts).await.unwrap();
+    let e = s.head("x").await.unwrap_err().to_string();
+    assert!(e.contains("s3://nowhere") && e.contains("head x"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    for url in ["ftp://x", "file://relative", "s3://"] {
+        assert!(store::open(url, &StoreOptions::default()).await.is_err(), "{url}");
+    }
+}
