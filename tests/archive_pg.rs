@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Moto, Pg, Proxy, Tidemark};
+use common::{fake_segment, Moto, Pg, Proxy, Tidemark};
 
 /// Every archived segment comes back through wal-fetch byte-identical to PostgreSQL's file.
 fn fetch_back_identical(tm: &Tidemark, pg: &Pg, names: &[String]) {
@@ -116,18 +116,6 @@ fn store_outage_loses_nothing() {
     assert!(stats["failures"].as_u64().unwrap() > 0, "daemon never saw the outage: {stats}");
     pg.stop();
     tm.stop_daemon();
-}
-
-/// A WAL segment with a valid long page header (the rest is noise).
-fn fake_segment(sysid: u64, seed: u8) -> Vec<u8> {
-    let mut b: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8 ^ seed).collect();
-    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
-    b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
-    b[4..8].copy_from_slice(&1u32.to_le_bytes());
-    b[24..32].copy_from_slice(&sysid.to_le_bytes());
-    b[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
-    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    b
 }
 
 #[test]

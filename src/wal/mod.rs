@@ -4,4 +4,5 @@ pub mod fetch;
 pub mod header;
 pub mod name;
 pub mod push;
+pub mod record;
 pub mod watch;

@@ -491,3 +491,20 @@ pub fn sha256_file(p: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
 }
+
+/// A 16 MiB WAL segment with a valid long page header (timeline 1); the rest is noise.
+pub fn fake_segment(sysid: u64, seed: u8) -> Vec<u8> {
+    let mut b: Vec<u8> = (0..16u32 << 20).map(|i| ((i / 7) % 253) as u8 ^ seed).collect();
+    b[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    b[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+    b[4..8].copy_from_slice(&1u32.to_le_bytes());
+    b[24..32].copy_from_slice(&sysid.to_le_bytes());
+    b[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+    b[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    b
+}
+
+/// Runs `program args` with the test AWS environment and no config.
+pub fn run_cmd(program: &Path, args: &[&str]) -> Output {
+    Command::new(program).envs(AWS_ENV.iter().copied()).args(args).output().unwrap()
+}

@@ -1,0 +1,207 @@
+//! The CLI on bad inputs: every failure says what went wrong, exits as DESIGN.md says,
+//! and changes nothing it should not.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{fake_segment, Tidemark};
+
+struct Setup {
+    tm: Tidemark,
+    repo: tempfile::TempDir,
+    wal: tempfile::TempDir,
+}
+
+fn setup(cluster: &str) -> Setup {
+    let repo = tempfile::tempdir().unwrap();
+    let wal = tempfile::tempdir().unwrap();
+    let tm = Tidemark::new(cluster, &Tidemark::fs_url(repo.path()), None, wal.path());
+    Setup { tm, repo, wal }
+}
+
+impl Setup {
+    fn seg(&self, name: &str, sysid: u64, seed: u8) -> PathBuf {
+        let p = self.wal.path().join(name);
+        std::fs::write(&p, fake_segment(sysid, seed)).unwrap();
+        p
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        self.tm.cmd(args).env("TIDEMARK_LOG", "info").output().unwrap()
+    }
+    fn object(&self, cluster: &str, name: &str) -> PathBuf {
+        self.repo.path().join(format!("clusters/{cluster}/wal/00000001/{name}"))
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const S1: &str = "000000010000000000000001";
+const S2: &str = "000000010000000000000002";
+
+#[test]
+fn push_is_idempotent_and_refuses_different_bytes() {
+    let s = setup("c1");
+    let p = s.seg(S1, 7, 0);
+    let o = s.run(&["wal-push", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Stored"), "{}", stderr(&o));
+    let stored = std::fs::read(s.object("c1", S1)).unwrap();
+    let o = s.run(&["wal-push", p.to_str().unwrap()]);
+    assert!(o.status.success() && stderr(&o).contains("AlreadyArchived"), "{}", stderr(&o));
+
+    let original = common::sha256_file(&p);
+    std::fs::write(&p, fake_segment(7, 9)).unwrap();
+    let changed = common::sha256_file(&p);
+    let o = s.run(&["wal-push", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains(&original) && e.contains(&changed), "error must name both digests: {e}");
+    assert_eq!(std::fs::read(s.object("c1", S1)).unwrap(), stored, "archive was modified");
+}
+
+#[test]
+fn another_database_under_the_same_handle_is_refused() {
+    let s = setup("c2");
+    let o = s.run(&["wal-push", s.seg(S1, 1111, 0).to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = s.run(&["wal-push", s.seg(S2, 2222, 0).to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("1111") && stderr(&o).contains("2222"), "{}", stderr(&o));
+    assert!(!s.object("c2", S2).exists());
+}
+
+#[test]
+fn fetch_of_missing_segment_exits_1_and_writes_nothing() {
+    let s = setup("c3");
+    let dest = s.wal.path().join("RECOVERYXLOG");
+    let o = s.run(&["wal-fetch", S1, dest.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not in the archive"));
+    assert!(!dest.exists());
+}
+
+fn no_files_but(dir: &Path, allowed: &[&str]) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(allowed.contains(&n.as_str()), "unexpected file {n} in {}", dir.display());
+    }
+}
+
+#[test]
+fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
+    let s = setup("c4");
+    let p = s.seg(S1, 7, 0);
+    assert!(s.run(&["wal-push", p.to_str().unwrap()]).status.success());
+    let obj = s.object("c4", S1);
+    let good = std::fs::read(&obj).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("RECOVERYXLOG");
+    let fetch = |needle: &str| {
+        let o = s.run(&["wal-fetch", S1, dest.to_str().unwrap()]);
+        assert_ne!(o.status.code(), Some(0));
+        let e = stderr(&o);
+        assert!(e.contains(needle) && e.contains(S1), "expected '{needle}' naming the object: {e}");
+        assert!(!dest.exists());
+        no_files_but(out.path(), &[]);
+    };
+
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x10;
+    std::fs::write(&obj, &bad).unwrap();
+    fetch("failed authentication");
+
+    std::fs::write(&obj, &good[..good.len() - 5]).unwrap();
+    fetch("chunk");
+
+    std::fs::write(&obj, b"plain text").unwrap();
+    fetch("not a tidemark sealed object");
+
+    // A valid object moved under another segment's name.
+    std::fs::remove_file(&obj).unwrap();
+    let other = s.object("c4", S2);
+    std::fs::write(&other, &good).unwrap();
+    let o = s.run(&["wal-fetch", S2, dest.to_str().unwrap()]);
+    assert!(stderr(&o).contains("different name"), "{}", stderr(&o));
+    assert!(!dest.exists());
+
+    // The right object with the wrong keyring.
+    std::fs::write(&obj, &good).unwrap();
+    let o = s.run(&["wal-fetch", S1, dest.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(common::sha256_file(&dest), common::sha256_file(&p));
+    std::fs::remove_file(&dest).unwrap();
+    let other_ring = out.path().join("other-keyring");
+    assert!(s.run(&["keygen", "--out", other_ring.to_str().unwrap()]).status.success());
+    let o =
+        s.tm.cmd(&["wal-fetch", S1, dest.to_str().unwrap()])
+            .env("TIDEMARK_ENCRYPTION_KEYRING", &other_ring)
+            .output()
+            .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("not in the keyring"), "{}", stderr(&o));
+    assert!(!dest.exists());
+}
+
+#[test]
+fn keyring_must_be_private() {
+    let s = setup("c5");
+    let p = s.seg(S1, 7, 0);
+    assert_eq!(std::fs::metadata(&s.tm.keyring).unwrap().permissions().mode() & 0o777, 0o600);
+    std::fs::set_permissions(&s.tm.keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = s.run(&["wal-push", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&format!("chmod 600 {}", s.tm.keyring.display())), "{}", stderr(&o));
+    assert!(!s.object("c5", S1).exists());
+}
+
+#[test]
+fn config_errors_exit_2_and_name_the_field() {
+    let s = setup("c6");
+    let bad = s.wal.path().join("bad.toml");
+    std::fs::write(&bad, "[archive]\nwrokers = 4\n").unwrap();
+    let o = common::run_cmd(common::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("wrokers"), "{}", stderr(&o));
+    std::fs::write(&bad, "[archive]\nworkers = 0\n").unwrap();
+    let o = common::run_cmd(common::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("archive.workers"), "{}", stderr(&o));
+    let o = common::run_cmd(common::bin(), &["--config", "/nonexistent.toml", "wal-push", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = common::run_cmd(common::bin(), &["no-such-command"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn serial_fetches_hit_the_read_ahead_spool() {
+    let s = setup("c7");
+    let names: Vec<String> = (1..=6).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let p = s.seg(n, 7, i as u8);
+        assert!(s.run(&["wal-push", p.to_str().unwrap()]).status.success());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("RECOVERYXLOG");
+    let o = s.run(&["wal-fetch", &names[0], dest.to_str().unwrap()]);
+    assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
+    // prefetch = 4 in the test config: the next four arrive in the spool.
+    let spool = s.tm.dir.path().join("spool/c7");
+    common::wait_for("read-ahead to spool 4 segments", Duration::from_secs(60), || {
+        names[1..5].iter().all(|n| spool.join(n).is_file())
+    });
+    for (i, n) in names.iter().enumerate().skip(1) {
+        let o = s.run(&["wal-fetch", n, dest.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.wal.path().join(n)), "{n}");
+        if i == 1 {
+            assert!(stderr(&o).contains("FromSpool"), "{}", stderr(&o));
+        }
+    }
+}
