@@ -89,6 +89,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             crate::daemon::run(cfg).await?;
             Ok(0)
         }
+        Command::Demo => {
+            let cfg = load_config(&cli)?;
+            let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());
+            tokio::task::spawn_blocking(move || crate::demo::run(bin.as_deref(), &user))
+                .await
+                .map_err(anyhow::Error::from)??;
+            Ok(0)
+        }
         Command::WalPush { path } => wal_push(&load_config(&cli)?, path).await,
         Command::WalFetch { name, dest } => wal_fetch(&cli, &load_config(&cli)?, name, dest).await,
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,

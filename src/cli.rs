@@ -54,6 +54,8 @@ pub enum Command {
     /// Show the daemon's counters.
     #[command(hide = true)]
     DaemonStats,
+    /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
+    Demo,
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.
     Keygen {
         /// Keyring file (written with mode 0600).

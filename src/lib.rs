@@ -10,6 +10,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod repo;
 pub mod store;
 pub mod wal;
