@@ -363,7 +363,7 @@ impl std::error::Error for WalParseError {}
 
 /// Format an LSN the way PostgreSQL prints `pg_lsn` (`16/B374D848`).
 pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+    crate::wal::name::Lsn(lsn).to_string()
 }
 
 /// Convert PostgreSQL timestamp (us since 2000-01-01) to unix microseconds.
@@ -374,30 +374,19 @@ pub fn pg_time_to_unix_us(t: i64) -> i64 {
 
 /// Check that a segment size is a power of two between 1 MiB and 1 GiB.
 pub fn validate_segment_size(wal_segment_size: u64) -> Result<(), WalParseError> {
-    if wal_segment_size.is_power_of_two() && (MIN_WAL_SEGMENT_SIZE..=MAX_WAL_SEGMENT_SIZE).contains(&wal_segment_size) {
-        Ok(())
-    } else {
-        Err(WalParseError::InvalidSegmentSize(wal_segment_size))
-    }
+    crate::wal::name::check_segment_size(wal_segment_size)
+        .map_err(|_| WalParseError::InvalidSegmentSize(wal_segment_size))
 }
 
 /// Parse a WAL segment file name (`TTTTTTTTXXXXXXXXYYYYYYYY`) into (timeline, start LSN).
 pub fn parse_segment_file_name(name: &str, wal_segment_size: u64) -> Option<(u32, u64)> {
-    validate_segment_size(wal_segment_size).ok()?;
     // PG writes these names in upper-case hex; insisting on that avoids
     // mistaking other files (e.g. lower-case temp names) for segments.
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+    if !name.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
         return None;
     }
-    let tli = u32::from_str_radix(name.get(0..8)?, 16).ok()?;
-    let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
-    let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    let segs_per_id = 0x1_0000_0000 / wal_segment_size;
-    if seg >= segs_per_id {
-        return None;
-    }
-    let segno = log.checked_mul(segs_per_id)?.checked_add(seg)?;
-    Some((tli, segno.checked_mul(wal_segment_size)?))
+    let seg = crate::wal::name::Segment::parse(name, wal_segment_size).ok()?;
+    Some((seg.timeline, seg.start_lsn(wal_segment_size).0))
 }
 
 // ---------------------------------------------------------------------------

@@ -332,13 +332,16 @@ impl Pg {
     /// Returns the last segment that must reach the archive.
     pub fn write_segments(&self, segments: u64) -> String {
         let start = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
-        self.pgbench(&["-i", "-q", "-s", "5"]);
+        self.pgbench(&["-i", "-q", "-s", "2"]);
+        self.sql("create table if not exists filler(id int, pad text)");
         loop {
             let now = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
             if seg_no(&now) - seg_no(&start) >= segments {
                 break;
             }
-            self.pgbench(&["-n", "-c", "2", "-t", "3000"]);
+            // Many small transactions, then a bulk insert: WAL of both shapes, quickly.
+            self.pgbench(&["-n", "-c", "2", "-t", "300"]);
+            self.sql("insert into filler select g, repeat(md5(g::text), 6) from generate_series(1, 100000) g");
         }
         let last = self.sql("select pg_walfile_name(pg_current_wal_lsn())");
         self.sql("select pg_switch_wal()");
