@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::{Cli, Command, Output};
+use crate::catalog::backup::{self as catalog_backup, BackupKind, Manifest};
+use crate::cli::{BackupAction, Cli, Command, Output};
 use crate::codec::Keyring;
 use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
 use crate::repo::Repository;
+use crate::restore::plan::{rfc3339, Target};
 use crate::wal::fetch::{self, FetchOutcome, Spool};
 use crate::wal::push::Archiver;
 
@@ -89,6 +91,130 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             crate::daemon::run(cfg).await?;
             Ok(0)
         }
+        Command::Backup { action } => backup_cmd(&cli, action).await,
+        Command::Restore { target_dir, target_time, target_lsn, latest, backup, cluster, start, port } => {
+            let cfg = load_config(&cli)?;
+            let target = if *latest {
+                Target::Latest
+            } else if let Some(t) = target_time {
+                Target::Time(parse_time(t)?)
+            } else if let Some(l) = target_lsn {
+                Target::Lsn(l.parse().map_err(usage)?)
+            } else {
+                return Err(usage("one of --target-time, --target-lsn or --latest is required"));
+            };
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let req = crate::restore::Request {
+                target_dir: absolute(target_dir)?,
+                target,
+                backup: backup.clone(),
+                start: *start,
+                port: *port,
+                config_path: cli.config.as_ref().map(|c| absolute(c)).transpose()?,
+            };
+            let report = crate::restore::run(&cfg, &repo, &req).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
+                Output::Text => {
+                    println!(
+                        "restored backup {} into {} (target {}, {} WAL segment(s) to replay)",
+                        report.backup,
+                        report.target_dir.display(),
+                        report.target,
+                        report.segments
+                    );
+                    match &report.reached {
+                        Some(r) => {
+                            println!(
+                                "PostgreSQL started and promoted{}",
+                                r.timeline.map(|t| format!(" on timeline {t}")).unwrap_or_default()
+                            );
+                            if let Some(s) = &r.stopped {
+                                println!("  {s}");
+                            }
+                            if let Some(t) = &r.last_transaction {
+                                println!("  last completed transaction at {t}");
+                            }
+                        }
+                        None => println!("start it with: pg_ctl -D {} start", report.target_dir.display()),
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Window { cluster } => {
+            let cfg = load_config(&cli)?;
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let inputs = crate::restore::Inputs::load(&repo).await?;
+            let windows = inputs.windows();
+            match cli.output {
+                Output::Json => {
+                    let v: Vec<serde_json::Value> = windows
+                        .iter()
+                        .map(|(tli, w)| {
+                            serde_json::json!({
+                                "timeline": tli,
+                                "earliest": w.earliest().map(rfc3339),
+                                "latest": w.latest().map(rfc3339),
+                                "ranges": w.ranges.iter().map(|r| serde_json::json!({
+                                    "backup": r.backup, "from_time": rfc3339(r.from_time), "to_time": r.to_time.map(rfc3339),
+                                    "from_lsn": r.from_lsn.to_string(), "to_lsn": r.to_lsn.to_string(),
+                                })).collect::<Vec<_>>(),
+                            })
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({ "cluster": repo.cluster(), "timelines": v }))
+                            .map_err(anyhow::Error::from)?
+                    );
+                }
+                Output::Text => {
+                    if windows.is_empty() {
+                        println!("cluster {}: nothing is restorable: no completed backup yet", repo.cluster());
+                    }
+                    for (tli, w) in &windows {
+                        println!("cluster {} timeline {tli}: {w}", repo.cluster());
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Verify { cluster, deep } => {
+            let cfg = load_config(&cli)?;
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let report = crate::catalog::verify::verify(&repo, *deep).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
+                Output::Text => {
+                    for t in &report.timelines {
+                        let range =
+                            format!("{} .. {}", t.first.as_deref().unwrap_or("-"), t.last.as_deref().unwrap_or("-"));
+                        if t.gaps.is_empty() {
+                            println!("timeline {}: WAL continuous {range}", t.timeline);
+                        } else {
+                            println!(
+                                "timeline {}: WAL {range} has {} missing segment(s): {}",
+                                t.timeline,
+                                t.gaps.len(),
+                                t.gaps.join(", ")
+                            );
+                        }
+                    }
+                    for b in &report.backups {
+                        if b.problems.is_empty() {
+                            println!("backup {} ({:?}): ok", b.id, b.state);
+                        } else {
+                            for p in &b.problems {
+                                println!("backup {} ({:?}): {p}", b.id, b.state);
+                            }
+                        }
+                    }
+                    println!("{}", if report.ok { "verify: ok" } else { "verify: PROBLEMS FOUND" });
+                }
+            }
+            Ok(if report.ok { 0 } else { 1 })
+        }
         Command::Demo => {
             let cfg = load_config(&cli)?;
             let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());
@@ -130,6 +256,7 @@ async fn wal_push(cfg: &Config, path: &Path) -> Result<u8, Failure> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| usage(format!("{} has no file name", path.display())))?
         .to_string();
+    crate::wal::push::refuse_restored_copy(&std::env::current_dir().unwrap_or_default(), &cfg.cluster)?;
     let req = Request::Push { path: path.display().to_string() };
     match control::call(&cfg.daemon.socket, &req, Duration::from_secs(600)).await {
         Ok(Response::Pushed { outcome, read_ahead }) => {
@@ -212,4 +339,144 @@ async fn wal_prefetch(cfg: &Config, name: &str) -> Result<u8, Failure> {
     let n = fetch::prefetch(&repo, &spool, name, cfg.fetch.prefetch, cfg.archive.workers, seg_size).await?;
     tracing::info!(after = %name, spooled = n, "read-ahead done");
     Ok(0)
+}
+
+async fn open_repo(cfg: &Config, cluster: Option<&str>) -> Result<Repository, Failure> {
+    let repo = Repository::open(cfg).await?;
+    Ok(match cluster {
+        Some(h) => repo.for_cluster(h),
+        None => repo,
+    })
+}
+
+/// RFC 3339, or bare `YYYY-MM-DD HH:MM:SS[.ffffff]` meaning UTC.
+pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s.trim(), f) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(usage(format!("'{s}' is not a time: use RFC 3339 (2026-11-24T12:00:00Z) or 'YYYY-MM-DD HH:MM:SS' (UTC)")))
+}
+
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn summary(m: &Manifest) -> serde_json::Value {
+    serde_json::json!({
+        "id": m.id, "cluster": m.cluster, "kind": m.kind, "state": m.state, "provider": m.provider,
+        "start_time": m.start_time, "stop_time": m.stop_time, "start_lsn": m.start_lsn.to_string(),
+        "stop_lsn": m.stop_lsn.map(|l| l.to_string()), "timeline": m.timeline, "pg_version": m.pg_version,
+        "system_identifier": m.system_identifier, "files": m.files.len(), "bundles": m.bundles.len(),
+        "data_bytes": m.data_bytes(), "stored_bytes": m.stored_bytes(), "error": m.error,
+    })
+}
+
+async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
+    let cfg = load_config(cli)?;
+    match action {
+        BackupAction::Create { wait: _ } => {
+            let repo = Repository::open(&cfg).await?;
+            let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
+            match cli.output {
+                Output::Json => println!("{}", summary(&m)),
+                Output::Text => println!(
+                    "backup {} completed: {} in {} file(s), stored as {} in {} bundle(s); LSN {} .. {}",
+                    m.id,
+                    human_bytes(m.data_bytes()),
+                    m.files.len(),
+                    human_bytes(m.stored_bytes()),
+                    m.bundles.len(),
+                    m.start_lsn,
+                    m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
+                ),
+            }
+            Ok(0)
+        }
+        BackupAction::List { cluster, all_clusters } => {
+            let repo = Repository::open(&cfg).await?;
+            let handles: Vec<String> = if *all_clusters {
+                let metas = repo.store().list("clusters/").await?;
+                let mut h: Vec<String> =
+                    metas.iter().filter_map(|m| m.key.split('/').nth(1).map(str::to_string)).collect();
+                h.dedup();
+                h
+            } else {
+                vec![cluster.clone().unwrap_or_else(|| cfg.cluster.clone())]
+            };
+            let mut all = Vec::new();
+            for h in &handles {
+                all.extend(catalog_backup::list(&repo.for_cluster(h)).await?);
+            }
+            match cli.output {
+                Output::Json => {
+                    let v: Vec<serde_json::Value> = all.iter().map(summary).collect();
+                    println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+                }
+                Output::Text => {
+                    let mut t = comfy_table::Table::new();
+                    t.load_preset(comfy_table::presets::NOTHING);
+                    t.set_header(["CLUSTER", "ID", "KIND", "STATE", "STOPPED", "SIZE", "STORED", "LSN"]);
+                    for m in &all {
+                        t.add_row([
+                            m.cluster.clone(),
+                            m.id.clone(),
+                            format!("{:?}", m.kind).to_lowercase(),
+                            format!("{:?}", m.state).to_lowercase(),
+                            m.stop_time.clone().unwrap_or_else(|| "-".into()),
+                            human_bytes(m.data_bytes()),
+                            human_bytes(m.stored_bytes()),
+                            format!(
+                                "{} .. {}",
+                                m.start_lsn,
+                                m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
+                            ),
+                        ]);
+                    }
+                    println!("{t}");
+                }
+            }
+            Ok(0)
+        }
+        BackupAction::Show { id, cluster } => {
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let Some(m) = catalog_backup::load(&repo, id).await? else {
+                return Err(anyhow::anyhow!(
+                    "no backup {id} for cluster {}; see `tidemark backup list`",
+                    repo.cluster()
+                )
+                .into());
+            };
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&m).map_err(anyhow::Error::from)?),
+                Output::Text => {
+                    let v = summary(&m);
+                    if let Some(o) = v.as_object() {
+                        for (k, val) in o {
+                            println!(
+                                "{k:>18}: {}",
+                                val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string())
+                            );
+                        }
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
 }

@@ -54,6 +54,55 @@ pub enum Command {
     /// Show the daemon's counters.
     #[command(hide = true)]
     DaemonStats,
+    /// Base backups: create, list, show.
+    Backup {
+        /// What to do.
+        #[command(subcommand)]
+        action: BackupAction,
+    },
+    /// Restore a NEW cluster into an empty directory at a time, an LSN, or the latest point.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["target_time", "target_lsn", "latest"])))]
+    Restore {
+        /// New data directory (empty or absent).
+        #[arg(long, value_name = "DIR")]
+        target_dir: PathBuf,
+        /// Recover to this time (RFC 3339; bare "YYYY-MM-DD HH:MM:SS" is UTC).
+        #[arg(long, value_name = "T")]
+        target_time: Option<String>,
+        /// Recover to this LSN.
+        #[arg(long, value_name = "L")]
+        target_lsn: Option<String>,
+        /// Recover everything archived.
+        #[arg(long)]
+        latest: bool,
+        /// Restore from this backup.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Cluster handle to restore (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Start PostgreSQL, wait for promotion, print the point reached.
+        #[arg(long)]
+        start: bool,
+        /// Port for the restored cluster.
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+    },
+    /// Earliest and latest restorable time.
+    Window {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+    },
+    /// Check WAL continuity and that every backup is restorable.
+    Verify {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Also read every bundle and check every file's checksum.
+        #[arg(long)]
+        deep: bool,
+    },
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.
@@ -61,5 +110,33 @@ pub enum Command {
         /// Keyring file (written with mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+}
+
+/// `backup` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BackupAction {
+    /// Take a manual backup now (runs until it completes).
+    Create {
+        /// Wait until the backup is completed (always the case in this version).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List backups.
+    List {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Every cluster in the repository.
+        #[arg(long)]
+        all_clusters: bool,
+    },
+    /// Show one backup.
+    Show {
+        /// Backup id.
+        id: String,
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
     },
 }

@@ -3,7 +3,6 @@
 //! root), runs the daemon, writes with pgbench, and proves every archived segment comes
 //! back byte-identical. Each step is printed; everything is removed at the end.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,37 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-/// uid/gid of an OS user, from /etc/passwd.
-fn os_user_ids(user: &str) -> anyhow::Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() > 3 && f[0] == user {
-            return Ok((f[2].parse()?, f[3].parse()?));
-        }
-    }
-    bail!("OS user '{user}' does not exist; PostgreSQL refuses to run as root, so the demo needs it (set postgres.os_user)")
-}
-
-/// Where PostgreSQL's programs are: config, then the Debian layout, then PATH.
-pub fn find_pg_bin(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = configured {
-        return Ok(p.to_path_buf());
-    }
-    for v in ["17", "16", "15", "14", "13", "12"] {
-        let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
-        if p.join("initdb").is_file() {
-            return Ok(p);
-        }
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if p.join("initdb").is_file() {
-            return Ok(p);
-        }
-    }
-    bail!("PostgreSQL server programs (initdb, pg_ctl) not found; install PostgreSQL or set postgres.bin_dir")
-}
+use crate::pg::ctl;
 
 struct Demo {
     dir: PathBuf,
@@ -59,10 +28,7 @@ fn step(n: u32, text: &str) {
 
 impl Demo {
     fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
-        if let Some((uid, gid)) = self.ids {
-            c.uid(uid).gid(gid);
-        }
+        let mut c = ctl::command(program, self.ids);
         c.current_dir(&self.dir);
         c
     }
@@ -126,10 +92,8 @@ fn sha256_file(p: &Path) -> anyhow::Result<String> {
 /// Runs the demo; `bin_dir` and `os_user` come from the config when one exists.
 pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-    let bin = find_pg_bin(bin_dir)?;
-    let is_root =
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
-    let ids = if is_root { Some(os_user_ids(os_user)?) } else { None };
+    let bin = ctl::find_bin_dir(bin_dir)?;
+    let ids = ctl::run_as(os_user)?;
     let dir = std::env::temp_dir().join(format!("tidemark-demo-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("sock"))?;
     let exe = std::env::current_exe().context("locating the tidemark binary")?;
@@ -143,12 +107,7 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
         d = dir.display()
     );
     std::fs::write(dir.join("tidemark.toml"), config)?;
-    if let Some((uid, gid)) = ids {
-        let st = Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(&dir).status()?;
-        if !st.success() {
-            bail!("chown of {} failed", dir.display());
-        }
-    }
+    ctl::chown_tree(&dir, ids)?;
     println!("    keyring (mode 0600), fs repository, config written");
 
     step(2, "initdb a new PostgreSQL cluster");

@@ -5,12 +5,16 @@
 //! `daemon` (the agent). See DESIGN.md.
 
 pub mod app;
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod pg;
 pub mod repo;
+pub mod restore;
+pub mod snapshot;
 pub mod store;
 pub mod wal;

@@ -1,3 +1,6 @@
 //! What the repository knows about clusters and their backups.
 
+pub mod backup;
 pub mod cluster;
+pub mod verify;
+pub mod wal_index;

@@ -80,6 +80,7 @@ pub fn sd_notify(msg: &str) {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
     let archiver = Arc::new(Archiver::new(repo));
     let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));

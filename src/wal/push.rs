@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::catalog::cluster::{self, ClusterRecord};
+use crate::catalog::wal_index;
 use crate::repo::{sha256_hex, RepoError, Repository};
 use crate::store::PutOutcome;
 use crate::wal::header;
@@ -139,6 +140,18 @@ impl Archiver {
         };
         let file = WalFile::parse(file_name, seg_size)?;
         let key = self.repo.wal_key(&file, seg_size);
+        if let WalFile::Segment(seg) = file {
+            // The commit-time summary goes first: a summary without its segment is harmless,
+            // a segment without its summary would hide commit times from `window`.
+            let d = data.clone();
+            let idx = tokio::task::spawn_blocking(move || wal_index::summarize(&d, seg, seg_size))
+                .await
+                .map_err(|e| PushError::Read(file_name.to_string(), std::io::Error::other(e)))?;
+            if let Some(e) = &idx.error {
+                tracing::warn!(file = %file_name, error = %e, "cannot read commit times from segment; archiving it anyway");
+            }
+            wal_index::save(&self.repo, seg, seg_size, &idx).await?;
+        }
 
         if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_some() {
             return self.compare_existing(file_name, &key, &data).await;
@@ -159,4 +172,22 @@ impl Archiver {
             Err(PushError::Conflict { name: name.to_string(), archived, local })
         }
     }
+}
+
+/// Refuses to archive a cluster restored from `cluster` under the same handle: its new
+/// timeline would mix with the source's archive (PostgreSQL runs archive_command in the
+/// data directory, where `restore` left its marker).
+pub fn refuse_restored_copy(data_dir: &Path, cluster: &str) -> anyhow::Result<()> {
+    let marker = data_dir.join(crate::restore::execute::RESTORED_MARKER);
+    let Ok(text) = std::fs::read_to_string(&marker) else { return Ok(()) };
+    let from: crate::restore::execute::RestoredFrom = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: unreadable restore marker: {e}", marker.display()))?;
+    if from.cluster == cluster {
+        anyhow::bail!(
+            "this cluster was restored from backup {} of cluster '{cluster}' and must not archive under the same handle (its new timeline would mix with the source's WAL); set a new `cluster` in its config (or remove {} if this cluster really replaces the source)",
+            from.backup,
+            marker.display()
+        );
+    }
+    Ok(())
 }

@@ -401,6 +401,16 @@ pub struct Tidemark {
 impl Tidemark {
     /// A config for `cluster` with repository `url` (and S3 `endpoint`), for `data_dir`.
     pub fn new(cluster: &str, url: &str, endpoint: Option<&str>, data_dir: &Path) -> Tidemark {
+        Self::with_conninfo(cluster, url, endpoint, data_dir, "")
+    }
+
+    /// The same, for a running server reachable with `conninfo`.
+    pub fn for_pg(cluster: &str, url: &str, endpoint: Option<&str>, pg: &Pg) -> Tidemark {
+        let conninfo = format!("host={} port={} user=postgres dbname=postgres", pg.sock.display(), pg.port);
+        Self::with_conninfo(cluster, url, endpoint, &pg.data, &conninfo)
+    }
+
+    fn with_conninfo(cluster: &str, url: &str, endpoint: Option<&str>, data_dir: &Path, conninfo: &str) -> Tidemark {
         let dir = postgres_dir("tm");
         let keyring = dir.path().join("keyring");
         let socket = dir.path().join("tidemark.sock");
@@ -409,8 +419,9 @@ impl Tidemark {
         std::fs::write(
             &config,
             format!(
-                "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+                "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\nconninfo = \"{conninfo}\"\nbin_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
                 data_dir.display(),
+                pg_bin().display(),
                 keyring.display(),
                 dir.path().join("spool").display(),
                 socket.display(),

@@ -1,0 +1,194 @@
+//! The backup flow: pg_backup_start on a held session → provider captures → pg_backup_stop →
+//! manifest → WAL up to the stop LSN archived → completed.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::catalog::backup::{self, BackupKind, BackupState, Manifest, Tablespace};
+use crate::catalog::cluster;
+use crate::config::Config;
+use crate::pg::conn::Session;
+use crate::repo::Repository;
+use crate::snapshot::files;
+use crate::wal::name::{Lsn, Segment, WalFile};
+
+/// A progress bar on a terminal, nothing otherwise (logs carry the outcome).
+pub fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(total);
+    let style =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    pb.set_style(style.progress_chars("=> "));
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The timeline in a backup_label ("START TIMELINE: 1").
+pub fn label_timeline(label: &str) -> Option<u32> {
+    label.lines().find_map(|l| l.strip_prefix("START TIMELINE:")).and_then(|v| v.trim().parse().ok())
+}
+
+/// Waits until every segment from `start` through the one holding the byte before `stop`
+/// is in the archive.
+pub async fn wait_for_wal(
+    repo: &Repository,
+    timeline: u32,
+    start: Lsn,
+    stop: Lsn,
+    seg_size: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let first = Segment::containing(timeline, start, seg_size);
+    let last = Segment::containing(timeline, Lsn(stop.0.saturating_sub(1).max(start.0)), seg_size);
+    let began = Instant::now();
+    let mut next = first;
+    let mut delay = Duration::from_millis(100);
+    while next <= last {
+        let key = repo.wal_key(&WalFile::Segment(next), seg_size);
+        if repo.store().head(&key).await?.is_some() {
+            next = next.next();
+            continue;
+        }
+        if began.elapsed() > limit {
+            bail!(
+                "WAL segment {} is not in the archive after {limit:?}: check archive_command = 'tidemark wal-push %p' and pg_stat_archiver",
+                next.name(seg_size)
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+    Ok(())
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Takes a backup of the configured cluster with the `files` provider.
+pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow::Result<Manifest> {
+    if cfg.backup.provider != "files" {
+        bail!("backup.provider = \"{}\" is not available in this build; use \"files\"", cfg.backup.provider);
+    }
+    let session = Session::connect(&cfg.postgres.conninfo).await?;
+    let info = session.info().await?;
+    if info.archive_mode == "off" {
+        bail!("archive_mode is off: a backup is only restorable with its WAL archived; set archive_mode = on and archive_command = 'tidemark wal-push %p', then restart PostgreSQL");
+    }
+    let data_dir = &cfg.postgres.data_dir;
+    let same = |a: &Path, b: &Path| a.canonicalize().ok().zip(b.canonicalize().ok()).is_some_and(|(x, y)| x == y);
+    if !same(data_dir, Path::new(&info.data_directory)) {
+        bail!(
+            "postgres.data_dir is {} but the server at postgres.conninfo runs {}; fix one of them",
+            data_dir.display(),
+            info.data_directory
+        );
+    }
+    if let Some(rec) = cluster::load(repo).await? {
+        if rec.system_identifier != info.system_identifier.to_string() {
+            bail!(
+                "cluster '{}' in the repository has system identifier {} but this server has {}; give this database its own `cluster` handle",
+                rec.handle,
+                rec.system_identifier,
+                info.system_identifier
+            );
+        }
+    } else {
+        cluster::save(
+            repo,
+            &cluster::ClusterRecord::new(repo.cluster(), info.system_identifier, info.wal_segment_size),
+        )
+        .await?;
+    }
+
+    let mut id = backup::new_id(chrono::Utc::now());
+    if backup::load(repo, &id).await?.is_some() {
+        id = format!("{id}-{}", hex::encode(rand::random::<[u8; 2]>()));
+    }
+    let mut m = Manifest {
+        id: id.clone(),
+        cluster: repo.cluster().to_string(),
+        kind,
+        state: BackupState::Running,
+        provider: "files".into(),
+        pg_version: session.version,
+        system_identifier: info.system_identifier.to_string(),
+        timeline: info.timeline,
+        wal_segment_size: info.wal_segment_size,
+        start_lsn: Lsn(0),
+        stop_lsn: None,
+        start_time: now_rfc3339(),
+        stop_time: None,
+        backup_label: String::new(),
+        tablespace_map: String::new(),
+        tablespaces: info
+            .tablespaces
+            .iter()
+            .map(|(oid, location)| Tablespace { oid: *oid, location: location.clone() })
+            .collect(),
+        files: Vec::new(),
+        bundles: Vec::new(),
+        error: None,
+    };
+    backup::save(repo, &m).await?;
+    tracing::info!(backup = %id, ?kind, "backup started");
+
+    m.start_lsn = session.backup_start(&format!("tidemark {id}")).await?;
+    m.start_time = now_rfc3339();
+    let copied = copy(cfg, repo, &mut m).await;
+    // End backup mode whatever happened, so PostgreSQL is not left in it.
+    let stopped = session.backup_stop().await;
+    let res = match (copied, stopped) {
+        (Ok(()), Ok(stop)) => {
+            m.stop_lsn = Some(stop.lsn);
+            m.stop_time = Some(now_rfc3339());
+            m.timeline = label_timeline(&stop.label).unwrap_or(m.timeline);
+            m.backup_label = stop.label;
+            m.tablespace_map = stop.tablespace_map;
+            wait_for_wal(repo, m.timeline, m.start_lsn, stop.lsn, m.wal_segment_size, Duration::from_secs(300)).await
+        }
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+    };
+    match res {
+        Ok(()) => {
+            m.state = BackupState::Completed;
+            backup::save(repo, &m).await?;
+            tracing::info!(backup = %id, bytes = m.data_bytes(), stored = m.stored_bytes(), "backup completed");
+            Ok(m)
+        }
+        Err(e) => {
+            m.state = BackupState::Failed;
+            m.error = Some(format!("{e:#}"));
+            backup::save(repo, &m).await.context("recording the failed backup")?;
+            Err(e.context(format!("backup {id} failed")))
+        }
+    }
+}
+
+async fn copy(cfg: &Config, repo: &Repository, m: &mut Manifest) -> anyhow::Result<()> {
+    let dd = cfg.postgres.data_dir.clone();
+    let mut items = tokio::task::spawn_blocking(move || files::walk(&dd)).await??;
+    let total: u64 = items.iter().map(|i| i.entry.size).sum();
+    let pb = bytes_bar(total, "backup");
+    let pb2 = pb.clone();
+    let bundles = files::capture(
+        repo,
+        &m.id,
+        &mut items,
+        cfg.backup.bundle_mib << 20,
+        cfg.backup.workers,
+        Arc::new(move |n| pb2.inc(n)),
+    )
+    .await?;
+    pb.finish_and_clear();
+    m.files = items.into_iter().map(|i| i.entry).collect();
+    m.bundles = bundles;
+    Ok(())
+}

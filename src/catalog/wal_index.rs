@@ -1,0 +1,89 @@
+//! Per-segment commit-time summaries (`wal-index/<TLI>/<SEGMENT>`), written at push time,
+//! and the archive view restore planning reads.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::repo::{RepoError, Repository};
+use crate::restore::plan::{Archive, SegmentCommits};
+use crate::wal::name::{timeline_hex, Segment};
+use crate::wal::record;
+
+/// What the archive knows about one segment's transactions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentIndex {
+    /// Earliest commit time, unix microseconds.
+    pub first_commit_us: Option<i64>,
+    /// Latest commit time, unix microseconds.
+    pub last_commit_us: Option<i64>,
+    /// Records walked.
+    pub records: usize,
+    /// Why the segment could not be read, if it could not (archiving goes on regardless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Summarizes a full segment's commit times (pure).
+pub fn summarize(bytes: &[u8], seg: Segment, seg_size: u64) -> SegmentIndex {
+    match record::summarize_segment_at(bytes, seg_size, seg.start_lsn(seg_size).0) {
+        Ok(s) => SegmentIndex {
+            first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
+            last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
+            records: s.records,
+            error: None,
+        },
+        Err(e) => SegmentIndex { error: Some(e.to_string()), ..SegmentIndex::default() },
+    }
+}
+
+/// Stores a segment's summary.
+pub async fn save(repo: &Repository, seg: Segment, seg_size: u64, idx: &SegmentIndex) -> Result<(), RepoError> {
+    repo.put_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size)), idx).await
+}
+
+/// Timelines present in the archive.
+pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
+    let metas = repo.store().list(&repo.wal_root()).await?;
+    let mut out: Vec<u32> = metas
+        .iter()
+        .filter_map(|m| {
+            m.key.strip_prefix(&repo.wal_root())?.split('/').next().and_then(|t| u32::from_str_radix(t, 16).ok())
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// The archived segments of `timeline` from segment `from` on, with their commit times.
+pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from: u64) -> Result<Archive, RepoError> {
+    let wal = repo.store().list(&repo.wal_prefix(timeline)).await?;
+    let mut segments: BTreeMap<u64, SegmentCommits> = BTreeMap::new();
+    for m in &wal {
+        let name = m.key.rsplit('/').next().unwrap_or_default();
+        if let Ok(s) = Segment::parse(name, seg_size) {
+            if s.number >= from {
+                segments.insert(s.number, SegmentCommits::default());
+            }
+        }
+    }
+    let idx_prefix = format!("clusters/{}/wal-index/{}/", repo.cluster(), timeline_hex(timeline));
+    let keys: Vec<(u64, String)> = repo
+        .store()
+        .list(&idx_prefix)
+        .await?
+        .into_iter()
+        .filter_map(|m| {
+            let s = Segment::parse(m.key.rsplit('/').next()?, seg_size).ok()?;
+            segments.contains_key(&s.number).then_some((s.number, m.key))
+        })
+        .collect();
+    let loaded = futures::future::try_join_all(keys.iter().map(|(_, k)| repo.get_json::<SegmentIndex>(k))).await?;
+    for ((n, _), idx) in keys.iter().zip(loaded) {
+        if let (Some(idx), Some(c)) = (idx, segments.get_mut(n)) {
+            *c = SegmentCommits { first: idx.first_commit_us, last: idx.last_commit_us };
+        }
+    }
+    Ok(Archive { seg_size, segments })
+}

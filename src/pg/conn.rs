@@ -1,0 +1,133 @@
+//! The PostgreSQL connection (tokio-postgres) and the queries tidemark needs.
+
+use anyhow::{bail, Context};
+use tokio_postgres::{Client, NoTls};
+
+use crate::wal::name::Lsn;
+
+/// A held session (a non-exclusive backup must start and stop on the same one).
+pub struct Session {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+    /// `server_version_num`.
+    pub version: u32,
+}
+
+/// Facts about the server.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// System identifier.
+    pub system_identifier: u64,
+    /// Current timeline.
+    pub timeline: u32,
+    /// WAL segment size.
+    pub wal_segment_size: u64,
+    /// `data_directory`.
+    pub data_directory: String,
+    /// `archive_mode`.
+    pub archive_mode: String,
+    /// Tablespaces other than pg_default/pg_global: (oid, location).
+    pub tablespaces: Vec<(u32, String)>,
+}
+
+/// What the stop call returns.
+#[derive(Debug, Clone)]
+pub struct StopResult {
+    /// Stop LSN.
+    pub lsn: Lsn,
+    /// backup_label contents.
+    pub label: String,
+    /// tablespace_map contents.
+    pub tablespace_map: String,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Session {
+    /// Connects with a libpq-style conninfo (Unix socket dir or TCP host).
+    pub async fn connect(conninfo: &str) -> anyhow::Result<Session> {
+        let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await.with_context(|| {
+            format!("cannot connect to PostgreSQL with conninfo '{conninfo}': is it running, and is postgres.conninfo right?")
+        })?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        let mut s = Session { client, task, version: 0 };
+        s.version = s.one("show server_version_num").await?.parse().context("server_version_num")?;
+        if s.version < 120000 {
+            bail!("PostgreSQL {} is not supported (12 or newer)", s.version);
+        }
+        Ok(s)
+    }
+
+    /// First column of the first row as text.
+    pub async fn one(&self, sql: &str) -> anyhow::Result<String> {
+        let msgs = self.client.simple_query(sql).await.with_context(|| format!("query failed: {sql}"))?;
+        for m in msgs {
+            if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                return Ok(r.get(0).unwrap_or_default().to_string());
+            }
+        }
+        bail!("query returned no rows: {sql}")
+    }
+
+    /// Server facts used by backups.
+    pub async fn info(&self) -> anyhow::Result<ServerInfo> {
+        let sysid = self.one("select system_identifier::text from pg_control_system()").await?;
+        let tli = self.one("select timeline_id::text from pg_control_checkpoint()").await?;
+        let seg = self.one("select setting from pg_settings where name = 'wal_segment_size'").await?;
+        let rows = self
+            .client
+            .query("select oid::int8, pg_tablespace_location(oid) from pg_tablespace where spcname not in ('pg_default', 'pg_global')", &[])
+            .await
+            .context("listing tablespaces")?;
+        let mut tablespaces = Vec::new();
+        for r in rows {
+            let oid: i64 = r.get(0);
+            let loc: String = r.get(1);
+            tablespaces.push((oid as u32, loc));
+        }
+        Ok(ServerInfo {
+            system_identifier: sysid.parse().context("system_identifier")?,
+            timeline: tli.parse().context("timeline_id")?,
+            wal_segment_size: seg.parse().context("wal_segment_size")?,
+            data_directory: self.one("show data_directory").await?,
+            archive_mode: self.one("show archive_mode").await?,
+            tablespaces,
+        })
+    }
+
+    /// Starts a non-exclusive backup with an immediate checkpoint; returns the start LSN.
+    pub async fn backup_start(&self, label: &str) -> anyhow::Result<Lsn> {
+        let sql = if self.version >= 150000 {
+            "select pg_backup_start($1, true)::text"
+        } else {
+            "select pg_start_backup($1, true, false)::text"
+        };
+        let row = self.client.query_one(sql, &[&label]).await.context("starting the backup")?;
+        let lsn: String = row.get(0);
+        Ok(lsn.parse()?)
+    }
+
+    /// Stops the backup, waiting until PostgreSQL has archived the WAL it needs.
+    pub async fn backup_stop(&self) -> anyhow::Result<StopResult> {
+        let sql = if self.version >= 150000 {
+            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(true)"
+        } else {
+            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, true)"
+        };
+        let row = self.client.query_one(sql, &[]).await.context("stopping the backup")?;
+        let lsn: String = row.get(0);
+        Ok(StopResult {
+            lsn: lsn.parse()?,
+            label: row.get(1),
+            tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,513 @@
+//! Executing a restore into a new, empty directory: parallel bundle download with every
+//! part's checksum verified, then the recovery configuration. The source cluster is never
+//! touched. Until everything is verified the directory has no `global/pg_control` and
+//! carries a `TIDEMARK_RESTORE_INCOMPLETE` marker, so it cannot be started by mistake.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::backup::{bundle_key, EntryKind, Manifest, Part};
+use crate::codec;
+use crate::pg::ctl;
+use crate::repo::Repository;
+use crate::restore::plan::{rfc3339, Target};
+
+/// Marker left in a directory whose restore did not finish.
+pub const INCOMPLETE_MARKER: &str = "TIDEMARK_RESTORE_INCOMPLETE";
+/// Marker naming the cluster a restored directory came from (wal-push checks it).
+pub const RESTORED_MARKER: &str = "tidemark.restored";
+const PG_CONTROL: &str = "global/pg_control";
+const PG_CONTROL_PENDING: &str = "global/pg_control.tidemark-restoring";
+
+/// What a restored directory was restored from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RestoredFrom {
+    /// Source cluster handle.
+    pub cluster: String,
+    /// Backup id.
+    pub backup: String,
+    /// Recovery target.
+    pub target: String,
+    /// When the restore ran.
+    pub restored_at: String,
+}
+
+/// How to write the recovery configuration.
+#[derive(Debug, Clone)]
+pub struct RecoverySettings {
+    /// restore_command value.
+    pub restore_command: String,
+    /// Port for the new cluster.
+    pub port: Option<u16>,
+}
+
+/// Checks DIR is absent or empty.
+pub fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                bail!(
+                    "{} is not empty: restore always creates a new cluster; choose an empty or absent directory",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
+    }
+}
+
+/// Where tablespace `oid` goes: beside the target directory, never at the source's location.
+pub fn tablespace_dir(target: &Path, oid: u32) -> PathBuf {
+    let mut name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".tablespaces");
+    target.with_file_name(name).join(oid.to_string())
+}
+
+/// Maps a manifest path to its place on disk.
+fn dest_path(target: &Path, rel: &str) -> PathBuf {
+    if rel == PG_CONTROL {
+        return target.join(PG_CONTROL_PENDING);
+    }
+    if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
+        let (oid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        if let Ok(oid) = oid.parse::<u32>() {
+            if !tail.is_empty() {
+                return tablespace_dir(target, oid).join(tail);
+            }
+        }
+    }
+    target.join(rel)
+}
+
+/// Rewrites tablespace_map lines to the new tablespace locations.
+pub fn remap_tablespace_map(map: &str, target: &Path) -> String {
+    let mut out = String::new();
+    for line in map.lines() {
+        match line.split_once(' ').and_then(|(oid, _)| oid.parse::<u32>().ok()) {
+            Some(oid) => out.push_str(&format!("{oid} {}\n", tablespace_dir(target, oid).display())),
+            None if line.is_empty() => {}
+            None => out.push_str(&format!("{line}\n")),
+        }
+    }
+    out
+}
+
+/// The recovery settings appended to postgresql.auto.conf.
+pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> String {
+    let mut c = format!(
+        "\n# Added by tidemark restore of backup {} (cluster {}) at {}\nrestore_command = '{}'\nrecovery_target_action = 'promote'\narchive_mode = 'off'\n",
+        m.id,
+        m.cluster,
+        rfc3339(chrono::Utc::now()),
+        s.restore_command.replace('\'', "''")
+    );
+    match target {
+        Target::Latest => {}
+        // PostgreSQL's timestamptz input wants a space and a numeric zone, not RFC 3339's T/Z.
+        Target::Time(t) => c.push_str(&format!("recovery_target_time = '{}'\n", t.format("%Y-%m-%d %H:%M:%S%.6f+00"))),
+        Target::Lsn(l) => c.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+    }
+    if let Some(p) = s.port {
+        c.push_str(&format!("port = {p}\n"));
+    }
+    c
+}
+
+/// Receives a bundle's plaintext in order and writes each part where it belongs,
+/// checking each part's SHA-256.
+struct PartSink {
+    parts: Vec<(PathBuf, String, Part)>,
+    idx: usize,
+    pos: u64,
+    file: Option<std::fs::File>,
+    hasher: Sha256,
+    bundle: String,
+    error: Option<String>,
+    /// Only check checksums; write nothing (verify --deep).
+    dry: bool,
+}
+
+impl PartSink {
+    fn fail(&mut self, msg: String) -> std::io::Error {
+        self.error = Some(msg.clone());
+        std::io::Error::other(msg)
+    }
+}
+
+impl Write for PartSink {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let total = buf.len();
+        while !buf.is_empty() {
+            let Some((dest, rel, part)) = self.parts.get(self.idx).cloned() else {
+                return Err(self.fail(format!("bundle {} holds more bytes than its manifest lists", self.bundle)));
+            };
+            if self.pos < part.offset {
+                let skip = ((part.offset - self.pos) as usize).min(buf.len());
+                self.pos += skip as u64;
+                buf = &buf[skip..];
+                continue;
+            }
+            if self.file.is_none() && !self.dry {
+                let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dest);
+                self.file = Some(f.map_err(|e| std::io::Error::other(format!("creating {}: {e}", dest.display())))?);
+            }
+            let within = self.pos - part.offset;
+            let n = ((part.len - within) as usize).min(buf.len());
+            if let Some(f) = &self.file {
+                f.write_all_at(&buf[..n], part.file_offset + within)?;
+            }
+            self.hasher.update(&buf[..n]);
+            self.pos += n as u64;
+            buf = &buf[n..];
+            if within + n as u64 == part.len {
+                self.finish_part(&rel, &part)?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl PartSink {
+    fn finish_part(&mut self, rel: &str, part: &Part) -> std::io::Result<()> {
+        let got = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        self.file = None;
+        self.idx += 1;
+        if got != part.sha256 {
+            return Err(self.fail(format!(
+                "{rel}: checksum mismatch in bundle {} (expected sha256 {}, got {got})",
+                self.bundle, part.sha256
+            )));
+        }
+        Ok(())
+    }
+
+    /// Zero-length parts complete without bytes; finish any at the current position.
+    fn finish_empty(&mut self) -> std::io::Result<()> {
+        while let Some((dest, rel, part)) = self.parts.get(self.idx).cloned() {
+            if part.len != 0 {
+                break;
+            }
+            if !self.dry {
+                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dest)?;
+            }
+            self.finish_part(&rel, &part)?;
+        }
+        Ok(())
+    }
+}
+
+/// Downloads one bundle and writes its parts; errors name the bundle.
+async fn restore_bundle(
+    repo: &Repository,
+    m: &Manifest,
+    n: usize,
+    parts: Vec<(PathBuf, String, Part)>,
+    dry: bool,
+) -> anyhow::Result<u64> {
+    let name = m.bundles[n].name.clone();
+    let key = bundle_key(repo, &m.id, &name);
+    let Some(sealed) = repo.store().get_bytes(&key).await? else {
+        bail!("bundle {name} of backup {} is missing from the repository ({key}); run `tidemark verify`", m.id);
+    };
+    let ring = repo.keyring().clone();
+    let plain = m.bundles[n].plain_bytes;
+    tokio::task::spawn_blocking(move || {
+        let mut sink = PartSink {
+            parts,
+            idx: 0,
+            pos: 0,
+            file: None,
+            hasher: Sha256::new(),
+            bundle: name.clone(),
+            error: None,
+            dry,
+        };
+        let res = sink
+            .finish_empty()
+            .map_err(|e| e.to_string())
+            .and_then(|_| codec::open(&ring, &key, &sealed[..], &mut sink).map_err(|e| e.to_string()));
+        if let Err(e) = res {
+            let why = sink.error.take().unwrap_or(e);
+            bail!("bundle {name}: {why}");
+        }
+        sink.finish_empty()?;
+        if sink.idx != sink.parts.len() {
+            bail!("bundle {name} ends before all its parts ({} of {})", sink.idx, sink.parts.len());
+        }
+        Ok(plain)
+    })
+    .await?
+}
+
+/// Downloads bundle `n` and checks every part's checksum without writing anything.
+pub async fn check_bundle(repo: &Repository, m: &Manifest, n: usize) -> anyhow::Result<u64> {
+    let mut parts: Vec<(PathBuf, String, Part)> = m
+        .files
+        .iter()
+        .flat_map(|e| e.parts.iter().filter(|p| p.bundle == n).map(|p| (PathBuf::new(), e.path.clone(), p.clone())))
+        .collect();
+    parts.sort_by_key(|(_, _, p)| p.offset);
+    restore_bundle(repo, m, n, parts, true).await
+}
+
+/// Writes the backup's files into `target` and the recovery configuration. On failure the
+/// directory keeps its incomplete marker and has no pg_control.
+pub async fn execute(
+    repo: &Repository,
+    m: &Manifest,
+    target_dir: &Path,
+    target: Target,
+    settings: &RecoverySettings,
+    workers: usize,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
+    check_target_dir(target_dir)?;
+    for ts in &m.tablespaces {
+        check_target_dir(&tablespace_dir(target_dir, ts.oid))?;
+    }
+    std::fs::create_dir_all(target_dir).with_context(|| format!("creating {}", target_dir.display()))?;
+    std::fs::set_permissions(target_dir, std::fs::Permissions::from_mode(0o700))?;
+    let marker = target_dir.join(INCOMPLETE_MARKER);
+    std::fs::write(
+        &marker,
+        format!("restore of backup {} in progress; this directory is not a usable cluster\n", m.id),
+    )?;
+    let res = write_all(repo, m, target_dir, target, settings, workers, owner).await;
+    match res {
+        Ok(()) => {
+            std::fs::remove_file(&marker)?;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::write(&marker, format!("restore of backup {} FAILED: {e:#}\nthis directory is not a usable cluster; remove it and restore again\n", m.id));
+            Err(e)
+        }
+    }
+}
+
+async fn write_all(
+    repo: &Repository,
+    m: &Manifest,
+    target_dir: &Path,
+    target: Target,
+    settings: &RecoverySettings,
+    workers: usize,
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
+    // Directories and links first.
+    for ts in &m.tablespaces {
+        std::fs::create_dir_all(tablespace_dir(target_dir, ts.oid))?;
+    }
+    for e in &m.files {
+        match e.kind {
+            EntryKind::Dir => std::fs::create_dir_all(dest_path(target_dir, &e.path))?,
+            EntryKind::Link => {
+                let oid = e.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok());
+                let to = match oid {
+                    Some(oid) => tablespace_dir(target_dir, oid),
+                    None => PathBuf::from(e.target.clone().unwrap_or_default()),
+                };
+                std::fs::create_dir_all(to.clone())?;
+                std::os::unix::fs::symlink(&to, target_dir.join(&e.path))
+                    .with_context(|| format!("linking {} to {}", e.path, to.display()))?;
+            }
+            EntryKind::File => {}
+        }
+    }
+    // Parts grouped by bundle, in bundle order.
+    let mut by_bundle: BTreeMap<usize, Vec<(PathBuf, String, Part)>> = BTreeMap::new();
+    for e in m.files.iter().filter(|e| e.kind == EntryKind::File) {
+        let dest = dest_path(target_dir, &e.path);
+        if e.parts.is_empty() {
+            std::fs::File::create(&dest).with_context(|| format!("creating {}", dest.display()))?;
+        }
+        for p in &e.parts {
+            by_bundle.entry(p.bundle).or_default().push((dest.clone(), e.path.clone(), p.clone()));
+        }
+    }
+    for v in by_bundle.values_mut() {
+        v.sort_by_key(|(_, _, p)| p.offset);
+    }
+    let pb = crate::backup::bytes_bar(m.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
+    let done = Arc::new(Mutex::new(0u64));
+    let results: Vec<anyhow::Result<u64>> = futures::stream::iter(by_bundle)
+        .map(|(n, parts)| {
+            let pb = pb.clone();
+            let done = done.clone();
+            async move {
+                let bytes = restore_bundle(repo, m, n, parts, false).await?;
+                pb.inc(bytes);
+                *done.lock().unwrap_or_else(|p| p.into_inner()) += bytes;
+                Ok(bytes)
+            }
+        })
+        .buffer_unordered(workers.max(1))
+        .collect()
+        .await;
+    pb.finish_and_clear();
+    for r in results {
+        r?;
+    }
+    // Sizes (files may be sparse at the end) and modes.
+    for e in &m.files {
+        let dest = dest_path(target_dir, &e.path);
+        if e.kind == EntryKind::File {
+            let f = std::fs::OpenOptions::new().write(true).open(&dest)?;
+            f.set_len(e.size)?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
+        } else if e.kind == EntryKind::Dir {
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode((e.mode & 0o7777) | 0o700))?;
+        }
+    }
+    // Recovery configuration, then pg_control last: only now can the directory start.
+    let write = |rel: &str, text: &str| -> anyhow::Result<()> {
+        let p = target_dir.join(rel);
+        let mut f = std::fs::File::create(&p).with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    };
+    write("backup_label", &m.backup_label)?;
+    if !m.tablespace_map.trim().is_empty() {
+        write("tablespace_map", &remap_tablespace_map(&m.tablespace_map, target_dir))?;
+    }
+    write("recovery.signal", "")?;
+    let auto = target_dir.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&auto)?;
+    f.write_all(recovery_conf(m, target, settings).as_bytes())?;
+    f.sync_all()?;
+    let from = RestoredFrom {
+        cluster: m.cluster.clone(),
+        backup: m.id.clone(),
+        target: target.to_string(),
+        restored_at: rfc3339(chrono::Utc::now()),
+    };
+    write(RESTORED_MARKER, &serde_json::to_string_pretty(&from)?)?;
+    let pending = target_dir.join(PG_CONTROL_PENDING);
+    if !pending.is_file() {
+        bail!("the backup has no {PG_CONTROL}; it cannot be started");
+    }
+    std::fs::File::open(&pending)?.sync_all()?;
+    std::fs::rename(&pending, target_dir.join(PG_CONTROL))?;
+    std::fs::File::open(target_dir.join("global"))?.sync_all()?;
+    ctl::chown_tree(target_dir, owner)?;
+    for ts in &m.tablespaces {
+        ctl::chown_tree(&tablespace_dir(target_dir, ts.oid), owner)?;
+    }
+    Ok(())
+}
+
+/// What recovery reached, read from the server log.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reached {
+    /// "recovery stopping ..." line.
+    pub stopped: Option<String>,
+    /// "last completed transaction was at log time ..." value.
+    pub last_transaction: Option<String>,
+    /// New timeline after promotion.
+    pub timeline: Option<u32>,
+}
+
+fn parse_reached(log: &str) -> Reached {
+    let mut r = Reached::default();
+    for line in log.lines() {
+        if let Some(i) = line.find("recovery stopping") {
+            r.stopped = Some(line[i..].to_string());
+        }
+        if let Some(i) = line.find("last completed transaction was at log time ") {
+            r.last_transaction =
+                Some(line[i + "last completed transaction was at log time ".len()..].trim().to_string());
+        }
+        if let Some(i) = line.find("selected new timeline ID: ") {
+            let rest = &line[i + "selected new timeline ID: ".len()..];
+            r.timeline = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok());
+        }
+    }
+    r
+}
+
+/// Starts the restored cluster and waits until it has promoted; reports the point reached.
+pub fn start_and_wait(
+    bin_dir: &Path,
+    target_dir: &Path,
+    owner: Option<(u32, u32)>,
+    limit: Duration,
+) -> anyhow::Result<Reached> {
+    let log = target_dir.join("tidemark-restore.log");
+    let mut c = ctl::command(bin_dir.join("pg_ctl"), owner);
+    c.arg("-D").arg(target_dir).arg("-l").arg(&log).args(["-W", "start"]).current_dir(target_dir);
+    let out = c.output().context("running pg_ctl start")?;
+    if !out.status.success() {
+        bail!("pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let began = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("database system is ready to accept connections") {
+            return Ok(parse_reached(&text));
+        }
+        if text.contains("FATAL:") || text.contains("PANIC:") {
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("recovery failed; server log {}:\n{}", log.display(), tail.join("\n"));
+        }
+        if began.elapsed() > limit {
+            bail!("recovery did not finish within {limit:?}; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespaces_go_beside_the_target() {
+        let t = Path::new("/srv/restore/new");
+        assert_eq!(tablespace_dir(t, 16384), PathBuf::from("/srv/restore/new.tablespaces/16384"));
+        assert_eq!(
+            dest_path(t, "pg_tblspc/16384/PG_15_1/5/1"),
+            PathBuf::from("/srv/restore/new.tablespaces/16384/PG_15_1/5/1")
+        );
+        assert_eq!(dest_path(t, "base/1/1"), PathBuf::from("/srv/restore/new/base/1/1"));
+        assert_eq!(
+            dest_path(t, "global/pg_control"),
+            PathBuf::from("/srv/restore/new/global/pg_control.tidemark-restoring")
+        );
+        assert_eq!(remap_tablespace_map("16384 /old/ts\n", t), "16384 /srv/restore/new.tablespaces/16384\n");
+    }
+
+    #[test]
+    fn reads_the_point_reached_from_the_log() {
+        let log = "LOG:  recovery stopping before commit of transaction 750, time 2026-11-26 06:00:01.5+00\nLOG:  last completed transaction was at log time 2026-11-26 06:00:00.25+00\nLOG:  selected new timeline ID: 2\n";
+        let r = parse_reached(log);
+        assert_eq!(r.timeline, Some(2));
+        assert_eq!(r.last_transaction.as_deref(), Some("2026-11-26 06:00:00.25+00"));
+        assert!(r.stopped.unwrap().starts_with("recovery stopping before commit"));
+    }
+
+    #[test]
+    fn non_empty_target_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(check_target_dir(&d.path().join("absent")).is_ok());
+        assert!(check_target_dir(d.path()).is_ok());
+        std::fs::write(d.path().join("x"), b"").unwrap();
+        assert!(check_target_dir(d.path()).unwrap_err().to_string().contains("not empty"));
+    }
+}

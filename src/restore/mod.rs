@@ -1,0 +1,158 @@
+//! Restore: plan (pick the backup, check WAL coverage) and execute into a new directory.
+
+pub mod execute;
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::catalog::backup::{self, BackupState, Manifest};
+use crate::catalog::{cluster, wal_index};
+use crate::config::Config;
+use crate::pg::ctl;
+use crate::repo::Repository;
+use crate::restore::plan::{Archive, BackupPoint, RestorePlan, Target, Window};
+use crate::wal::name::{Segment, DEFAULT_SEGMENT_SIZE};
+
+/// Completed backups and the archive of each of their timelines.
+pub struct Inputs {
+    /// Completed backups, oldest first.
+    pub backups: Vec<Manifest>,
+    /// Timeline → archived segments and commit times.
+    pub archives: BTreeMap<u32, Archive>,
+}
+
+fn point(m: &Manifest) -> Option<BackupPoint> {
+    Some(BackupPoint {
+        id: m.id.clone(),
+        timeline: m.timeline,
+        start_lsn: m.start_lsn,
+        stop_lsn: m.stop_lsn?,
+        stop_time: m.stop_at()?,
+    })
+}
+
+impl Inputs {
+    /// Reads the catalog and the archive.
+    pub async fn load(repo: &Repository) -> anyhow::Result<Inputs> {
+        let seg_size = cluster::load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE);
+        let backups: Vec<Manifest> =
+            backup::list(repo).await?.into_iter().filter(|m| m.state == BackupState::Completed).collect();
+        let mut from: BTreeMap<u32, u64> = BTreeMap::new();
+        for m in &backups {
+            let s = Segment::containing(m.timeline, m.start_lsn, seg_size).number;
+            let e = from.entry(m.timeline).or_insert(s);
+            *e = (*e).min(s);
+        }
+        let mut archives = BTreeMap::new();
+        for (tli, first) in from {
+            archives.insert(tli, wal_index::load_archive(repo, tli, seg_size, first).await?);
+        }
+        Ok(Inputs { backups, archives })
+    }
+
+    fn points(&self, tli: u32) -> Vec<BackupPoint> {
+        self.backups.iter().filter(|m| m.timeline == tli).filter_map(point).collect()
+    }
+
+    /// The restorable window per timeline.
+    pub fn windows(&self) -> Vec<(u32, Window)> {
+        self.archives.iter().map(|(tli, a)| (*tli, plan::window(&self.points(*tli), a))).collect()
+    }
+
+    /// Plans a restore, trying the newest timeline first.
+    pub fn plan(&self, target: Target, only: Option<&str>) -> Result<(Manifest, RestorePlan), plan::PlanError> {
+        let mut first_err = None;
+        for (tli, archive) in self.archives.iter().rev() {
+            let only_here = only.filter(|id| self.backups.iter().any(|m| m.id == *id && m.timeline == *tli));
+            if only.is_some() && only_here.is_none() {
+                continue;
+            }
+            match plan::plan(&self.points(*tli), archive, target, only_here) {
+                Ok(p) => {
+                    let m = self.backups.iter().find(|m| m.id == p.backup).cloned().expect("planned backup exists");
+                    return Ok((m, p));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| match only {
+            Some(id) => {
+                plan::PlanError::BadBackup(id.into(), "no completed backup has this id".into(), Window::default())
+            }
+            None => plan::PlanError::NothingRestorable(Window::default()),
+        }))
+    }
+}
+
+/// A restore request from the CLI.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// New data directory.
+    pub target_dir: PathBuf,
+    /// Recovery target.
+    pub target: Target,
+    /// Force this backup.
+    pub backup: Option<String>,
+    /// Start PostgreSQL and wait for promotion.
+    pub start: bool,
+    /// Port for the restored cluster.
+    pub port: Option<u16>,
+    /// Config file the restored cluster's restore_command should use.
+    pub config_path: Option<PathBuf>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    /// Backup used.
+    pub backup: String,
+    /// Target.
+    pub target: String,
+    /// Directory.
+    pub target_dir: PathBuf,
+    /// WAL segments recovery reads.
+    pub segments: u64,
+    /// Point reached (with --start).
+    pub reached: Option<execute::Reached>,
+}
+
+/// Plans, then restores into a new directory; refuses before any download when the
+/// target is outside the window.
+pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Result<Report> {
+    execute::check_target_dir(&req.target_dir)?;
+    let inputs = Inputs::load(repo).await?;
+    let (m, p) = inputs.plan(req.target, req.backup.as_deref())?;
+    tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, "restore planned");
+    let exe = std::env::current_exe().context("locating the tidemark binary")?;
+    let spool = cfg.fetch.spool_dir.join(format!("restore-{}-{}", m.id, hex::encode(rand::random::<[u8; 3]>())));
+    let mut restore_command = format!("TIDEMARK_FETCH_SPOOL_DIR={} {}", spool.display(), exe.display());
+    if let Some(c) = &req.config_path {
+        restore_command.push_str(&format!(" --config {}", c.display()));
+    }
+    restore_command.push_str(" wal-fetch %f %p");
+    let owner = ctl::run_as(&cfg.postgres.os_user)?;
+    let settings = execute::RecoverySettings { restore_command, port: req.port };
+    execute::execute(repo, &m, &req.target_dir, req.target, &settings, cfg.backup.workers, owner).await?;
+    let mut reached = None;
+    if req.start {
+        let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
+        let dir = req.target_dir.clone();
+        let r =
+            tokio::task::spawn_blocking(move || execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600)))
+                .await??;
+        reached = Some(r);
+    }
+    Ok(Report {
+        backup: m.id.clone(),
+        target: req.target.to_string(),
+        target_dir: req.target_dir.clone(),
+        segments: p.last_segment - p.first_segment + 1,
+        reached,
+    })
+}

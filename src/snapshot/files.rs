@@ -1,0 +1,416 @@
+//! The `files` provider: copy the data directory and tablespaces between backup start and
+//! stop, packed into sealed bundles uploaded in parallel, with memory bounded by
+//! `workers × bundle size` whatever the database size.
+
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::backup::{bundle_key, Bundle, EntryKind, FileEntry, Part};
+use crate::repo::Repository;
+
+/// Directories whose contents a base backup leaves out (PostgreSQL's basebackup.c list).
+const EXCLUDE_DIR_CONTENTS: &[&str] =
+    &["pg_wal", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_stat_tmp", "pg_subtrans"];
+
+/// Files a base backup leaves out wherever they are.
+const EXCLUDE_FILES: &[&str] = &[
+    "postmaster.pid",
+    "postmaster.opts",
+    "pg_internal.init",
+    "backup_label",
+    "backup_label.old",
+    "tablespace_map",
+    "tablespace_map.old",
+    "backup_manifest",
+    "current_logfiles",
+    "postgresql.auto.conf.tmp",
+    "recovery.signal",
+    "standby.signal",
+    "tidemark.restored",
+    "TIDEMARK_RESTORE_INCOMPLETE",
+];
+
+/// Whether a name is left out of a base backup (see PostgreSQL's "Making a Base Backup").
+pub fn excluded_file(name: &str) -> bool {
+    EXCLUDE_FILES.contains(&name) || name.starts_with("pgsql_tmp")
+}
+
+/// Unlogged relations: every fork of a relfilenode that has an `_init` fork is left out,
+/// except the init fork itself (recovery resets them from it).
+fn unlogged_bases(names: &[String]) -> HashSet<String> {
+    names
+        .iter()
+        .filter_map(|n| n.strip_suffix("_init"))
+        .filter(|b| b.bytes().all(|c| c.is_ascii_digit()))
+        .map(str::to_string)
+        .collect()
+}
+
+fn is_unlogged_fork(name: &str, bases: &HashSet<String>) -> bool {
+    if name.ends_with("_init") {
+        return false;
+    }
+    let base = name.split(['_', '.']).next().unwrap_or(name);
+    bases.contains(base)
+}
+
+/// One thing to copy.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// Manifest entry (parts filled in while copying).
+    pub entry: FileEntry,
+    /// Where it is on disk.
+    pub source: PathBuf,
+}
+
+fn mtime(m: &std::fs::Metadata) -> i64 {
+    m.mtime()
+}
+
+fn rel_join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// Lists everything a base backup copies from `data_dir` (following pg_tblspc links).
+pub fn walk(data_dir: &Path) -> anyhow::Result<Vec<Item>> {
+    let mut out = Vec::new();
+    walk_dir(data_dir, "", &mut out, true)?;
+    Ok(out)
+}
+
+fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Item>, top: bool) -> anyhow::Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        if let Some(n) = e.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    let bases = unlogged_bases(&names);
+    for name in names {
+        if excluded_file(&name) || is_unlogged_fork(&name, &bases) {
+            continue;
+        }
+        let path = dir.join(&name);
+        let rel_path = rel_join(rel, &name);
+        // Vanished between listing and stat: the table was dropped; WAL replays the drop.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        let in_tblspc = rel == "pg_tblspc";
+        if ft.is_symlink() && !in_tblspc {
+            // A symlinked pg_wal (or other dir) is recreated as a plain directory.
+            let Ok(target_meta) = std::fs::metadata(&path) else { continue };
+            if target_meta.is_dir() {
+                out.push(Item {
+                    entry: dir_entry(&rel_path, target_meta.permissions().mode() & 0o7777, mtime(&target_meta)),
+                    source: path.clone(),
+                });
+                if !(top && EXCLUDE_DIR_CONTENTS.contains(&name.as_str())) {
+                    walk_dir(&path, &rel_path, out, false)?;
+                }
+            }
+            continue;
+        }
+        if ft.is_symlink() && in_tblspc {
+            let target = std::fs::read_link(&path)?;
+            out.push(Item {
+                entry: FileEntry {
+                    path: rel_path.clone(),
+                    kind: EntryKind::Link,
+                    size: 0,
+                    mode,
+                    mtime: mtime(&meta),
+                    sha256: String::new(),
+                    parts: Vec::new(),
+                    target: Some(target.display().to_string()),
+                },
+                source: path.clone(),
+            });
+            walk_dir(&path, &rel_path, out, false)?;
+            continue;
+        }
+        if ft.is_dir() {
+            out.push(Item { entry: dir_entry(&rel_path, mode, mtime(&meta)), source: path.clone() });
+            if top && EXCLUDE_DIR_CONTENTS.contains(&name.as_str()) {
+                // pg_wal keeps its archive_status directory, empty.
+                if name == "pg_wal" {
+                    out.push(Item {
+                        entry: dir_entry("pg_wal/archive_status", 0o700, mtime(&meta)),
+                        source: path.join("archive_status"),
+                    });
+                }
+                continue;
+            }
+            if name == "pgsql_tmp" {
+                continue;
+            }
+            walk_dir(&path, &rel_path, out, false)?;
+        } else if ft.is_file() {
+            out.push(Item {
+                entry: FileEntry {
+                    path: rel_path,
+                    kind: EntryKind::File,
+                    size: meta.len(),
+                    mode,
+                    mtime: mtime(&meta),
+                    sha256: String::new(),
+                    parts: Vec::new(),
+                    target: None,
+                },
+                source: path,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn dir_entry(path: &str, mode: u32, mtime: i64) -> FileEntry {
+    FileEntry {
+        path: path.to_string(),
+        kind: EntryKind::Dir,
+        size: 0,
+        mode,
+        mtime,
+        sha256: String::new(),
+        parts: Vec::new(),
+        target: None,
+    }
+}
+
+/// A planned piece of a file inside a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Index into the item list.
+    pub item: usize,
+    /// Offset in the file.
+    pub file_offset: u64,
+    /// Planned length (the file may have shrunk by the time it is read).
+    pub len: u64,
+}
+
+/// Packs files into bundles of at most `bundle_bytes` (pure): large files are split.
+pub fn pack(sizes: &[(usize, u64)], bundle_bytes: u64) -> Vec<Vec<Piece>> {
+    let mut bundles: Vec<Vec<Piece>> = Vec::new();
+    let mut cur: Vec<Piece> = Vec::new();
+    let mut room = bundle_bytes;
+    for &(item, size) in sizes {
+        if size == 0 {
+            continue;
+        }
+        let mut off = 0;
+        while off < size {
+            if room == 0 {
+                bundles.push(std::mem::take(&mut cur));
+                room = bundle_bytes;
+            }
+            let len = (size - off).min(room);
+            cur.push(Piece { item, file_offset: off, len });
+            off += len;
+            room -= len;
+        }
+    }
+    if !cur.is_empty() {
+        bundles.push(cur);
+    }
+    bundles
+}
+
+/// The result of copying a bundle: plaintext and the parts it holds.
+struct Filled {
+    data: Vec<u8>,
+    parts: Vec<(usize, Part)>,
+}
+
+/// Reads a bundle's pieces from disk (a file that shrank gives fewer bytes; one that
+/// vanished gives none: WAL replay recreates both).
+fn fill(items: &[Item], pieces: &[Piece], bundle: usize, cap: u64) -> anyhow::Result<Filled> {
+    let mut data = Vec::with_capacity(cap as usize);
+    let mut parts = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        let src = &items[p.item].source;
+        let mut f = match std::fs::File::open(src) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+        };
+        f.seek(SeekFrom::Start(p.file_offset))?;
+        let start = data.len();
+        f.take(p.len).read_to_end(&mut data).with_context(|| format!("reading {}", src.display()))?;
+        let got = (data.len() - start) as u64;
+        let sha = hex::encode(Sha256::digest(&data[start..]));
+        parts.push((p.item, Part { bundle, offset: start as u64, file_offset: p.file_offset, len: got, sha256: sha }));
+    }
+    Ok(Filled { data, parts })
+}
+
+/// A stored bundle and the parts it holds (item index, part).
+type Stored = (Bundle, Vec<(usize, Part)>);
+
+/// Progress callback: bytes just stored.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Copies `items` into bundles under backup `id`, `workers` at a time. Fills in each entry's
+/// parts, size and checksum; returns the bundles.
+pub async fn capture(
+    repo: &Repository,
+    id: &str,
+    items: &mut [Item],
+    bundle_bytes: u64,
+    workers: usize,
+    progress: Progress,
+) -> anyhow::Result<Vec<Bundle>> {
+    let sizes: Vec<(usize, u64)> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.entry.kind == EntryKind::File)
+        .map(|(n, i)| (n, i.entry.size))
+        .collect();
+    let plan = pack(&sizes, bundle_bytes);
+    let shared: Arc<Vec<Item>> = Arc::new(items.to_vec());
+    let results: Vec<anyhow::Result<Stored>> = futures::stream::iter(plan.into_iter().enumerate())
+        .map(|(n, pieces)| {
+            let shared = shared.clone();
+            let progress = progress.clone();
+            async move {
+                let filled = tokio::task::spawn_blocking(move || fill(&shared, &pieces, n, bundle_bytes)).await??;
+                let name = format!("b{n:06}");
+                let key = bundle_key(repo, id, &name);
+                let plain = filled.data.len() as u64;
+                let sealed = repo.seal(&key, Bytes::from(filled.data)).await?;
+                let stored = sealed.len() as u64;
+                repo.store().put(&key, sealed).await?;
+                progress(plain);
+                Ok((Bundle { name, plain_bytes: plain, stored_bytes: stored }, filled.parts))
+            }
+        })
+        .buffered(workers.max(1))
+        .collect()
+        .await;
+    let mut bundles = Vec::new();
+    for r in results {
+        let (b, parts) = r?;
+        bundles.push(b);
+        for (item, part) in parts {
+            items[item].entry.parts.push(part);
+        }
+    }
+    for it in items.iter_mut().filter(|i| i.entry.kind == EntryKind::File) {
+        it.entry.parts.sort_by_key(|p| p.file_offset);
+        it.entry.size = it.entry.parts.iter().map(|p| p.len).sum();
+        it.entry.sha256 = match it.entry.parts.as_slice() {
+            [] => hex::encode(Sha256::digest(b"")),
+            [one] => one.sha256.clone(),
+            _ => String::new(),
+        };
+    }
+    Ok(bundles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_splits_large_files_and_fills_bundles() {
+        let b = pack(&[(0, 10), (1, 25), (2, 0), (3, 5)], 16);
+        let flat: Vec<Vec<(usize, u64, u64)>> =
+            b.iter().map(|v| v.iter().map(|p| (p.item, p.file_offset, p.len)).collect()).collect();
+        assert_eq!(flat, vec![vec![(0, 0, 10), (1, 0, 6)], vec![(1, 6, 16)], vec![(1, 22, 3), (3, 0, 5)]]);
+        assert!(b.iter().all(|v| v.iter().map(|p| p.len).sum::<u64>() <= 16));
+        assert!(pack(&[], 16).is_empty());
+    }
+
+    #[test]
+    fn walk_leaves_out_what_base_backups_leave_out() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for dir in [
+            "base/1",
+            "global",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_replslot/slot",
+            "pg_subtrans",
+            "base/pgsql_tmp",
+            "pg_tblspc",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for f in [
+            "PG_VERSION",
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "global/pg_control",
+            "global/pg_internal.init",
+            "base/1/1234",
+            "base/1/1234_fsm",
+            "base/1/5000",
+            "base/1/5000.1",
+            "base/1/5000_vm",
+            "base/1/5000_init",
+            "base/pgsql_tmp/pgsql_tmp123.0",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/db.stat",
+            "pg_replslot/slot/state",
+            "pg_subtrans/0000",
+        ] {
+            std::fs::write(root.join(f), b"x").unwrap();
+        }
+        let ts = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ts.path().join("PG_15_1/5")).unwrap();
+        std::fs::write(ts.path().join("PG_15_1/5/777"), b"t").unwrap();
+        std::os::unix::fs::symlink(ts.path(), root.join("pg_tblspc/16384")).unwrap();
+
+        let paths: Vec<String> = walk(root).unwrap().into_iter().map(|i| i.entry.path).collect();
+        for want in [
+            "PG_VERSION",
+            "global/pg_control",
+            "base/1/1234",
+            "base/1/1234_fsm",
+            "base/1/5000_init",
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_stat_tmp",
+            "pg_replslot",
+            "pg_subtrans",
+            "pg_tblspc/16384",
+            "pg_tblspc/16384/PG_15_1/5/777",
+        ] {
+            assert!(paths.contains(&want.to_string()), "missing {want}: {paths:?}");
+        }
+        for never in [
+            "postmaster.pid",
+            "postmaster.opts",
+            "backup_label",
+            "global/pg_internal.init",
+            "base/1/5000",
+            "base/1/5000.1",
+            "base/1/5000_vm",
+            "base/pgsql_tmp",
+            "pg_wal/000000010000000000000001",
+            "pg_stat_tmp/db.stat",
+            "pg_replslot/slot",
+            "pg_subtrans/0000",
+        ] {
+            assert!(
+                !paths.iter().any(|p| p == never || p.starts_with(&format!("{never}/"))),
+                "should leave out {never}: {paths:?}"
+            );
+        }
+    }
+}
