@@ -20,6 +20,7 @@ struct Demo {
     port: u16,
     daemon: Option<Child>,
     pg_running: bool,
+    restored: Option<PathBuf>,
 }
 
 fn step(n: u32, text: &str) {
@@ -61,6 +62,27 @@ impl Demo {
         c
     }
 
+    /// Waits until pg_stat_archiver reports `last` (or later) archived, with no failures.
+    fn wait_archived(&self, last: &str) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            let got =
+                self.sql("select coalesce(last_archived_wal, '') || ' ' || failed_count from pg_stat_archiver")?;
+            let (wal, failed) = got.split_once(' ').unwrap_or(("", "0"));
+            if wal.len() >= 24 && wal[..24] >= *last {
+                println!("    archived through {wal}; failed_count = {failed}");
+                if failed != "0" {
+                    bail!("archive_command failed {failed} time(s); see {}/postgres.log", self.dir.display());
+                }
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!("archiving did not reach {last} in 120 s (last {wal})");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -68,6 +90,11 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        if let Some(r) = &self.restored {
+            let mut c = self.cmd(self.bin.join("pg_ctl"));
+            c.arg("-D").arg(r).args(["-w", "-m", "immediate", "stop"]).stdout(Stdio::null()).stderr(Stdio::null());
+            let _ = c.status();
+        }
         if self.pg_running {
             let mut c = self.cmd(self.bin.join("pg_ctl"));
             c.arg("-D")
@@ -98,13 +125,14 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("sock"))?;
     let exe = std::env::current_exe().context("locating the tidemark binary")?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut demo = Demo { dir: dir.clone(), bin, exe, ids, port, daemon: None, pg_running: false };
+    let mut demo = Demo { dir: dir.clone(), bin, exe, ids, port, daemon: None, pg_running: false, restored: None };
 
     step(1, &format!("workspace {} (PostgreSQL from {})", dir.display(), demo.bin.display()));
     crate::codec::Keyring::keygen(&dir.join("keyring"))?;
     let config = format!(
-        "cluster = \"demo\"\n[postgres]\ndata_dir = \"{d}/data\"\n[repository]\nurl = \"file://{d}/repo\"\n[encryption]\nkeyring = \"{d}/keyring\"\n[fetch]\nspool_dir = \"{d}/spool\"\n[daemon]\nsocket = \"{d}/tidemark.sock\"\nstate_dir = \"{d}/state\"\n",
-        d = dir.display()
+        "cluster = \"demo\"\n[postgres]\ndata_dir = \"{d}/data\"\nconninfo = \"host={d}/sock port={port} user=postgres dbname=postgres\"\nbin_dir = \"{bin}\"\n[repository]\nurl = \"file://{d}/repo\"\n[encryption]\nkeyring = \"{d}/keyring\"\n[fetch]\nspool_dir = \"{d}/spool\"\n[daemon]\nsocket = \"{d}/tidemark.sock\"\nstate_dir = \"{d}/state\"\n",
+        d = dir.display(),
+        bin = demo.bin.display()
     );
     std::fs::write(dir.join("tidemark.toml"), config)?;
     ctl::chown_tree(&dir, ids)?;
@@ -153,22 +181,7 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
     demo.sql("select pg_switch_wal()")?;
 
     step(6, &format!("wait until PostgreSQL's archiver has archived {last}"));
-    let t0 = Instant::now();
-    loop {
-        let got = demo.sql("select coalesce(last_archived_wal, '') || ' ' || failed_count from pg_stat_archiver")?;
-        let (wal, failed) = got.split_once(' ').unwrap_or(("", "0"));
-        if wal.len() >= 24 && wal[..24] >= *last.as_str() {
-            println!("    archived through {wal}; failed_count = {failed}");
-            if failed != "0" {
-                bail!("archive_command failed {failed} time(s); see {}/postgres.log", dir.display());
-            }
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("archiving did not reach {last} in 120 s (last {wal})");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    demo.wait_archived(&last)?;
     let stats = demo.run(demo.tidemark(&["daemon-stats"]), "daemon-stats")?;
     let stats: serde_json::Value = serde_json::from_str(&stats)?;
     println!(
@@ -203,7 +216,57 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
         repo_bytes as f64 / 1048576.0
     );
 
-    step(8, "stop PostgreSQL and the daemon, remove the workspace");
+    step(8, "take a base backup (files provider: packed, sealed bundles)");
+    let out = demo.run(demo.tidemark(&["backup", "create", "--wait"]), "backup create")?;
+    println!("    {out}");
+
+    step(9, "more writes: 3 batches of orders, noting the time after each commit");
+    demo.sql("create table orders(id int primary key, item text, placed timestamptz default clock_timestamp())")?;
+    let mut noted = String::new();
+    for batch in 0..3 {
+        let lo = batch * 1000 + 1;
+        demo.sql(&format!(
+            "insert into orders(id, item) select g, 'item ' || g from generate_series({lo}, {}) g",
+            lo + 999
+        ))?;
+        noted = demo.sql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")?;
+        println!("    batch {}: orders {lo}..{} committed; time now {noted} UTC", batch + 1, lo + 999);
+    }
+    let expected = demo
+        .sql("select count(*) || ' orders, checksum ' || md5(string_agg(id || item, ',' order by id)) from orders")?;
+
+    step(10, "disaster: DROP TABLE orders");
+    demo.sql("drop table orders")?;
+    let last = demo.sql("select pg_walfile_name(pg_current_wal_lsn())")?;
+    demo.sql("select pg_switch_wal()")?;
+    demo.wait_archived(&last)?;
+    let window = demo.run(demo.tidemark(&["window"]), "window")?;
+    println!("    {}", window.replace('\n', "\n    "));
+
+    step(11, &format!("restore a NEW cluster to {noted} UTC, just before the disaster, and start it"));
+    let restored = dir.join("restored");
+    let port2 = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut c =
+        demo.tidemark(&["restore", "--target-time", &noted, "--start", "--port", &port2.to_string(), "--target-dir"]);
+    c.arg(&restored);
+    // restore chowns the new cluster to the database user itself, so it runs as we do.
+    let mut c2 = Command::new(&demo.exe);
+    c2.args(c.get_args()).current_dir(&dir);
+    let out = demo.run(c2, "restore")?;
+    demo.restored = Some(restored.clone());
+    println!("    {}", out.replace('\n', "\n    "));
+
+    step(12, "query the restored cluster: the orders are back");
+    let mut c = demo.cmd(demo.bin.join("psql"));
+    c.arg("-h").arg(dir.join("sock")).args(["-p", &port2.to_string(), "-U", "postgres", "-XAtq", "-c"]);
+    c.arg("select count(*) || ' orders, checksum ' || md5(string_agg(id || item, ',' order by id)) from orders");
+    let got = demo.run(c, "psql on the restored cluster")?;
+    println!("    restored: {got}\n    expected: {expected}");
+    if got != expected {
+        bail!("the restored cluster does not hold the orders committed before the disaster");
+    }
+
+    step(13, "stop PostgreSQL and the daemon, remove the workspace");
     let mut c = demo.cmd(demo.bin.join("pg_ctl"));
     c.arg("-D").arg(demo.data()).args(["-w", "-m", "fast", "stop"]);
     demo.run(c, "pg_ctl stop")?;
