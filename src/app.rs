@@ -215,6 +215,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(if report.ok { 0 } else { 1 })
         }
+        Command::Status => {
+            let cfg = load_config(&cli)?;
+            let repo = Repository::open(&cfg).await?;
+            let st = crate::status::gather(&cfg, &repo).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
+                Output::Text => print!("{}", crate::status::render(&st)),
+            }
+            Ok(0)
+        }
         Command::Demo => {
             let cfg = load_config(&cli)?;
             let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());

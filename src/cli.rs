@@ -103,6 +103,8 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// Agent health: archive lag, last backup, next run, restorable window.
+    Status,
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.

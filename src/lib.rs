@@ -16,5 +16,6 @@ pub mod pg;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
+pub mod status;
 pub mod store;
 pub mod wal;

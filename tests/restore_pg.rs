@@ -112,6 +112,16 @@ fn scenario(url: &str, endpoint: Option<String>) {
         "{w} {marks:?}"
     );
 
+    // status: what an operator checks.
+    let o = tm.cmd(&["status", "--output", "json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["last_backup"], backup_id.as_str(), "{st}");
+    assert_eq!(st["archiving"]["failed_count"], 0, "{st}");
+    assert_eq!(st["archiving"]["lag_segments"], 0, "{st}");
+    assert_eq!(st["restorable_from"], tl["earliest"], "{st}");
+    assert!(st["next_backup"].is_string() && st["daemon"].is_null(), "{st}");
+
     // Outside the window: refused before any download, window printed.
     for (t, why) in [("2000-01-01 00:00:00", "before the oldest"), ("2999-01-01T00:00:00Z", "after the end")] {
         let dir = scratch.path().join("refused");
