@@ -130,6 +130,8 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
         std::fs::write(data.path().join("pg_wal").join(n), fake_segment(42, i as u8)).unwrap();
     }
     common::chown_postgres(data.path());
+    let metrics_port = common::free_port();
+    tm.daemon_env = vec![("TIDEMARK_DAEMON_METRICS_LISTEN".into(), format!("127.0.0.1:{metrics_port}"))];
     tm.start_daemon();
     for n in names {
         std::fs::write(status.join(format!("{n}.ready")), b"").unwrap();
@@ -152,6 +154,15 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
     let stats = tm.daemon_stats();
     assert_eq!(stats["served_from_read_ahead"], 3, "{stats}");
     assert_eq!(stats["stored"], 3, "{stats}");
+    // The same figures on the Prometheus endpoint.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut body).unwrap();
+    assert!(body.contains("tidemark_wal_stored_total 3\n"), "{body}");
+    assert!(body.contains("tidemark_archiver_requests_total{path=\"read_ahead\"} 3\n"), "{body}");
+    assert!(body.contains("tidemark_wal_push_seconds_count 3\n"), "{body}");
+    assert!(body.contains("tidemark_wal_bytes_shipped_total 50331648\n"), "{body}");
     // Without a daemon the same call pushes directly and finds the segment already archived.
     tm.stop_daemon();
     let o = tm

@@ -23,7 +23,7 @@ pub enum Request {
 }
 
 /// The daemon's counters.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Stats {
     /// Files the daemon stored.
     pub stored: u64,
@@ -43,6 +43,40 @@ pub struct Stats {
     pub last_failure: Option<String>,
     /// Files currently marked .ready.
     pub ready: u64,
+    /// Compressed, encrypted bytes stored.
+    #[serde(default)]
+    pub bytes_sealed: u64,
+    /// Push durations.
+    #[serde(default)]
+    pub push_seconds: Histogram,
+}
+
+/// Upper bounds (seconds) of the push latency histogram buckets.
+pub const PUSH_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A Prometheus-style histogram over `PUSH_BUCKETS`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Histogram {
+    /// Observations at or below each bucket bound (not cumulative).
+    pub buckets: Vec<u64>,
+    /// Sum of observations.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&mut self, secs: f64) {
+        if self.buckets.len() != PUSH_BUCKETS.len() {
+            self.buckets = vec![0; PUSH_BUCKETS.len()];
+        }
+        if let Some(i) = PUSH_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
 }
 
 /// A daemon response.

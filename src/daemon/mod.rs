@@ -1,6 +1,7 @@
 //! The agent: control socket, archive read-ahead, and (later) scheduler and sweeper.
 
 pub mod control;
+pub mod metrics;
 pub mod read_ahead;
 
 use std::os::unix::fs::PermissionsExt;
@@ -91,6 +92,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.postgres.data_dir.display()
         )
     })?;
+    let metrics = match &cfg.daemon.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding daemon.metrics_listen {addr}"))?;
+            tracing::info!(%addr, "serving Prometheus metrics");
+            Some(tokio::spawn(metrics::serve(l, ra.clone())))
+        }
+        None => None,
+    };
     tracing::info!(socket = %cfg.daemon.socket.display(), data_dir = %cfg.postgres.data_dir.display(), workers = cfg.archive.workers, "daemon ready");
     sd_notify("READY=1");
 
@@ -131,6 +142,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down: finishing uploads in flight");
     scanner.abort();
     watchdog.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     drop(listener);
     let _ = std::fs::remove_file(&cfg.daemon.socket);
     if tokio::time::timeout(Duration::from_secs(60), ra.drain()).await.is_err() {

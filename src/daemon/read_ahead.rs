@@ -89,6 +89,7 @@ impl ReadAhead {
         let task = tokio::spawn(async move {
             // The archiver's own request skips the queue: it is what PostgreSQL waits on.
             let _permit = if priority { None } else { permits.acquire_owned().await.ok() };
+            let began = Instant::now();
             let res = async {
                 let before = stamp(&path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
                 let outcome = archiver.push(&path).await.map_err(|e| e.to_string())?;
@@ -97,6 +98,8 @@ impl ReadAhead {
             .await;
             let mut st = lock(&state);
             st.inflight.remove(&n);
+            st.stats.push_seconds.observe(began.elapsed().as_secs_f64());
+            st.stats.bytes_sealed = archiver.sealed_bytes();
             match res {
                 Ok((s, outcome)) => {
                     st.backoff.remove(&n);

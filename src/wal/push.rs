@@ -71,6 +71,7 @@ pub enum PushError {
 pub struct Archiver {
     repo: Repository,
     record: OnceCell<ClusterRecord>,
+    sealed_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Reads the file at `path`.
@@ -81,7 +82,12 @@ fn read_file(path: &Path) -> Result<Vec<u8>, PushError> {
 impl Archiver {
     /// An archiver for the repository's cluster.
     pub fn new(repo: Repository) -> Archiver {
-        Archiver { repo, record: OnceCell::new() }
+        Archiver { repo, record: OnceCell::new(), sealed_bytes: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// Compressed, encrypted bytes this archiver has stored.
+    pub fn sealed_bytes(&self) -> u64 {
+        self.sealed_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The repository.
@@ -156,8 +162,13 @@ impl Archiver {
         if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_some() {
             return self.compare_existing(file_name, &key, &data).await;
         }
-        match self.repo.put_sealed_if_absent(&key, data.clone()).await? {
-            PutOutcome::Created => Ok(PushOutcome::Stored),
+        let sealed = self.repo.seal(&key, data.clone()).await?;
+        let sealed_len = sealed.len() as u64;
+        match self.repo.store().put_if_absent(&key, sealed).await.map_err(RepoError::from)? {
+            PutOutcome::Created => {
+                self.sealed_bytes.fetch_add(sealed_len, std::sync::atomic::Ordering::Relaxed);
+                Ok(PushOutcome::Stored)
+            }
             // Lost a race with another pusher (the daemon): same bytes is success.
             PutOutcome::Exists => self.compare_existing(file_name, &key, &data).await,
         }

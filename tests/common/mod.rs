@@ -395,6 +395,8 @@ pub struct Tidemark {
     pub keyring: PathBuf,
     /// Control socket.
     pub socket: PathBuf,
+    /// Extra environment for the daemon.
+    pub daemon_env: Vec<(String, String)>,
     daemon: Option<Child>,
 }
 
@@ -429,7 +431,7 @@ impl Tidemark {
             ),
         )
         .unwrap();
-        let t = Tidemark { dir, config, keyring, socket, daemon: None };
+        let t = Tidemark { dir, config, keyring, socket, daemon_env: Vec::new(), daemon: None };
         run_ok(&mut t.cmd(&["keygen", "--out", t.keyring.to_str().unwrap()]));
         chown_postgres(t.dir.path());
         t
@@ -457,7 +459,13 @@ impl Tidemark {
     /// Starts the daemon as postgres and waits for its socket to answer.
     pub fn start_daemon(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
-        let child = self.cmd_as_postgres(&["daemon"]).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let child = self
+            .cmd_as_postgres(&["daemon"])
+            .envs(self.daemon_env.iter().cloned())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         self.daemon = Some(child);
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
