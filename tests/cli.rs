@@ -205,3 +205,33 @@ fn serial_fetches_hit_the_read_ahead_spool() {
         }
     }
 }
+
+#[test]
+fn logs_never_contain_key_material_or_credentials() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = common::Moto::start();
+    rt.block_on(moto.create_bucket("secrets"));
+    let wal = tempfile::tempdir().unwrap();
+    let tm = Tidemark::new("c8", "s3://secrets/p", Some(&moto.endpoint()), wal.path());
+    let ring = std::fs::read_to_string(&tm.keyring).unwrap();
+    let key_hex: Vec<String> = ring
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(_, v)| v.trim().trim_matches('"').to_string()))
+        .filter(|v| v.len() == 64)
+        .collect();
+    assert_eq!(key_hex.len(), 1, "{ring}");
+    let secret = "tidemarkSecretAccessKey0123456789";
+    let p = wal.path().join(S1);
+    std::fs::write(&p, fake_segment(7, 1)).unwrap();
+    let dest = wal.path().join("back");
+    let mut logs = String::new();
+    for args in [vec!["wal-push", p.to_str().unwrap()], vec!["wal-fetch", S1, dest.to_str().unwrap()], vec!["status"]] {
+        let o = tm.cmd(&args).env("TIDEMARK_LOG", "trace").env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+        logs.push_str(&stderr(&o));
+        logs.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    assert!(dest.is_file(), "fetch failed: {logs}");
+    assert!(logs.len() > 1000, "expected trace logs, got: {logs}");
+    assert!(!logs.contains(secret), "credentials in logs");
+    assert!(!logs.contains(&key_hex[0]), "key material in logs");
+}
