@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::catalog::backup::{self as catalog_backup, BackupKind, Manifest};
-use crate::cli::{BackupAction, Cli, Command, Output};
+use crate::cli::{BackupAction, Cli, Command, Output, PolicyAction};
 use crate::codec::Keyring;
 use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
@@ -214,6 +214,49 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
             }
             Ok(if report.ok { 0 } else { 1 })
+        }
+        Command::Policy { action } => policy_cmd(&cli, action).await,
+        Command::Deprovision { cluster, yes } => {
+            let cfg = load_config(&cli)?;
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            if !yes {
+                return Err(usage(format!(
+                    "deprovisioning cluster '{}' permanently deletes its automatic backups; add --yes to confirm",
+                    repo.cluster()
+                )));
+            }
+            let d = crate::catalog::lifecycle::deprovision(&cfg, &repo).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
+                Output::Text => {
+                    println!(
+                        "cluster {} deprovisioned; final backup: {}",
+                        repo.cluster(),
+                        d.final_backup.as_deref().unwrap_or("none (keep_final off or automatic backups disabled)")
+                    );
+                    println!(
+                        "purged {} automatic backup(s); kept {}: {}",
+                        d.purged.len(),
+                        d.kept.len(),
+                        d.kept.join(", ")
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::AutomaticBackups { state } => {
+            let cfg = load_config(&cli)?;
+            let repo = Repository::open(&cfg).await?;
+            let rec = crate::catalog::lifecycle::set_automatic(&repo, state == "enable").await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&rec).map_err(anyhow::Error::from)?),
+                Output::Text => println!(
+                    "automatic backups {} for cluster {} (existing backups are untouched)",
+                    if rec.automatic_backups { "enabled" } else { "disabled" },
+                    rec.handle
+                ),
+            }
+            Ok(0)
         }
         Command::Status => {
             let cfg = load_config(&cli)?;
@@ -433,34 +476,22 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             for h in &handles {
                 all.extend(catalog_backup::list(&repo.for_cluster(h)).await?);
             }
-            match cli.output {
-                Output::Json => {
-                    let v: Vec<serde_json::Value> = all.iter().map(summary).collect();
-                    println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
-                }
-                Output::Text => {
-                    let mut t = comfy_table::Table::new();
-                    t.load_preset(comfy_table::presets::NOTHING);
-                    t.set_header(["CLUSTER", "ID", "KIND", "STATE", "STOPPED", "SIZE", "STORED", "LSN"]);
-                    for m in &all {
-                        t.add_row([
-                            m.cluster.clone(),
-                            m.id.clone(),
-                            format!("{:?}", m.kind).to_lowercase(),
-                            format!("{:?}", m.state).to_lowercase(),
-                            m.stop_time.clone().unwrap_or_else(|| "-".into()),
-                            human_bytes(m.data_bytes()),
-                            human_bytes(m.stored_bytes()),
-                            format!(
-                                "{} .. {}",
-                                m.start_lsn,
-                                m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())
-                            ),
-                        ]);
-                    }
-                    println!("{t}");
-                }
+            print_backups(cli.output, &all)?;
+            Ok(0)
+        }
+        BackupAction::Purge { id, cluster, yes } => {
+            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            if !yes {
+                return Err(usage(format!("purging backup {id} deletes it permanently; add --yes to confirm")));
             }
+            crate::catalog::purge::purge(&repo, id).await?;
+            println!("backup {id} of cluster {} purged", repo.cluster());
+            Ok(0)
+        }
+        BackupAction::Orphaned => {
+            let repo = Repository::open(&cfg).await?;
+            let all = crate::catalog::lifecycle::orphaned(&repo).await?;
+            print_backups(cli.output, &all)?;
             Ok(0)
         }
         BackupAction::Show { id, cluster } => {
@@ -485,6 +516,119 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                         }
                     }
                 }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn print_backups(output: Output, all: &[Manifest]) -> Result<(), Failure> {
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = all.iter().map(summary).collect();
+            println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+        }
+        Output::Text => {
+            let mut t = comfy_table::Table::new();
+            t.load_preset(comfy_table::presets::NOTHING);
+            t.set_header(["CLUSTER", "ID", "KIND", "STATE", "STOPPED", "SIZE", "STORED", "LSN"]);
+            for m in all {
+                t.add_row([
+                    m.cluster.clone(),
+                    m.id.clone(),
+                    format!("{:?}", m.kind).to_lowercase(),
+                    format!("{:?}", m.state).to_lowercase(),
+                    m.stop_time.clone().unwrap_or_else(|| "-".into()),
+                    human_bytes(m.data_bytes()),
+                    human_bytes(m.stored_bytes()),
+                    format!("{} .. {}", m.start_lsn, m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
+    use crate::catalog::policy;
+    let cfg = load_config(cli)?;
+    let repo = Repository::open(&cfg).await?;
+    let old = policy::load(&repo).await?;
+    match action {
+        PolicyAction::Show => {
+            match cli.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&old).map_err(anyhow::Error::from)?),
+                Output::Text => println!(
+                    "daily {} | monthly {} | yearly {} | copy_regions {} | keep_final {} | pitr {} ({} day(s))",
+                    old.daily,
+                    old.monthly,
+                    old.yearly,
+                    old.copy_regions,
+                    old.keep_final,
+                    if old.pitr_enabled { "on" } else { "off" },
+                    old.pitr_days
+                ),
+            }
+            Ok(0)
+        }
+        PolicyAction::Set { daily, monthly, yearly, copy_regions, keep_final, pitr_days, dry_run, yes } => {
+            let mut new = old.clone();
+            if let Some(v) = daily {
+                new.daily = *v;
+            }
+            if let Some(v) = monthly {
+                new.monthly = *v;
+            }
+            if let Some(v) = yearly {
+                new.yearly = *v;
+            }
+            if let Some(v) = copy_regions {
+                new.copy_regions = v.clone();
+            }
+            if let Some(v) = keep_final {
+                new.keep_final = *v;
+            }
+            if let Some(v) = pitr_days {
+                new.pitr_days = *v;
+            }
+            new.validate().map_err(usage)?;
+            let plan = policy::plan_now(&repo, &new, chrono::Utc::now()).await?;
+            let deletes: Vec<String> =
+                plan.deletes().map(|d| format!("{}/{} ({})", d.cluster, d.id, d.reasons.join(", "))).collect();
+            if *dry_run {
+                match cli.output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({ "policy": new, "would_delete": plan.deletes().collect::<Vec<_>>() })
+                    ),
+                    Output::Text => {
+                        println!("with this policy, {} backup(s) would be deleted:", deletes.len());
+                        for d in &deletes {
+                            println!("  {d}");
+                        }
+                    }
+                }
+                return Ok(0);
+            }
+            if !deletes.is_empty() {
+                eprintln!("WARNING: this policy deletes {} backup(s) permanently:", deletes.len());
+                for d in &deletes {
+                    eprintln!("  {d}");
+                }
+                if !yes {
+                    return Err(usage("add --yes to apply it (or --dry-run to only list)"));
+                }
+            }
+            policy::save(&repo, &new).await?;
+            let applied = policy::apply(&repo, &plan).await?;
+            match cli.output {
+                Output::Json => println!("{}", serde_json::json!({ "policy": new, "applied": applied })),
+                Output::Text => println!(
+                    "policy saved; purged {} backup(s) and {} WAL object(s)",
+                    applied.backups.len(),
+                    applied.wal_objects
+                ),
             }
             Ok(0)
         }

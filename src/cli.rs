@@ -103,6 +103,27 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
     },
+    /// The repository's retention policy.
+    Policy {
+        /// What to do.
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Final backup (if the policy keeps one), mark the cluster deprovisioned, purge its automatic backups.
+    Deprovision {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Confirm: automatic backups are deleted permanently.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Include or exclude this cluster from new automatic (and final) backups.
+    AutomaticBackups {
+        /// enable or disable.
+        #[arg(value_parser = ["enable", "disable"])]
+        state: String,
+    },
     /// Agent health: archive lag, last backup, next run, restorable window.
     Status,
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
@@ -133,6 +154,19 @@ pub enum BackupAction {
         #[arg(long)]
         all_clusters: bool,
     },
+    /// Delete one backup permanently.
+    Purge {
+        /// Backup id.
+        id: String,
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Backups of deprovisioned clusters.
+    Orphaned,
     /// Show one backup.
     Show {
         /// Backup id.
@@ -140,5 +174,39 @@ pub enum BackupAction {
         /// Cluster handle (default: the configured one).
         #[arg(long, value_name = "H")]
         cluster: Option<String>,
+    },
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PolicyAction {
+    /// Print the policy.
+    Show,
+    /// Change the policy; a change that deletes data needs --yes.
+    Set {
+        /// Daily backups kept.
+        #[arg(long)]
+        daily: Option<u32>,
+        /// Monthly backups kept (last of each month).
+        #[arg(long)]
+        monthly: Option<u32>,
+        /// Yearly backups kept (last of each year).
+        #[arg(long)]
+        yearly: Option<u32>,
+        /// auto, none, or a comma list of regions.
+        #[arg(long, value_name = "auto|none|R1,R2")]
+        copy_regions: Option<String>,
+        /// Keep final backups.
+        #[arg(long, value_name = "true|false")]
+        keep_final: Option<bool>,
+        /// Days of point-in-time recovery.
+        #[arg(long)]
+        pitr_days: Option<u32>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm deletions.
+        #[arg(long)]
+        yes: bool,
     },
 }

@@ -229,7 +229,7 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
         let Some(rest) = name.strip_prefix("TIDEMARK_") else {
             continue;
         };
-        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT") {
+        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT" | "FAILPOINT") {
             continue;
         }
         let rest = rest.to_ascii_lowercase();

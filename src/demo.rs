@@ -130,7 +130,7 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
     step(1, &format!("workspace {} (PostgreSQL from {})", dir.display(), demo.bin.display()));
     crate::codec::Keyring::keygen(&dir.join("keyring"))?;
     let config = format!(
-        "cluster = \"demo\"\n[postgres]\ndata_dir = \"{d}/data\"\nconninfo = \"host={d}/sock port={port} user=postgres dbname=postgres\"\nbin_dir = \"{bin}\"\n[repository]\nurl = \"file://{d}/repo\"\n[encryption]\nkeyring = \"{d}/keyring\"\n[fetch]\nspool_dir = \"{d}/spool\"\n[daemon]\nsocket = \"{d}/tidemark.sock\"\nstate_dir = \"{d}/state\"\n",
+        "cluster = \"demo\"\n[postgres]\ndata_dir = \"{d}/data\"\nconninfo = \"host={d}/sock port={port} user=postgres dbname=postgres\"\nbin_dir = \"{bin}\"\n[repository]\nurl = \"file://{d}/repo\"\n[encryption]\nkeyring = \"{d}/keyring\"\n[backup]\nschedule = \"off\"\n[fetch]\nspool_dir = \"{d}/spool\"\n[daemon]\nsocket = \"{d}/tidemark.sock\"\nstate_dir = \"{d}/state\"\n",
         d = dir.display(),
         bin = demo.bin.display()
     );

@@ -28,6 +28,8 @@ pub enum BackupState {
     Completed,
     /// Did not complete; never used for restores.
     Failed,
+    /// Being deleted: never used for restores; a purge that was interrupted resumes it.
+    Purging,
 }
 
 /// One stretch of a file's bytes inside a bundle's plaintext.

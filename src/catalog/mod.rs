@@ -2,5 +2,9 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod lifecycle;
+pub mod policy;
+pub mod purge;
+pub mod retention;
 pub mod verify;
 pub mod wal_index;

@@ -3,6 +3,7 @@
 pub mod control;
 pub mod metrics;
 pub mod read_ahead;
+pub mod schedule;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -83,7 +84,7 @@ pub fn sd_notify(msg: &str) {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
-    let archiver = Arc::new(Archiver::new(repo));
+    let archiver = Arc::new(Archiver::new(repo.clone()));
     let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));
     let listener = bind(&cfg.daemon.socket).await?;
     let mut watch = watch::watch(&cfg.postgres.data_dir).with_context(|| {
@@ -119,6 +120,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
+    let scheduler = tokio::spawn(schedule::run(cfg.clone(), repo));
     let watchdog = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -141,6 +143,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     sd_notify("STOPPING=1");
     tracing::info!("shutting down: finishing uploads in flight");
     scanner.abort();
+    scheduler.abort();
     watchdog.abort();
     if let Some(m) = metrics {
         m.abort();

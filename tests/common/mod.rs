@@ -421,13 +421,14 @@ impl Tidemark {
         std::fs::write(
             &config,
             format!(
-                "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\nconninfo = \"{conninfo}\"\nbin_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+                "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\nconninfo = \"{conninfo}\"\nbin_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[backup]\nschedule = \"{schedule}\"\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
                 data_dir.display(),
                 pg_bin().display(),
                 keyring.display(),
                 dir.path().join("spool").display(),
                 socket.display(),
                 dir.path().join("state").display(),
+                schedule = if conninfo.is_empty() { "off" } else { "daily" },
             ),
         )
         .unwrap();

@@ -1,0 +1,139 @@
+//! The repository's retention policy (`policy.json`) and applying a retention plan:
+//! purging backups and the WAL no kept backup or the PITR window needs.
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::backup::{self, BackupKind, BackupState};
+use crate::catalog::cluster::{self, ClusterState};
+use crate::catalog::purge;
+use crate::catalog::retention::{self, BackupInfo, Kind, Plan, Policy};
+use crate::repo::{RepoError, Repository};
+use crate::wal::name::{Segment, WalFile};
+
+/// Object key of the policy (one per repository: the environment's).
+pub const POLICY_KEY: &str = "policy.json";
+
+/// The policy, or the defaults when none was ever set.
+pub async fn load(repo: &Repository) -> Result<Policy, RepoError> {
+    Ok(repo.get_json(POLICY_KEY).await?.unwrap_or_default())
+}
+
+/// Stores the policy.
+pub async fn save(repo: &Repository, p: &Policy) -> Result<(), RepoError> {
+    repo.put_json(POLICY_KEY, p).await
+}
+
+/// Cluster handles in the repository.
+pub async fn clusters(repo: &Repository) -> Result<Vec<String>, RepoError> {
+    let metas = repo.store().list("clusters/").await?;
+    let mut h: Vec<String> = metas.iter().filter_map(|m| m.key.split('/').nth(1).map(str::to_string)).collect();
+    h.dedup();
+    Ok(h)
+}
+
+/// What the planner needs to know of every backup of every cluster.
+pub async fn catalog(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
+    let mut out = Vec::new();
+    for h in clusters(repo).await? {
+        let r = repo.for_cluster(&h);
+        let deprovisioned = cluster::load(&r).await?.is_some_and(|c| c.state == ClusterState::Deprovisioned);
+        for m in backup::list(&r).await? {
+            if m.state == BackupState::Purging {
+                continue;
+            }
+            let started = DateTime::parse_from_rfc3339(&m.start_time)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or(DateTime::UNIX_EPOCH);
+            out.push(BackupInfo {
+                id: m.id.clone(),
+                cluster: h.clone(),
+                kind: match m.kind {
+                    BackupKind::Automatic => Kind::Automatic,
+                    BackupKind::Manual => Kind::Manual,
+                    BackupKind::Final => Kind::Final,
+                },
+                completed: m.state == BackupState::Completed,
+                start_lsn: m.start_lsn.0,
+                stop_lsn: m.stop_lsn.map_or(u64::MAX, |l| l.0),
+                stop_time: m.stop_at().unwrap_or(started),
+                cluster_deprovisioned: deprovisioned,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What `apply` deleted.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Applied {
+    /// Backups purged, as cluster/id.
+    pub backups: Vec<String>,
+    /// WAL objects deleted.
+    pub wal_objects: usize,
+}
+
+/// Whether `seg` is needed by a kept backup's start→stop range (pure).
+fn needed_by_range(seg: Segment, seg_size: u64, cluster: &str, ranges: &[(String, u64, u64)]) -> bool {
+    let (lo, hi) = (seg.start_lsn(seg_size).0, seg.start_lsn(seg_size).0 + seg_size);
+    ranges.iter().any(|(c, start, stop)| c == cluster && lo <= *stop && *start < hi)
+}
+
+/// Applies a plan: purges every deleted backup (two-phase), resumes interrupted purges,
+/// and deletes WAL below each cluster's keep-from LSN that no kept backup needs.
+pub async fn apply(repo: &Repository, plan: &Plan) -> anyhow::Result<Applied> {
+    let mut applied = Applied::default();
+    for d in plan.deletes() {
+        purge::purge(&repo.for_cluster(&d.cluster), &d.id).await?;
+        applied.backups.push(format!("{}/{}", d.cluster, d.id));
+    }
+    for h in clusters(repo).await? {
+        let r = repo.for_cluster(&h);
+        for m in backup::list(&r).await?.into_iter().filter(|m| m.state == BackupState::Purging) {
+            purge::purge(&r, &m.id).await?;
+            applied.backups.push(format!("{h}/{}", m.id));
+        }
+        let Some(&keep_from) = plan.wal_keep_from.get(&h) else { continue };
+        let seg_size = crate::wal::fetch::segment_size(&r).await?;
+        for o in r.store().list(&r.wal_root()).await? {
+            let name = o.key.rsplit('/').next().unwrap_or_default();
+            let Ok(file) = WalFile::parse(name, seg_size) else { continue };
+            // History files are tiny and every later timeline needs them: never purged.
+            let seg = match file {
+                WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _) => s,
+                WalFile::History(_) => continue,
+            };
+            if seg.start_lsn(seg_size).0 + seg_size <= keep_from
+                && !needed_by_range(seg, seg_size, &h, &plan.wal_ranges)
+            {
+                r.store().delete(&o.key).await?;
+                if file.is_segment() {
+                    r.store().delete(&r.wal_index_key(seg.timeline, name)).await?;
+                }
+                applied.wal_objects += 1;
+            }
+        }
+    }
+    Ok(applied)
+}
+
+/// Plans retention for the whole repository now.
+pub async fn plan_now(repo: &Repository, policy: &Policy, now: DateTime<Utc>) -> anyhow::Result<Plan> {
+    Ok(retention::plan(policy, &catalog(repo).await?, now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_keep_overlapping_segments() {
+        let sz = 16 << 20;
+        let ranges = vec![("c".to_string(), 2 * sz + 40, 3 * sz + 8)];
+        let seg = |n| Segment { timeline: 1, number: n };
+        assert!(!needed_by_range(seg(1), sz, "c", &ranges));
+        assert!(needed_by_range(seg(2), sz, "c", &ranges));
+        assert!(needed_by_range(seg(3), sz, "c", &ranges));
+        assert!(!needed_by_range(seg(4), sz, "c", &ranges));
+        assert!(!needed_by_range(seg(2), sz, "other", &ranges));
+    }
+}
