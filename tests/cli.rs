@@ -235,3 +235,19 @@ fn logs_never_contain_key_material_or_credentials() {
     assert!(!logs.contains(secret), "credentials in logs");
     assert!(!logs.contains(&key_hex[0]), "key material in logs");
 }
+
+#[test]
+fn systemd_unit_verifies() {
+    let Ok(out) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("systemd-analyze not installed: unit not verified");
+        return;
+    };
+    assert!(out.status.success());
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/tidemark.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("ProtectSystem=strict"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidemark.service");
+    std::fs::write(&path, unit.replace("/usr/bin/tidemark", common::bin().to_str().unwrap())).unwrap();
+    let o = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
+}
