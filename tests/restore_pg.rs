@@ -27,19 +27,7 @@ struct Restored {
 
 impl Restored {
     fn sql(&self, sql: &str) -> String {
-        let out =
-            common::run_ok(std::process::Command::new(common::pg_bin().join("psql")).arg("-h").arg(&self.sock).args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-XAtq",
-                "-c",
-                sql,
-            ]));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        common::psql(&self.sock, self.port, sql)
     }
 }
 

@@ -274,20 +274,7 @@ impl Pg {
 
     /// Runs SQL and returns trimmed unaligned output.
     pub fn sql(&self, sql: &str) -> String {
-        let out = run_ok(Command::new(pg_bin().join("psql")).arg("-h").arg(&self.sock).args([
-            "-p",
-            &self.port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-XAtq",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ]));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        psql(&self.sock, self.port, sql)
     }
 
     /// Runs pgbench with `args`.
@@ -530,4 +517,22 @@ pub fn fake_segment(sysid: u64, seed: u8) -> Vec<u8> {
 /// Runs `program args` with the test AWS environment and no config.
 pub fn run_cmd(program: &Path, args: &[&str]) -> Output {
     Command::new(program).envs(AWS_ENV.iter().copied()).args(args).output().unwrap()
+}
+
+/// Runs SQL with psql over the Unix socket in `sock` and returns trimmed unaligned output.
+pub fn psql(sock: &Path, port: u16, sql: &str) -> String {
+    let out = run_ok(Command::new(pg_bin().join("psql")).arg("-h").arg(sock).args([
+        "-p",
+        &port.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-XAtq",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
