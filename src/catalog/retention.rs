@@ -456,3 +456,1186 @@ fn is_young(b: &BackupInfo, now: DateTime<Utc>) -> bool {
 fn needs_wal(b: &BackupInfo, now: DateTime<Utc>) -> bool {
     b.completed || is_young(b, now)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    pub(super) fn at(s: &str) -> DateTime<Utc> {
+        s.parse().expect("test timestamp")
+    }
+
+    /// LSNs grow with time, as in a real cluster: one LSN unit per millisecond.
+    pub(super) fn lsn_at(t: DateTime<Utc>) -> u64 {
+        u64::try_from(t.timestamp_millis()).expect("test times are after 1970")
+    }
+
+    fn backup(id: &str, kind: Kind, stop: &str) -> BackupInfo {
+        let stop_time = at(stop);
+        let stop_lsn = lsn_at(stop_time);
+        BackupInfo {
+            id: id.to_string(),
+            cluster: "c1".to_string(),
+            kind,
+            completed: true,
+            start_lsn: stop_lsn - 600_000,
+            stop_lsn,
+            stop_time,
+            cluster_deprovisioned: false,
+        }
+    }
+
+    fn auto(id: &str, stop: &str) -> BackupInfo {
+        backup(id, Kind::Automatic, stop)
+    }
+
+    fn manual(id: &str, stop: &str) -> BackupInfo {
+        backup(id, Kind::Manual, stop)
+    }
+
+    fn final_(id: &str, stop: &str) -> BackupInfo {
+        backup(id, Kind::Final, stop)
+    }
+
+    fn incomplete(mut b: BackupInfo) -> BackupInfo {
+        b.completed = false;
+        b
+    }
+
+    fn deprovisioned(mut b: BackupInfo) -> BackupInfo {
+        b.cluster_deprovisioned = true;
+        b
+    }
+
+    fn in_cluster(mut b: BackupInfo, cluster: &str) -> BackupInfo {
+        b.cluster = cluster.to_string();
+        b
+    }
+
+    /// Only the count rules, so each test sees one rule at a time.
+    fn counts(daily: u32, monthly: u32, yearly: u32) -> Policy {
+        Policy { daily, monthly, yearly, pitr_enabled: false, ..Policy::default() }
+    }
+
+    fn pitr_only(days: u32) -> Policy {
+        Policy { daily: 0, monthly: 0, yearly: 0, pitr_enabled: true, pitr_days: days, ..Policy::default() }
+    }
+
+    fn kept(plan: &Plan) -> BTreeSet<&str> {
+        plan.keeps().map(|d| d.id.as_str()).collect()
+    }
+
+    fn reasons<'a>(plan: &'a Plan, id: &str) -> Vec<&'a str> {
+        let d = plan.decisions.iter().find(|d| d.id == id).expect("decision for id");
+        d.reasons.iter().map(String::as_str).collect()
+    }
+
+    fn ids<const N: usize>(list: [&str; N]) -> BTreeSet<&str> {
+        list.into_iter().collect()
+    }
+
+    // ---------------------------------------------------------------- policy
+
+    #[test]
+    fn policy_defaults() {
+        let p = Policy::default();
+        assert_eq!((p.daily, p.monthly, p.yearly), (30, 12, 6));
+        assert_eq!(p.copy_regions, "none");
+        assert!(p.keep_final && p.pitr_enabled);
+        assert_eq!(p.pitr_days, 1);
+        assert_eq!(p.validate(), Ok(()));
+    }
+
+    /// A tiny self-describing value so the serde field names can be checked without a JSON crate.
+    #[derive(Clone, Copy)]
+    enum V {
+        U(u32),
+        B(bool),
+        S(&'static str),
+    }
+
+    impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for V {
+        type Deserializer = V;
+        fn into_deserializer(self) -> V {
+            self
+        }
+    }
+
+    impl<'de> serde::Deserializer<'de> for V {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<W: serde::de::Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
+            match self {
+                V::U(n) => visitor.visit_u32(n),
+                V::B(b) => visitor.visit_bool(b),
+                V::S(s) => visitor.visit_borrowed_str(s),
+            }
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
+        }
+    }
+
+    fn policy_from(fields: &[(&'static str, V)]) -> Result<Policy, serde::de::value::Error> {
+        Policy::deserialize(serde::de::value::MapDeserializer::new(fields.iter().copied()))
+    }
+
+    #[test]
+    fn policy_deserializes_with_defaults_and_field_names() {
+        assert_eq!(policy_from(&[]).expect("empty policy"), Policy::default());
+        let p = policy_from(&[
+            ("daily", V::U(7)),
+            ("monthly", V::U(3)),
+            ("yearly", V::U(1)),
+            ("copy_regions", V::S("auto")),
+            ("keep_final", V::B(false)),
+            ("pitr_enabled", V::B(false)),
+            ("pitr_days", V::U(14)),
+        ])
+        .expect("full policy");
+        let want = Policy {
+            daily: 7,
+            monthly: 3,
+            yearly: 1,
+            copy_regions: "auto".to_string(),
+            keep_final: false,
+            pitr_enabled: false,
+            pitr_days: 14,
+        };
+        assert_eq!(p, want);
+        let partial = policy_from(&[("daily", V::U(2))]).expect("partial policy");
+        assert_eq!(partial, Policy { daily: 2, ..Policy::default() });
+        // A typo must not silently fall back to a default.
+        assert!(policy_from(&[("dayly", V::U(2))]).is_err());
+    }
+
+    #[test]
+    fn validate_bounds() {
+        let ok = |p: Policy| p.validate();
+        assert_eq!(ok(Policy { daily: 1000, monthly: 0, yearly: 1000, ..Policy::default() }), Ok(()));
+        assert_eq!(
+            ok(Policy { daily: 1001, ..Policy::default() }),
+            Err(PolicyError::CountOutOfRange { field: "daily", value: 1001, max: 1000 })
+        );
+        assert!(matches!(
+            ok(Policy { monthly: 5000, ..Policy::default() }),
+            Err(PolicyError::CountOutOfRange { field: "monthly", .. })
+        ));
+        assert!(matches!(
+            ok(Policy { yearly: 1001, ..Policy::default() }),
+            Err(PolicyError::CountOutOfRange { field: "yearly", .. })
+        ));
+        assert_eq!(ok(Policy { pitr_days: 0, ..Policy::default() }), Err(PolicyError::PitrDaysOutOfRange(0)));
+        assert_eq!(ok(Policy { pitr_days: 36, ..Policy::default() }), Err(PolicyError::PitrDaysOutOfRange(36)));
+        assert_eq!(ok(Policy { pitr_days: 35, ..Policy::default() }), Ok(()));
+        // pitr_days is checked even when PITR is off, so turning it on later cannot make the policy invalid.
+        assert!(ok(Policy { pitr_enabled: false, pitr_days: 0, ..Policy::default() }).is_err());
+    }
+
+    #[test]
+    fn validate_copy_regions_syntax() {
+        let check = |s: &str| Policy { copy_regions: s.to_string(), ..Policy::default() }.validate();
+        for good in
+            ["none", "auto", " auto ", "us-west-2", "us-west-2, eu-central-1", "us-gov-west-1", "ap-southeast-4"]
+        {
+            assert_eq!(check(good), Ok(()), "{good:?}");
+        }
+        for bad in ["", "None", "us-west-2,", "US-WEST-2", "us-west", "uswest2", "us-west-02", "usa-west-1", "x,auto"] {
+            assert!(matches!(check(bad), Err(PolicyError::InvalidRegion(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn copy_regions_for_modes() {
+        let with = |s: &str| Policy { copy_regions: s.to_string(), ..Policy::default() };
+        assert_eq!(with("none").copy_regions_for("us-east-1"), Ok(vec![]));
+        assert_eq!(with("auto").copy_regions_for("us-east-1"), Ok(vec!["us-west-1".into(), "us-west-2".into()]));
+        assert_eq!(with("auto").copy_regions_for("mars-north-1"), Ok(vec![]));
+        assert_eq!(
+            with("eu-central-1, eu-west-1,eu-central-1").copy_regions_for("eu-west-3"),
+            Ok(vec!["eu-central-1".into(), "eu-west-1".into()])
+        );
+        assert_eq!(
+            with("eu-west-1,eu-west-3").copy_regions_for("eu-west-3"),
+            Err(PolicyError::SameRegion("eu-west-3".into()))
+        );
+        assert!(matches!(
+            with("eu-west-1;eu-west-2").copy_regions_for("us-east-1"),
+            Err(PolicyError::InvalidRegion(_))
+        ));
+    }
+
+    #[test]
+    fn auto_copy_region_table() {
+        let table: [(&str, &[&str]); 17] = [
+            ("us-east-1", &["us-west-1", "us-west-2"]),
+            ("us-east-2", &["us-west-1", "us-west-2"]),
+            ("us-west-1", &["us-east-1"]),
+            ("us-west-2", &["us-east-1"]),
+            ("sa-east-1", &["us-east-2"]),
+            ("ca-central-1", &["ca-west-1"]),
+            ("eu-west-1", &["eu-central-1"]),
+            ("eu-west-2", &["eu-central-1"]),
+            ("eu-west-3", &["eu-central-1"]),
+            ("eu-central-1", &["eu-west-1"]),
+            ("ap-northeast-1", &["ap-northeast-2"]),
+            ("ap-northeast-2", &["ap-northeast-1"]),
+            ("ap-southeast-1", &["ap-northeast-2", "ap-southeast-2"]),
+            ("ap-southeast-2", &["ap-southeast-4"]),
+            ("ap-south-1", &["ap-southeast-2"]),
+            ("eu-central-2", &[]),
+            ("", &[]),
+        ];
+        for (from, to) in table {
+            assert_eq!(auto_copy_regions(from), to.to_vec(), "{from}");
+            assert!(!to.contains(&from), "{from} maps to itself");
+            assert!(to.iter().all(|r| is_region_name(r)));
+        }
+        assert!(auto_copy_regions("US-EAST-1").is_empty());
+    }
+
+    // ---------------------------------------------------------------- daily
+
+    #[test]
+    fn daily_keeps_newest_of_each_day() {
+        let b = [
+            auto("early", "2026-11-24T03:00:00Z"),
+            auto("late", "2026-11-24T15:00:00Z"),
+            auto("prev", "2026-11-23T03:00:00Z"),
+        ];
+        let p = plan(&counts(2, 0, 0), &b, at("2026-11-24T20:00:00Z"));
+        assert_eq!(kept(&p), ids(["late", "prev"]));
+        assert_eq!(reasons(&p, "late"), ["daily 2026-11-24"]);
+        assert_eq!(reasons(&p, "prev"), ["daily 2026-11-23"]);
+        assert_eq!(reasons(&p, "early"), [REASON_BEYOND_COUNTS]);
+    }
+
+    #[test]
+    fn daily_counts_days_that_have_backups() {
+        let b = [
+            auto("d01", "2026-11-01T03:00:00Z"),
+            auto("d02", "2026-11-02T03:00:00Z"),
+            auto("d05", "2026-11-05T03:00:00Z"),
+            auto("d09", "2026-11-09T03:00:00Z"),
+        ];
+        // Eleven days after the last backup, the newest three backups are still kept: an outage shrinks nothing.
+        let p = plan(&counts(3, 0, 0), &b, at("2026-11-20T00:00:00Z"));
+        assert_eq!(kept(&p), ids(["d02", "d05", "d09"]));
+    }
+
+    #[test]
+    fn daily_day_boundary_is_utc_midnight() {
+        let b = [auto("before", "2026-11-23T23:59:59Z"), auto("after", "2026-11-24T00:00:00Z")];
+        let p = plan(&counts(2, 0, 0), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(reasons(&p, "before"), ["daily 2026-11-23"]);
+        assert_eq!(reasons(&p, "after"), ["daily 2026-11-24"]);
+    }
+
+    #[test]
+    fn daily_zero_keeps_no_automatic_backup() {
+        let b = [auto("a", "2026-11-24T03:00:00Z"), manual("m", "2026-11-20T03:00:00Z")];
+        let p = plan(&counts(0, 0, 0), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["m"]));
+        assert_eq!(reasons(&p, "a"), [REASON_BEYOND_COUNTS]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+    }
+
+    #[test]
+    fn ties_are_broken_independently_of_input_order() {
+        let x = auto("x", "2026-11-24T03:00:00Z");
+        let y = auto("y", "2026-11-24T03:00:00Z");
+        for catalog in [vec![x.clone(), y.clone()], vec![y.clone(), x.clone()]] {
+            let p = plan(&counts(1, 0, 0), &catalog, at("2026-11-24T12:00:00Z"));
+            assert_eq!(kept(&p), ids(["y"]));
+        }
+        // A later stop LSN wins over the id.
+        let mut x2 = x.clone();
+        x2.stop_lsn += 1;
+        let p = plan(&counts(1, 0, 0), &[x2, y], at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["x"]));
+    }
+
+    // ---------------------------------------------------------------- monthly / yearly
+
+    #[test]
+    fn monthly_window_is_calendar_months_up_to_now() {
+        let b = [
+            auto("may01", "2026-05-01T03:00:00Z"),
+            auto("apr15", "2026-04-15T03:00:00Z"),
+            auto("apr30", "2026-04-30T03:00:00Z"),
+            auto("feb28", "2026-02-28T03:00:00Z"),
+        ];
+        let now = at("2026-05-10T12:00:00Z");
+        // March has no backup, but still uses up one of the three months: February is out.
+        let p = plan(&counts(0, 3, 0), &b, now);
+        assert_eq!(kept(&p), ids(["may01", "apr30"]));
+        assert_eq!(reasons(&p, "may01"), ["monthly 2026-05"]);
+        assert_eq!(reasons(&p, "apr30"), ["monthly 2026-04"]);
+        let p = plan(&counts(0, 4, 0), &b, now);
+        assert_eq!(kept(&p), ids(["may01", "apr30", "feb28"]));
+        assert_eq!(reasons(&p, "feb28"), ["monthly 2026-02"]);
+        assert_eq!(kept(&plan(&counts(0, 1, 0), &b, now)), ids(["may01"]));
+    }
+
+    #[test]
+    fn monthly_boundary_at_midnight_utc() {
+        let b = [
+            auto("jan30", "2026-01-30T03:00:00Z"),
+            auto("jan31", "2026-01-31T23:59:59Z"),
+            auto("feb01", "2026-02-01T00:00:00Z"),
+        ];
+        let p = plan(&counts(0, 2, 0), &b, at("2026-02-10T00:00:00Z"));
+        assert_eq!(kept(&p), ids(["jan31", "feb01"]));
+        assert_eq!(reasons(&p, "jan31"), ["monthly 2026-01"]);
+        assert_eq!(reasons(&p, "feb01"), ["monthly 2026-02"]);
+    }
+
+    #[test]
+    fn monthly_window_crosses_year_boundary() {
+        let b = [
+            auto("nov30", "2025-11-30T03:00:00Z"),
+            auto("dec31", "2025-12-31T03:00:00Z"),
+            auto("jan01", "2026-01-01T03:00:00Z"),
+        ];
+        let p = plan(&counts(0, 2, 0), &b, at("2026-01-15T00:00:00Z"));
+        assert_eq!(kept(&p), ids(["dec31", "jan01"]));
+        assert_eq!(reasons(&p, "dec31"), ["monthly 2025-12"]);
+    }
+
+    #[test]
+    fn backups_after_now_are_outside_the_calendar_windows() {
+        // Clock skew: a backup stamped in next month/year is not a monthly/yearly pick, but is still a daily one.
+        let b = [auto("dec", "2026-12-31T03:00:00Z"), auto("jan", "2027-01-01T03:00:00Z")];
+        let now = at("2026-12-31T23:00:00Z");
+        let p = plan(&counts(0, 12, 6), &b, now);
+        assert_eq!(kept(&p), ids(["dec"]));
+        assert_eq!(reasons(&p, "dec"), ["monthly 2026-12", "yearly 2026"]);
+        assert_eq!(kept(&plan(&counts(1, 0, 0), &b, now)), ids(["jan"]));
+    }
+
+    #[test]
+    fn yearly_window_is_calendar_years_up_to_now() {
+        let b = [
+            auto("y26", "2026-03-01T03:00:00Z"),
+            auto("y24late", "2024-12-31T23:59:59Z"),
+            auto("y24", "2024-06-01T03:00:00Z"),
+            auto("y22", "2022-12-31T03:00:00Z"),
+        ];
+        let now = at("2026-06-01T00:00:00Z");
+        // 2025 has no backup but counts: yearly=3 covers 2024..=2026.
+        let p = plan(&counts(0, 0, 3), &b, now);
+        assert_eq!(kept(&p), ids(["y26", "y24late"]));
+        assert_eq!(reasons(&p, "y26"), ["yearly 2026"]);
+        assert_eq!(reasons(&p, "y24late"), ["yearly 2024"]);
+        assert_eq!(kept(&plan(&counts(0, 0, 5), &b, now)), ids(["y26", "y24late", "y22"]));
+        assert_eq!(kept(&plan(&counts(0, 0, 0), &b, now)), ids([]));
+    }
+
+    #[test]
+    fn yearly_boundary_at_new_year() {
+        let b = [auto("old", "2025-12-31T23:59:59Z"), auto("new", "2026-01-01T00:00:00Z")];
+        let now = at("2026-03-01T00:00:00Z");
+        assert_eq!(kept(&plan(&counts(0, 0, 2), &b, now)), ids(["old", "new"]));
+        assert_eq!(kept(&plan(&counts(0, 0, 1), &b, now)), ids(["new"]));
+    }
+
+    #[test]
+    fn leap_day_is_a_day_and_ends_february() {
+        let b = [
+            auto("f28", "2024-02-28T03:00:00Z"),
+            auto("f29", "2024-02-29T03:00:00Z"),
+            auto("m01", "2024-03-01T03:00:00Z"),
+        ];
+        let policy = Policy { daily: 2, monthly: 2, yearly: 0, pitr_enabled: true, pitr_days: 1, ..Policy::default() };
+        let p = plan(&policy, &b, at("2024-03-01T04:00:00Z"));
+        assert_eq!(kept(&p), ids(["f29", "m01"]));
+        assert_eq!(reasons(&p, "m01"), ["daily 2024-03-01", "monthly 2024-03"]);
+        assert_eq!(reasons(&p, "f29"), ["daily 2024-02-29", "monthly 2024-02", REASON_PITR_BASE]);
+        // One day before 02:00 on March 1st is 02:00 on the leap day, before its backup: the base is Feb 28th's.
+        let p = plan(&pitr_only(1), &b, at("2024-03-01T02:00:00Z"));
+        assert_eq!(kept(&p), ids(["f28"]));
+        // In a common year the month ends on the 28th.
+        let b = [auto("f27", "2025-02-27T03:00:00Z"), auto("f28", "2025-02-28T03:00:00Z")];
+        let p = plan(&counts(0, 2, 0), &b, at("2025-03-01T04:00:00Z"));
+        assert_eq!(reasons(&p, "f28"), ["monthly 2025-02"]);
+    }
+
+    #[test]
+    fn a_kept_backup_lists_every_rule() {
+        let b = [auto("only", "2026-11-24T03:00:00Z")];
+        let p = plan(&Policy::default(), &b, at("2026-11-25T04:00:00Z"));
+        assert_eq!(reasons(&p, "only"), ["daily 2026-11-24", "monthly 2026-11", "yearly 2026", REASON_PITR_BASE]);
+    }
+
+    // ---------------------------------------------------------------- manual / final / deprovisioned
+
+    #[test]
+    fn manual_backups_are_always_kept() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b = [
+            manual("m_old", "2019-01-01T00:00:00Z"),
+            deprovisioned(manual("m_gone", "2026-01-01T00:00:00Z")),
+            incomplete(manual("m_failed", "2026-11-01T00:00:00Z")),
+            incomplete(manual("m_running", "2026-11-24T11:00:00Z")),
+        ];
+        let p = plan(&counts(0, 0, 0), &b, now);
+        assert_eq!(p.deletes().count(), 0);
+        assert_eq!(reasons(&p, "m_old"), [REASON_MANUAL]);
+        assert_eq!(reasons(&p, "m_gone"), [REASON_MANUAL]);
+        assert_eq!(reasons(&p, "m_failed"), [REASON_MANUAL]);
+        assert_eq!(reasons(&p, "m_running"), [REASON_MANUAL, REASON_IN_PROGRESS]);
+        // The failed manual backup can never be restored, so it holds no WAL.
+        assert!(!p.wal_ranges.iter().any(|r| r.1 == b[2].start_lsn));
+    }
+
+    #[test]
+    fn final_backups_follow_keep_final() {
+        let b = [final_("f", "2026-11-20T00:00:00Z"), deprovisioned(final_("fd", "2026-11-21T00:00:00Z"))];
+        let now = at("2026-11-24T12:00:00Z");
+        let p = plan(&counts(0, 0, 0), &b, now);
+        assert_eq!(kept(&p), ids(["f", "fd"]));
+        assert_eq!(reasons(&p, "fd"), [REASON_FINAL]);
+        let p = plan(&Policy { keep_final: false, ..counts(0, 0, 0) }, &b, now);
+        assert_eq!(kept(&p), ids([]));
+        assert_eq!(reasons(&p, "f"), [REASON_FINAL_NOT_KEPT]);
+        assert_eq!(reasons(&p, "fd"), [REASON_FINAL_NOT_KEPT]);
+        assert!(p.wal_keep_from.is_empty());
+    }
+
+    #[test]
+    fn deprovisioned_cluster_loses_automatic_backups_only() {
+        let b = [
+            deprovisioned(auto("a_new", "2026-11-24T03:00:00Z")),
+            deprovisioned(auto("a_old", "2026-01-31T03:00:00Z")),
+            deprovisioned(manual("m", "2026-06-01T03:00:00Z")),
+            deprovisioned(final_("f", "2026-11-24T04:00:00Z")),
+        ];
+        let now = at("2026-11-24T12:00:00Z");
+        let p = plan(&Policy::default(), &b, now);
+        assert_eq!(kept(&p), ids(["m", "f"]));
+        assert_eq!(reasons(&p, "a_new"), [REASON_DEPROVISIONED]);
+        assert_eq!(reasons(&p, "a_old"), [REASON_DEPROVISIONED]);
+        // No PITR for a cluster that is gone: the kept backups only need their own WAL.
+        assert!(p.decisions.iter().all(|d| !d.reasons.iter().any(|r| r == REASON_PITR_BASE)));
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[2].start_lsn));
+        let p = plan(&Policy { keep_final: false, ..Policy::default() }, &b[..2], now);
+        assert_eq!(kept(&p), ids([]));
+        assert!(p.wal_keep_from.is_empty() && p.wal_ranges.is_empty());
+    }
+
+    #[test]
+    fn deprovisioned_flag_is_read_per_backup() {
+        // The cluster name was reused: the old incarnation's automatic backups go, the new one's are planned.
+        let b = [
+            deprovisioned(auto("old", "2026-11-01T03:00:00Z")),
+            auto("new1", "2026-11-23T03:00:00Z"),
+            auto("new2", "2026-11-24T03:00:00Z"),
+        ];
+        let p = plan(&Policy::default(), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["new1", "new2"]));
+        assert_eq!(reasons(&p, "old"), [REASON_DEPROVISIONED]);
+        assert_eq!(reasons(&p, "new1"), ["daily 2026-11-23", REASON_PITR_BASE]);
+    }
+
+    // ---------------------------------------------------------------- incomplete
+
+    #[test]
+    fn incomplete_backups_get_24_hours() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b = [
+            incomplete(auto("young", "2026-11-23T12:00:01Z")),
+            incomplete(auto("edge", "2026-11-23T12:00:00Z")),
+            incomplete(auto("old", "2026-11-23T11:59:59Z")),
+            incomplete(final_("final_old", "2026-11-20T00:00:00Z")),
+            incomplete(auto("future", "2026-11-25T00:00:00Z")),
+        ];
+        let p = plan(&Policy::default(), &b, now);
+        assert_eq!(kept(&p), ids(["young", "edge", "future"]));
+        assert_eq!(reasons(&p, "young"), [REASON_IN_PROGRESS]);
+        assert_eq!(reasons(&p, "old"), [REASON_INCOMPLETE]);
+        assert_eq!(reasons(&p, "final_old"), [REASON_INCOMPLETE]);
+        // A running backup's WAL range is open-ended; with no completed backup there is no PITR base.
+        assert!(p.wal_ranges.contains(&("c1".to_string(), b[0].start_lsn, u64::MAX)));
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+    }
+
+    #[test]
+    fn incomplete_backups_take_no_part_in_the_rules() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b = [
+            auto("done", "2026-11-24T01:00:00Z"),
+            incomplete(auto("running", "2026-11-24T11:00:00Z")),
+            incomplete(auto("failed", "2026-11-20T00:00:00Z")),
+        ];
+        let p = plan(&Policy { daily: 1, monthly: 1, yearly: 1, pitr_days: 2, ..Policy::default() }, &b, now);
+        // "done" is the day's daily although "running" is newer; "failed" cannot be the PITR base.
+        assert_eq!(reasons(&p, "done"), ["daily 2026-11-24", "monthly 2026-11", "yearly 2026", REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "running"), [REASON_IN_PROGRESS]);
+        assert_eq!(reasons(&p, "failed"), [REASON_INCOMPLETE]);
+    }
+
+    // ---------------------------------------------------------------- PITR and WAL
+
+    #[test]
+    fn pitr_base_is_newest_backup_ending_by_window_start() {
+        let b = [
+            auto("a", "2026-11-20T03:00:00Z"),
+            manual("m", "2026-11-22T12:00:00Z"),
+            auto("b", "2026-11-23T03:00:00Z"),
+            auto("c", "2026-11-24T03:00:00Z"),
+        ];
+        // Window start 2026-11-22T12:00: "m" ends exactly then, so it is the base; later ones are not kept for PITR.
+        let p = plan(&pitr_only(2), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["m"]));
+        assert_eq!(reasons(&p, "m"), [REASON_MANUAL, REASON_PITR_BASE]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+        // One second earlier the window starts just before "m" ends, so the base moves back to "a".
+        let p = plan(&pitr_only(2), &b, at("2026-11-24T11:59:59Z"));
+        assert_eq!(kept(&p), ids(["a", "m"]));
+        assert_eq!(reasons(&p, "a"), [REASON_PITR_BASE]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[0].start_lsn));
+    }
+
+    #[test]
+    fn pitr_base_falls_back_to_oldest_backup() {
+        let b = [
+            auto("b", "2026-11-24T03:00:00Z"),
+            auto("a", "2026-11-23T20:00:00Z"),
+            incomplete(auto("x", "2026-11-23T19:00:00Z")),
+        ];
+        let p = plan(&pitr_only(7), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["a", "x"]));
+        assert_eq!(reasons(&p, "a"), [REASON_PITR_BASE]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+    }
+
+    #[test]
+    fn wal_keep_from_and_ranges() {
+        let b = [
+            auto("jan", "2026-01-31T03:00:00Z"),
+            auto("d23", "2026-11-23T03:00:00Z"),
+            auto("d24", "2026-11-24T03:00:00Z"),
+            manual("m", "2025-05-05T05:00:00Z"),
+        ];
+        let now = at("2026-11-24T12:00:00Z");
+        let p = plan(&Policy::default(), &b, now);
+        assert_eq!(kept(&p), ids(["jan", "d23", "d24", "m"]));
+        // With PITR the watermark is the base's start even though older backups are kept (their ranges are listed).
+        assert_eq!(reasons(&p, "d23"), ["daily 2026-11-23", REASON_PITR_BASE]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+        let ranges: BTreeSet<(String, u64, u64)> = p.wal_ranges.iter().cloned().collect();
+        let want: BTreeSet<(String, u64, u64)> =
+            b.iter().map(|x| ("c1".to_string(), x.start_lsn, x.stop_lsn)).collect();
+        assert_eq!(ranges, want);
+        // Without PITR it is the lowest start among the kept backups.
+        let p = plan(&Policy { pitr_enabled: false, ..Policy::default() }, &b, now);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[3].start_lsn));
+    }
+
+    #[test]
+    fn clusters_are_planned_separately() {
+        let b = [
+            in_cluster(auto("a1", "2026-11-23T03:00:00Z"), "alpha"),
+            in_cluster(auto("a2", "2026-11-24T03:00:00Z"), "alpha"),
+            in_cluster(auto("b1", "2026-11-20T03:00:00Z"), "beta"),
+            in_cluster(auto("b2", "2026-11-21T03:00:00Z"), "beta"),
+        ];
+        let p = plan(&counts(1, 0, 0), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(kept(&p), ids(["a2", "b2"]));
+        assert_eq!(p.wal_keep_from.len(), 2);
+        assert_eq!(p.wal_keep_from.get("beta"), Some(&b[3].start_lsn));
+        assert_eq!(p.decisions.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a1", "a2", "b1", "b2"]);
+    }
+
+    #[test]
+    fn empty_catalog_plans_nothing() {
+        assert_eq!(plan(&Policy::default(), &[], at("2026-11-24T12:00:00Z")), Plan::default());
+    }
+
+    #[test]
+    fn extreme_policies_do_not_panic() {
+        let b = [auto("a", "2026-11-24T03:00:00Z")];
+        let huge =
+            Policy { daily: u32::MAX, monthly: u32::MAX, yearly: u32::MAX, pitr_days: u32::MAX, ..Policy::default() };
+        let p = plan(&huge, &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(reasons(&p, "a"), ["daily 2026-11-24", "monthly 2026-11", "yearly 2026", REASON_PITR_BASE]);
+        let p = plan(&huge, &b, DateTime::<Utc>::MIN_UTC);
+        assert_eq!(kept(&p), ids(["a"]));
+    }
+
+    // ---------------------------------------------------------------- helpers on Plan and Policy
+
+    #[test]
+    fn keeps_and_deletes_partition_the_decisions() {
+        let b =
+            [auto("a", "2026-11-22T03:00:00Z"), auto("b", "2026-11-23T03:00:00Z"), auto("c", "2026-11-24T03:00:00Z")];
+        let p = plan(&counts(2, 0, 0), &b, at("2026-11-24T12:00:00Z"));
+        assert_eq!(p.keeps().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(p.deletes().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn diff_deletes_lists_only_newly_deleted() {
+        let b = [
+            auto("jan", "2026-01-31T03:00:00Z"),
+            auto("d22", "2026-11-22T03:00:00Z"),
+            auto("d23", "2026-11-23T03:00:00Z"),
+            auto("d24", "2026-11-24T03:00:00Z"),
+            manual("m", "2026-02-01T00:00:00Z"),
+            final_("f", "2026-03-01T00:00:00Z"),
+        ];
+        let now = at("2026-11-24T12:00:00Z");
+        let old = Policy::default();
+        let new = Policy { daily: 1, monthly: 0, yearly: 0, keep_final: false, ..Policy::default() };
+        assert_eq!(Policy::diff_deletes(&old, &new, &b, now), ["jan", "d22", "f"]);
+        assert!(Policy::diff_deletes(&new, &old, &b, now).is_empty());
+        assert!(Policy::diff_deletes(&old, &old, &b, now).is_empty());
+    }
+
+    mod properties {
+        use super::super::*;
+        use super::{at, lsn_at};
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const SPAN_DAYS: usize = 800;
+
+        #[derive(Debug, Clone)]
+        struct Case {
+            now: DateTime<Utc>,
+            backups: Vec<BackupInfo>,
+        }
+
+        fn arb_policy() -> impl Strategy<Value = Policy> {
+            (0u32..40, 0u32..15, 0u32..8, any::<bool>(), any::<bool>(), 1u32..=35).prop_map(
+                |(daily, monthly, yearly, keep_final, pitr_enabled, pitr_days)| Policy {
+                    daily,
+                    monthly,
+                    yearly,
+                    copy_regions: "none".to_string(),
+                    keep_final,
+                    pitr_enabled,
+                    pitr_days,
+                },
+            )
+        }
+
+        fn make(
+            id: String,
+            cluster: u8,
+            kind: Kind,
+            stop_time: DateTime<Utc>,
+            completed: bool,
+            flagged: bool,
+            len: u64,
+        ) -> BackupInfo {
+            let stop_lsn = lsn_at(stop_time);
+            BackupInfo {
+                id,
+                cluster: format!("c{cluster}"),
+                kind,
+                completed,
+                start_lsn: stop_lsn.saturating_sub(len),
+                stop_lsn,
+                stop_time,
+                cluster_deprovisioned: flagged,
+            }
+        }
+
+        /// A daily schedule with gaps (cluster c0) plus scattered backups of every kind in three clusters.
+        fn arb_case() -> impl Strategy<Value = Case> {
+            let kind = prop_oneof![6 => Just(Kind::Automatic), 3 => Just(Kind::Manual), 1 => Just(Kind::Final)];
+            // Minutes before now; half within the last 40 days (a few in the future) so busy days are common.
+            let ago = prop_oneof![-180i64..40 * 1440, 0i64..(SPAN_DAYS as i64) * 1440];
+            let extra = (0u8..3, kind, ago, prop::bool::weighted(0.9), prop::bool::weighted(0.05), 1u64..3_600_000);
+            (
+                0i64..3 * 365 * 1440,
+                prop::collection::vec((prop::bool::weighted(0.8), prop::bool::weighted(0.97)), 0..SPAN_DAYS),
+                prop::collection::vec(extra, 0..120),
+                [prop::bool::weighted(0.2), prop::bool::weighted(0.2), prop::bool::weighted(0.2)],
+            )
+                .prop_map(|(now_minutes, schedule, extras, gone)| {
+                    let now = at("2024-01-01T00:00:00Z") + TimeDelta::minutes(now_minutes);
+                    let midnight = now.date_naive().and_hms_opt(0, 0, 0).expect("midnight").and_utc();
+                    let mut backups = Vec::new();
+                    for (day, &(present, completed)) in schedule.iter().enumerate() {
+                        if present {
+                            let day = i64::try_from(day).expect("small");
+                            let stop = midnight - TimeDelta::days(day) + TimeDelta::minutes(180 + (day % 7) * 5);
+                            backups.push(make(
+                                format!("s{day}"),
+                                0,
+                                Kind::Automatic,
+                                stop,
+                                completed,
+                                gone[0],
+                                600_000,
+                            ));
+                        }
+                    }
+                    for (n, (cluster, kind, ago, completed, stray, len)) in extras.into_iter().enumerate() {
+                        let stop = now - TimeDelta::minutes(ago);
+                        let flagged = gone[usize::from(cluster)] || stray;
+                        backups.push(make(format!("x{n}"), cluster, kind, stop, completed, flagged, len));
+                    }
+                    Case { now, backups }
+                })
+        }
+
+        fn members<'a>(case: &'a Case, p: &'a Plan) -> BTreeMap<&'a str, Vec<(&'a BackupInfo, &'a Decision)>> {
+            let mut out: BTreeMap<&str, Vec<(&BackupInfo, &Decision)>> = BTreeMap::new();
+            for (b, d) in case.backups.iter().zip(&p.decisions) {
+                out.entry(b.cluster.as_str()).or_default().push((b, d));
+            }
+            out
+        }
+
+        fn survivors(case: &Case, p: &Plan) -> Vec<BackupInfo> {
+            case.backups.iter().zip(&p.decisions).filter(|(_, d)| d.keep).map(|(b, _)| b.clone()).collect()
+        }
+
+        type Label = fn(&BackupInfo) -> i64;
+
+        fn day_label(b: &BackupInfo) -> i64 {
+            i64::from(b.stop_time.date_naive().num_days_from_ce())
+        }
+
+        fn month_label(b: &BackupInfo) -> i64 {
+            month_index(b.stop_time)
+        }
+
+        fn year_label(b: &BackupInfo) -> i64 {
+            i64::from(b.stop_time.year())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+
+            #[test]
+            fn decisions_are_well_formed(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                prop_assert_eq!(p.decisions.len(), case.backups.len());
+                let deleting = [REASON_BEYOND_COUNTS, REASON_FINAL_NOT_KEPT, REASON_DEPROVISIONED, REASON_INCOMPLETE];
+                for (b, d) in case.backups.iter().zip(&p.decisions) {
+                    prop_assert_eq!(&d.id, &b.id);
+                    prop_assert_eq!(&d.cluster, &b.cluster);
+                    prop_assert!(!d.reasons.is_empty());
+                    let deleted = d.reasons.iter().any(|r| deleting.contains(&r.as_str()));
+                    prop_assert_eq!(d.keep, !deleted, "{:?}", d);
+                    prop_assert!(d.keep || d.reasons.len() == 1, "{:?}", d);
+                }
+            }
+
+            #[test]
+            fn manual_backups_are_never_deleted(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                for (b, d) in case.backups.iter().zip(&p.decisions) {
+                    if b.kind == Kind::Manual {
+                        prop_assert!(d.keep, "{:?}", d);
+                    }
+                }
+            }
+
+            #[test]
+            fn pitr_window_stays_restorable(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                if !policy.pitr_enabled {
+                    return Ok(());
+                }
+                let window_start = case.now - TimeDelta::days(policy.pitr_days.into());
+                for (cluster, list) in members(&case, &p) {
+                    let live: Vec<_> = list.iter().filter(|(b, _)| b.completed && !b.cluster_deprovisioned).collect();
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let wal = p.wal_keep_from.get(cluster).copied();
+                    prop_assert!(wal.is_some(), "no WAL watermark for {}", cluster);
+                    let wal = wal.unwrap_or(u64::MAX);
+                    let restorable = if live.iter().any(|(b, _)| b.stop_time <= window_start) {
+                        // A kept backup consistent by the window start, with all WAL after its start.
+                        live.iter().any(|(b, d)| d.keep && b.stop_time <= window_start && wal <= b.start_lsn)
+                    } else {
+                        let oldest = live.iter().map(|(b, _)| b.stop_time).min();
+                        live.iter().any(|(b, d)| Some(b.stop_time) == oldest && d.keep && wal <= b.start_lsn)
+                    };
+                    prop_assert!(restorable, "cluster {} window start {} wal {}", cluster, window_start, wal);
+                }
+            }
+
+            #[test]
+            fn counts_hold(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                let rules: [(&str, u32, Label, i64); 3] = [
+                    ("daily ", policy.daily, day_label, i64::MIN),
+                    ("monthly ", policy.monthly, month_label, month_index(case.now) - i64::from(policy.monthly)),
+                    ("yearly ", policy.yearly, year_label, i64::from(case.now.year()) - i64::from(policy.yearly)),
+                ];
+                for (_, list) in members(&case, &p) {
+                    let candidates: Vec<&BackupInfo> = list
+                        .iter()
+                        .map(|(b, _)| *b)
+                        .filter(|b| b.kind == Kind::Automatic && b.completed && !b.cluster_deprovisioned)
+                        .collect();
+                    for (prefix, limit, label, after) in rules {
+                        let mut seen = BTreeSet::new();
+                        for (b, d) in &list {
+                            let Some(reason) = d.reasons.iter().find(|r| r.starts_with(prefix)) else { continue };
+                            prop_assert!(candidates.iter().any(|c| c.id == b.id), "{} on a non-candidate", reason);
+                            prop_assert!(seen.insert(label(b)), "two picks for {}", reason);
+                            prop_assert!(label(b) > after, "{} is outside the window", reason);
+                            // The pick is the newest candidate of its day/month/year, and its label says which.
+                            let newer = candidates.iter().any(|c| label(c) == label(b) && newest_order(c, b).is_gt());
+                            prop_assert!(!newer, "{} is not the newest", reason);
+                            let shown = match prefix {
+                                "daily " => b.stop_time.date_naive().to_string(),
+                                "monthly " => format!("{:04}-{:02}", b.stop_time.year(), b.stop_time.month()),
+                                _ => b.stop_time.year().to_string(),
+                            };
+                            prop_assert_eq!(reason, &format!("{prefix}{shown}"));
+                        }
+                        prop_assert!(seen.len() <= usize::try_from(limit).unwrap_or(usize::MAX));
+                        // Nothing is missed: every label that should have a pick has one.
+                        let labels: BTreeSet<i64> = candidates.iter().map(|c| label(c)).collect();
+                        let due = if prefix == "daily " {
+                            labels.len().min(usize::try_from(limit).unwrap_or(usize::MAX))
+                        } else {
+                            labels.iter().filter(|l| **l > after && **l <= after + i64::from(limit)).count()
+                        };
+                        prop_assert_eq!(seen.len(), due, "{}", prefix);
+                    }
+                }
+            }
+
+            #[test]
+            fn replanning_the_survivors_deletes_nothing(policy in arb_policy(), case in arb_case()) {
+                let first = plan(&policy, &case.backups, case.now);
+                let second = plan(&policy, &survivors(&case, &first), case.now);
+                prop_assert_eq!(second.deletes().count(), 0);
+                prop_assert_eq!(&second.decisions, &first.keeps().cloned().collect::<Vec<_>>());
+                prop_assert_eq!(&second.wal_keep_from, &first.wal_keep_from);
+                prop_assert_eq!(&second.wal_ranges, &first.wal_ranges);
+            }
+
+            #[test]
+            fn input_order_does_not_matter(policy in arb_policy(), case in arb_case()) {
+                let forward = plan(&policy, &case.backups, case.now);
+                let mut reversed = case.backups.clone();
+                reversed.reverse();
+                let backward = plan(&policy, &reversed, case.now);
+                let index = |p: &Plan| {
+                    p.decisions.iter().map(|d| (d.id.clone(), (d.keep, d.reasons.clone()))).collect::<BTreeMap<_, _>>()
+                };
+                prop_assert_eq!(index(&forward), index(&backward));
+                prop_assert_eq!(&forward.wal_keep_from, &backward.wal_keep_from);
+                let sorted = |p: &Plan| p.wal_ranges.iter().cloned().collect::<BTreeSet<_>>();
+                prop_assert_eq!(sorted(&forward), sorted(&backward));
+            }
+
+            #[test]
+            fn kept_backups_keep_their_wal(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                for (b, d) in case.backups.iter().zip(&p.decisions) {
+                    if d.keep && b.completed {
+                        prop_assert!(p.wal_ranges.contains(&(b.cluster.clone(), b.start_lsn, b.stop_lsn)));
+                        prop_assert!(p.wal_keep_from.contains_key(&b.cluster));
+                    }
+                }
+            }
+
+            #[test]
+            fn diff_deletes_matches_the_two_plans(old in arb_policy(), new in arb_policy(), case in arb_case()) {
+                let before = plan(&old, &case.backups, case.now);
+                let after = plan(&new, &case.backups, case.now);
+                let want: Vec<String> = before
+                    .decisions
+                    .iter()
+                    .zip(&after.decisions)
+                    .filter(|(o, n)| o.keep && !n.keep)
+                    .map(|(o, _)| o.id.clone())
+                    .collect();
+                prop_assert_eq!(Policy::diff_deletes(&old, &new, &case.backups, case.now), want);
+                prop_assert!(Policy::diff_deletes(&new, &new, &case.backups, case.now).is_empty());
+            }
+        }
+    }
+
+    mod simulation {
+        use super::super::*;
+        use super::lsn_at;
+        use chrono::{Days, NaiveDate};
+        use std::cell::Cell;
+        use std::collections::BTreeSet;
+
+        /// Where the simulated agent reads the time; the test moves it by hand.
+        trait Clock {
+            fn now(&self) -> DateTime<Utc>;
+        }
+
+        struct SimClock(Cell<DateTime<Utc>>);
+
+        impl SimClock {
+            fn set(&self, t: DateTime<Utc>) {
+                self.0.set(t);
+            }
+        }
+
+        impl Clock for SimClock {
+            fn now(&self) -> DateTime<Utc> {
+                self.0.get()
+            }
+        }
+
+        const CLUSTER: &str = "sim";
+        const WAL_PER_BACKUP: u64 = 600_000;
+
+        /// A minimal agent: records backups at the clock's time and applies retention plans to its catalog.
+        struct Agent<'c, C: Clock> {
+            clock: &'c C,
+            policy: Policy,
+            catalog: Vec<BackupInfo>,
+        }
+
+        impl<C: Clock> Agent<'_, C> {
+            fn take_backup(&mut self, id: String, kind: Kind) {
+                let stop_time = self.clock.now();
+                let stop_lsn = lsn_at(stop_time);
+                self.catalog.push(BackupInfo {
+                    id,
+                    cluster: CLUSTER.to_string(),
+                    kind,
+                    completed: true,
+                    start_lsn: stop_lsn - WAL_PER_BACKUP,
+                    stop_lsn,
+                    stop_time,
+                    cluster_deprovisioned: false,
+                });
+            }
+
+            fn apply_retention(&mut self) -> Plan {
+                let p = plan(&self.policy, &self.catalog, self.clock.now());
+                let catalog = std::mem::take(&mut self.catalog);
+                self.catalog = catalog.into_iter().zip(&p.decisions).filter(|(_, d)| d.keep).map(|(b, _)| b).collect();
+                p
+            }
+        }
+
+        fn at_time(day: NaiveDate, hour: u32, minute: u32) -> DateTime<Utc> {
+            day.and_hms_opt(hour, minute, 0).expect("valid time").and_utc()
+        }
+
+        fn auto_id(day: NaiveDate) -> String {
+            format!("auto-{day}")
+        }
+
+        fn manual_id(day: NaiveDate) -> String {
+            format!("manual-{day}")
+        }
+
+        fn is_manual_day(first: NaiveDate, day: NaiveDate) -> bool {
+            (day - first).num_days() % 45 == 0
+        }
+
+        /// When the backup with this id was taken, read back from the id ("auto-" at 03:00, "manual-" at 15:00).
+        fn taken_at(id: &str) -> DateTime<Utc> {
+            let (kind, day) = id.split_once('-').expect("kind-date id");
+            let day: NaiveDate = day.parse().expect("date in id");
+            if kind == "auto" {
+                at_time(day, 3, 0)
+            } else {
+                at_time(day, 15, 0)
+            }
+        }
+
+        fn start_lsn_of(id: &str) -> u64 {
+            lsn_at(taken_at(id)) - WAL_PER_BACKUP
+        }
+
+        fn last_day_of_month(year: i32, month: u32) -> NaiveDate {
+            let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+            NaiveDate::from_ymd_opt(next_year, next_month, 1).and_then(|d| d.pred_opt()).expect("valid month")
+        }
+
+        /// What must survive the run at 23:30 on `today`, from calendar arithmetic over the schedule alone.
+        fn expected_survivors(
+            policy: &Policy,
+            first: NaiveDate,
+            today: NaiveDate,
+            yesterday: &BTreeSet<String>,
+        ) -> (BTreeSet<String>, Option<u64>) {
+            let mut keep = BTreeSet::new();
+            let mut day = first;
+            while day <= today {
+                if is_manual_day(first, day) {
+                    keep.insert(manual_id(day));
+                }
+                day = day.succ_opt().expect("next day");
+            }
+            // Every calendar day has one automatic backup, so the last N days are the last N calendar days.
+            for k in 0..policy.daily {
+                let day = today - Days::new(k.into());
+                if day >= first {
+                    keep.insert(auto_id(day));
+                }
+            }
+            // A month's newest backup is its last day's (or today's, for the current month).
+            let (mut year, mut month) = (today.year(), today.month());
+            for _ in 0..policy.monthly {
+                let last = last_day_of_month(year, month).min(today);
+                if last >= first {
+                    keep.insert(auto_id(last));
+                }
+                (year, month) = if month == 1 { (year - 1, 12) } else { (year, month - 1) };
+            }
+            for k in 0..policy.yearly {
+                let year = today.year() - i32::try_from(k).expect("small");
+                let last = NaiveDate::from_ymd_opt(year, 12, 31).expect("dec 31").min(today);
+                if last >= first {
+                    keep.insert(auto_id(last));
+                }
+            }
+            if !policy.pitr_enabled {
+                let wal = keep.iter().map(|id| start_lsn_of(id)).min();
+                return (keep, wal);
+            }
+            // The base can only be something that survived yesterday's run or was taken today.
+            let mut candidates: Vec<(DateTime<Utc>, String)> =
+                yesterday.iter().map(|id| (taken_at(id), id.clone())).collect();
+            candidates.push((at_time(today, 3, 0), auto_id(today)));
+            if is_manual_day(first, today) {
+                candidates.push((at_time(today, 15, 0), manual_id(today)));
+            }
+            candidates.sort();
+            let window_start = at_time(today, 23, 30) - TimeDelta::days(policy.pitr_days.into());
+            let base = candidates.iter().rev().find(|(t, _)| *t <= window_start).or(candidates.first());
+            let wal = base.map(|(_, id)| start_lsn_of(id));
+            if let Some((_, id)) = base {
+                keep.insert(id.clone());
+            }
+            (keep, wal)
+        }
+
+        struct Outcome {
+            catalog: Vec<BackupInfo>,
+            /// Longest time between the PITR window start and the base's stop time: WAL kept beyond the window.
+            max_base_lag: TimeDelta,
+        }
+
+        /// Runs `days` days of schedule (automatic at 03:00, manual at 15:00 every 45 days, retention at 23:30).
+        fn simulate(policy: &Policy, first: NaiveDate, days: u64) -> Outcome {
+            let clock = SimClock(Cell::new(at_time(first, 0, 0)));
+            let mut agent = Agent { clock: &clock, policy: policy.clone(), catalog: Vec::new() };
+            let mut yesterday = BTreeSet::new();
+            let mut max_base_lag = TimeDelta::zero();
+            for n in 0..days {
+                let today = first + Days::new(n);
+                clock.set(at_time(today, 3, 0));
+                agent.take_backup(auto_id(today), Kind::Automatic);
+                if n % 45 == 0 {
+                    clock.set(at_time(today, 15, 0));
+                    agent.take_backup(manual_id(today), Kind::Manual);
+                }
+                clock.set(at_time(today, 23, 30));
+                let p = agent.apply_retention();
+
+                let (want, want_wal) = expected_survivors(policy, first, today, &yesterday);
+                let got: BTreeSet<String> = agent.catalog.iter().map(|b| b.id.clone()).collect();
+                assert_eq!(got, want, "survivors after {today}");
+                assert_eq!(p.wal_keep_from.get(CLUSTER).copied(), want_wal, "wal_keep_from after {today}");
+                assert!(p.deletes().all(|d| d.reasons == [REASON_BEYOND_COUNTS]), "{today}");
+
+                let window_start = clock.now() - TimeDelta::days(policy.pitr_days.into());
+                for d in p.keeps().filter(|d| d.reasons.iter().any(|r| r == REASON_PITR_BASE)) {
+                    max_base_lag = max_base_lag.max(window_start - taken_at(&d.id));
+                }
+                yesterday = want;
+            }
+            Outcome { catalog: agent.catalog, max_base_lag }
+        }
+
+        fn first_day() -> NaiveDate {
+            NaiveDate::from_ymd_opt(2023, 11, 17).expect("date")
+        }
+
+        /// 2023-11-17 ..= 2025-11-16, across the 2024 leap day and two new years.
+        const TWO_YEARS: u64 = 731;
+
+        fn ids(catalog: &[BackupInfo]) -> BTreeSet<&str> {
+            catalog.iter().map(|b| b.id.as_str()).collect()
+        }
+
+        #[test]
+        fn two_years_with_the_default_policy() {
+            let out = simulate(&Policy::default(), first_day(), TWO_YEARS);
+            let kept = ids(&out.catalog);
+            // 30 daily (2025-10-18..=11-16) + 10 older month ends (2024-12..2025-09) + 2023-12-31 + 17 manual.
+            assert_eq!(kept.len(), 58);
+            assert!(kept.contains("auto-2023-12-31") && kept.contains("auto-2024-12-31"));
+            assert!(kept.contains("auto-2025-02-28") && !kept.contains("auto-2024-02-29"));
+            assert!(kept.contains("auto-2025-10-18") && !kept.contains("auto-2025-10-17"));
+            assert_eq!(kept.iter().filter(|id| id.starts_with("manual-")).count(), 17);
+            // The daily backups cover the one-day window, so the base is never older than needed.
+            assert!(out.max_base_lag < TimeDelta::days(1));
+
+            // Deprovision the cluster after a final backup: only manual and final backups remain.
+            let mut catalog = out.catalog;
+            for b in &mut catalog {
+                b.cluster_deprovisioned = true;
+            }
+            let end = at_time(NaiveDate::from_ymd_opt(2025, 11, 17).expect("date"), 1, 0);
+            let stop_lsn = lsn_at(end);
+            catalog.push(BackupInfo {
+                id: "final".to_string(),
+                cluster: CLUSTER.to_string(),
+                kind: Kind::Final,
+                completed: true,
+                start_lsn: stop_lsn - WAL_PER_BACKUP,
+                stop_lsn,
+                stop_time: end,
+                cluster_deprovisioned: true,
+            });
+            let later = end + TimeDelta::hours(1);
+            let p = plan(&Policy::default(), &catalog, later);
+            assert_eq!(p.keeps().count(), 18);
+            assert!(p.keeps().all(|d| d.id == "final" || d.id.starts_with("manual-")));
+            assert_eq!(p.wal_keep_from.get(CLUSTER).copied(), Some(start_lsn_of("manual-2023-11-17")));
+            let p = plan(&Policy { keep_final: false, ..Policy::default() }, &catalog, later);
+            assert_eq!(p.keeps().count(), 17);
+        }
+
+        #[test]
+        fn two_years_with_pitr_longer_than_daily() {
+            let policy = Policy { daily: 7, monthly: 3, yearly: 2, pitr_days: 10, ..Policy::default() };
+            let out = simulate(&policy, first_day(), TWO_YEARS);
+            // Daily backups expire before they reach the window start, so the base waits for a month end or a
+            // manual backup: restorable, but WAL is kept well beyond the window.
+            assert!(out.max_base_lag > TimeDelta::days(20), "{:?}", out.max_base_lag);
+        }
+
+        #[test]
+        fn two_years_with_default_counts_and_35_days_pitr() {
+            let policy = Policy { pitr_days: 35, ..Policy::default() };
+            let out = simulate(&policy, first_day(), TWO_YEARS);
+            // 30 daily backups cannot span a 35-day window, so the base is a month end up to ~31 days older than
+            // the window start: WAL is kept for up to ~66 days.
+            assert!(out.max_base_lag > TimeDelta::days(25), "{:?}", out.max_base_lag);
+        }
+
+        #[test]
+        fn two_years_with_pitr_only() {
+            let policy = Policy { daily: 0, monthly: 0, yearly: 0, pitr_days: 3, ..Policy::default() };
+            let out = simulate(&policy, first_day(), TWO_YEARS);
+            // Only manual backups ever become the next base, so the base advances every 45 days at best.
+            assert_eq!(out.catalog.iter().filter(|b| b.kind == Kind::Automatic).count(), 0);
+            assert!(out.max_base_lag > TimeDelta::days(40), "{:?}", out.max_base_lag);
+        }
+
+        #[test]
+        fn two_years_without_pitr() {
+            let policy = Policy { daily: 5, monthly: 2, yearly: 1, pitr_enabled: false, ..Policy::default() };
+            let out = simulate(&policy, first_day(), TWO_YEARS);
+            // 5 daily + October's month end + 17 manual (the yearly pick is today's).
+            assert_eq!(out.catalog.len(), 23);
+        }
+    }
+}
