@@ -464,11 +464,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
         BackupAction::List { cluster, all_clusters } => {
             let repo = Repository::open(&cfg).await?;
             let handles: Vec<String> = if *all_clusters {
-                let metas = repo.store().list("clusters/").await?;
-                let mut h: Vec<String> =
-                    metas.iter().filter_map(|m| m.key.split('/').nth(1).map(str::to_string)).collect();
-                h.dedup();
-                h
+                crate::catalog::policy::clusters(&repo).await?
             } else {
                 vec![cluster.clone().unwrap_or_else(|| cfg.cluster.clone())]
             };

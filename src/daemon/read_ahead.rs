@@ -176,20 +176,17 @@ impl ReadAhead {
         let current = stamp(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
         {
             let mut st = lock(&self.state);
+            // The entry stays until PostgreSQL renames .ready to .done (the scan prunes it),
+            // so a scan in between does not push the same file again.
             if let Some(&(s, outcome)) = st.done.get(&name) {
                 if s == current {
-                    st.done.remove(&name);
                     st.stats.served_from_read_ahead += 1;
                     return Ok((outcome, true));
                 }
             }
         }
         let (s, outcome) = self.ensure(&name, true).await.map_err(|e| e.to_string())?;
-        {
-            let mut st = lock(&self.state);
-            st.done.remove(&name);
-            st.stats.served_after_push += 1;
-        }
+        lock(&self.state).stats.served_after_push += 1;
         if s != current {
             // The file changed under us: push exactly what is there now.
             return self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
