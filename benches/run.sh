@@ -1,0 +1,278 @@
+#!/usr/bin/env bash
+# tidemark vs pgBackRest, in one run, on identical inputs and settings:
+#   - zstd level 3 for both
+#   - encryption on for both (pgBackRest's aes-256-cbc repo cipher)
+#   - the same medium: a local directory repository
+#   - equal parallelism: process-max = tidemark workers = $WORKERS
+# The corpus is $SEGMENTS real WAL segments from pgbench, generated once and reused.
+# Operations measured:
+#   archive  the archiver's pattern: one archive_command call per segment, in order
+#            (tidemark daemon read-ahead vs pgBackRest archive-async)
+#   fetch    the restore_command pattern: serial calls
+#            (tidemark prefetch vs pgBackRest async archive-get)
+#   backup / restore   of a pgbench database of about $SCALE*15 MB
+#            (tidemark files provider vs pgbackrest --type=full / restore)
+# Prints one markdown table and writes it to benches/RESULTS.md.
+# Runs as root; PostgreSQL and both tools run as the postgres user.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+WORKERS=${WORKERS:-4}
+SEGMENTS=${SEGMENTS:-64}
+SCALE=${SCALE:-140}
+BENCH=${BENCH_DIR:-/var/tmp/tidemark-bench}
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+CIPHER_PASS=benchmark-cipher-pass-0123456789
+
+say() { printf '== %s\n' "$*" >&2; }
+as_pg() { runuser -u postgres -- "$@"; }
+
+command -v pgbackrest >/dev/null || { say "installing pgBackRest"; apt-get update -q; apt-get install -y -q --no-install-recommends pgbackrest; }
+say "building tidemark (release)"
+cargo build --release -q
+TM=$BENCH/bin/tidemark
+mkdir -p "$BENCH/bin"
+install -m 0755 target/release/tidemark "$TM"
+chown postgres:postgres "$BENCH"
+
+# ---------------------------------------------------------------- corpus + database
+src=$BENCH/src
+port=55432
+pgsql() { as_pg "$PGBIN/psql" -h "$BENCH" -p $port -U postgres -XAtqc "$1" postgres; }
+start_src() { as_pg "$PGBIN/pg_ctl" -D "$src" -l "$BENCH/src.log" -w start >/dev/null; }
+stop_src() { as_pg "$PGBIN/pg_ctl" -D "$src" -w -m fast stop >/dev/null 2>&1 || true; }
+trap stop_src EXIT
+if [ ! -f "$BENCH/corpus.done" ]; then
+  say "generating the corpus ($SEGMENTS segments) and a scale-$SCALE pgbench database"
+  rm -rf "$src" "$BENCH/corpus"
+  as_pg "$PGBIN/initdb" -A trust -U postgres -D "$src" >/dev/null
+  cat >> "$src/postgresql.conf" <<EOF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$BENCH'
+archive_mode = on
+archive_command = '/bin/true'
+wal_keep_size = '4GB'
+max_wal_size = '8GB'
+EOF
+  start_src
+  as_pg "$PGBIN/pgbench" -h "$BENCH" -p $port -U postgres -i -q -s "$SCALE" postgres >/dev/null 2>&1
+  as_pg "$PGBIN/pgbench" -h "$BENCH" -p $port -U postgres -n -c 4 -t 5000 postgres >/dev/null 2>&1
+  pgsql "select pg_switch_wal()" >/dev/null
+  current=$(pgsql "select pg_walfile_name(pg_current_wal_lsn())")
+  pgsql "checkpoint" >/dev/null
+  mkdir -p "$BENCH/corpus"
+  # The last $SEGMENTS completed segments (the newest may be a recycled, unwritten file):
+  # real pgbench WAL, loads, updates and full-page images.
+  last=$current
+  ls "$src/pg_wal" | grep -E '^[0-9A-F]{24}$' | sort | awk -v l="$last" '$0 < l' | tail -n "$SEGMENTS" |
+    while read -r s; do cp "$src/pg_wal/$s" "$BENCH/corpus/"; done
+  stop_src
+  [ "$(ls "$BENCH/corpus" | wc -l)" -eq "$SEGMENTS" ] || { say "corpus has $(ls "$BENCH/corpus" | wc -l) segments, wanted $SEGMENTS: raise the pgbench load"; exit 1; }
+  chown -R postgres:postgres "$BENCH/corpus"
+  touch "$BENCH/corpus.done"
+fi
+corpus_mb=$(du -sm "$BENCH/corpus" | cut -f1)
+mapfile -t segs < <(ls "$BENCH/corpus" | sort)
+
+# A stopped copy of the cluster's data dir with pg_wal = the corpus, every segment .ready.
+fake_datadir() {
+  local d=$1
+  rm -rf "$d"
+  mkdir -p "$d/pg_wal/archive_status" "$d/global"
+  cp "$src/global/pg_control" "$d/global/"
+  cp "$src/PG_VERSION" "$d/"
+  for s in "${segs[@]}"; do cp "$BENCH/corpus/$s" "$d/pg_wal/$s"; : > "$d/pg_wal/archive_status/$s.ready"; done
+  chown -R postgres:postgres "$d"
+  chmod 700 "$d"
+}
+
+# Times each command line of stdin (run as postgres, from $1); prints one duration (ms) per line.
+time_calls() {
+  local dir=$1
+  while read -r line; do
+    local t0 t1
+    t0=$(date +%s%N)
+    (cd "$dir" && runuser -u postgres -- bash -c "$line") >/dev/null 2>>"$BENCH/errors.log" || { echo "FAILED: $line" >&2; exit 1; }
+    t1=$(date +%s%N)
+    echo $(((t1 - t0) / 1000))
+  done
+}
+
+stats() { # file of microseconds -> "total_s p50_ms p99_ms"
+  python3 - "$1" <<'EOF'
+import sys
+v = sorted(int(x) for x in open(sys.argv[1]) if x.strip())
+p = lambda q: v[min(len(v) - 1, int(round(q * (len(v) - 1))))] / 1000
+print(f"{sum(v)/1e6:.3f} {p(0.5):.2f} {p(0.99):.2f}")
+EOF
+}
+
+peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+
+# ---------------------------------------------------------------- tidemark setup
+tmw=$BENCH/tm
+rm -rf "$tmw"; mkdir -p "$tmw"; chown postgres:postgres "$tmw"
+as_pg "$TM" keygen --out "$tmw/keyring" >/dev/null
+tm_conf() { # data_dir repo
+  cat > "$tmw/tidemark.toml" <<EOF
+cluster = "bench"
+[postgres]
+data_dir = "$1"
+conninfo = "host=$BENCH port=$port user=postgres dbname=postgres"
+bin_dir = "$PGBIN"
+[repository]
+url = "file://$2"
+[encryption]
+keyring = "$tmw/keyring"
+[archive]
+compression_level = 3
+workers = $WORKERS
+[fetch]
+prefetch = $((WORKERS * 4))
+spool_dir = "$tmw/spool"
+[backup]
+schedule = "off"
+workers = $WORKERS
+[daemon]
+socket = "$tmw/tidemark.sock"
+state_dir = "$tmw/state"
+EOF
+  chown postgres:postgres "$tmw/tidemark.toml"
+}
+
+# ---------------------------------------------------------------- pgBackRest setup
+pbw=$BENCH/pgbr
+rm -rf "$pbw"; mkdir -p "$pbw/repo" "$pbw/spool" "$pbw/log" "$pbw/lock"; chown -R postgres:postgres "$pbw"
+pb_conf() { # data_dir
+  cat > "$pbw/pgbackrest.conf" <<EOF
+[global]
+repo1-path=$pbw/repo
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=$CIPHER_PASS
+compress-type=zst
+compress-level=3
+process-max=$WORKERS
+archive-async=y
+archive-get-queue-max=1GiB
+spool-path=$pbw/spool
+log-path=$pbw/log
+lock-path=$pbw/lock
+log-level-console=warn
+log-level-file=off
+start-fast=y
+
+[bench]
+pg1-path=$1
+pg1-port=$port
+pg1-socket-path=$BENCH
+EOF
+  chown postgres:postgres "$pbw/pgbackrest.conf"
+}
+PB="pgbackrest --config=$pbw/pgbackrest.conf --stanza=bench"
+
+results=()
+row() { results+=("| $1 | $2 | $3 | $4 | $5 |"); }
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+
+# ---------------------------------------------------------------- archive
+say "archive: tidemark (daemon read-ahead, $WORKERS workers)"
+fake_datadir "$BENCH/arch-tm"
+rm -rf "$tmw/repo"; tm_conf "$BENCH/arch-tm" "$tmw/repo"
+runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" daemon 2>"$tmw/daemon.log" &
+dpid=$!
+until [ -S "$tmw/tidemark.sock" ]; do sleep 0.05; done
+t0=$(date +%s%N)
+for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-push pg_wal/$s"; done | time_calls "$BENCH/arch-tm" > "$BENCH/tm-archive.us"
+t1=$(date +%s%N)
+tm_rss=$(peak_rss_mb "$(pgrep -P $dpid -f 'tidemark.*daemon' || echo $dpid)")
+kill $dpid; wait $dpid 2>/dev/null || true
+read -r tm_tot tm_p50 tm_p99 < <(stats "$BENCH/tm-archive.us")
+tm_arch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+
+say "archive: pgBackRest (archive-async, process-max $WORKERS)"
+fake_datadir "$BENCH/arch-pb"
+pb_conf "$BENCH/arch-pb"
+start_src_for_stanza() { pb_conf "$src"; start_src; as_pg $PB stanza-create >/dev/null; stop_src; pb_conf "$BENCH/arch-pb"; }
+start_src_for_stanza
+t0=$(date +%s%N)
+for s in "${segs[@]}"; do echo "$PB archive-push $BENCH/arch-pb/pg_wal/$s"; done | time_calls "$BENCH/arch-pb" > "$BENCH/pb-archive.us"
+t1=$(date +%s%N)
+read -r pb_tot pb_p50 pb_p99 < <(stats "$BENCH/pb-archive.us")
+pb_arch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+
+say "ceiling: zstd-3 + AES-256-GCM in memory on all cores"
+ceiling=$(BENCH_CORPUS=$BENCH/corpus cargo bench -q --bench ceiling 2>/dev/null | awk '/ceiling_mb_s/ {print $2}')
+
+row "archive MB/s ($SEGMENTS segments)" "$tm_arch_mbs" "$pb_arch_mbs" "$(ratio "$tm_arch_mbs" "$pb_arch_mbs")" "$ceiling"
+row "archive_command p50 / p99 ms" "$tm_p50 / $tm_p99" "$pb_p50 / $pb_p99" "$(ratio "$pb_p50" "$tm_p50") (p50)" ""
+row "archive daemon peak RSS MiB" "$tm_rss" "" "" ""
+
+# ---------------------------------------------------------------- fetch
+say "fetch: tidemark (prefetch)"
+fdir=$BENCH/fetch; rm -rf "$fdir"; mkdir -p "$fdir"; chown postgres:postgres "$fdir"
+rm -rf "$tmw/spool"
+t0=$(date +%s%N)
+for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-fetch $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/tm-fetch.us"
+t1=$(date +%s%N)
+read -r _ tmf_p50 tmf_p99 < <(stats "$BENCH/tm-fetch.us")
+tm_fetch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+
+say "fetch: pgBackRest (async archive-get)"
+rm -rf "$pbw/spool"/*
+t0=$(date +%s%N)
+for s in "${segs[@]}"; do echo "$PB archive-get $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/pb-fetch.us"
+t1=$(date +%s%N)
+read -r _ pbf_p50 pbf_p99 < <(stats "$BENCH/pb-fetch.us")
+pb_fetch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+row "fetch MB/s ($SEGMENTS segments, serial calls)" "$tm_fetch_mbs" "$pb_fetch_mbs" "$(ratio "$tm_fetch_mbs" "$pb_fetch_mbs")" ""
+row "restore_command p50 / p99 ms" "$tmf_p50 / $tmf_p99" "$pbf_p50 / $pbf_p99" "$(ratio "$pbf_p50" "$tmf_p50") (p50)" ""
+
+# ---------------------------------------------------------------- backup and restore
+if [ "${SKIP_BACKUP:-0}" != 1 ]; then
+  db_mb=$(du -sm "$src/base" | cut -f1)
+  say "backup: $db_mb MB database"
+  start_src
+  tm_conf "$src" "$tmw/repo-backup"
+  sed -i "s#^archive_command = .*#archive_command = '$TM --config $tmw/tidemark.toml wal-push %p'#" "$src/postgresql.conf"
+  pgsql "select pg_reload_conf()" >/dev/null
+  t0=$(date +%s%N)
+  /usr/bin/time -f "%M" -o "$BENCH/tm-backup.rss" runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" backup create --wait >/dev/null
+  t1=$(date +%s%N); tm_b=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  pb_conf "$src"
+  sed -i "s#^archive_command = .*#archive_command = '$PB archive-push %p'#" "$src/postgresql.conf"
+  pgsql "select pg_reload_conf()" >/dev/null
+  t0=$(date +%s%N)
+  /usr/bin/time -f "%M" -o "$BENCH/pb-backup.rss" runuser -u postgres -- $PB backup --type=full >/dev/null
+  t1=$(date +%s%N); pb_b=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  stop_src
+  row "backup MB/s ($db_mb MB database)" "$tm_b" "$pb_b" "$(ratio "$tm_b" "$pb_b")" "$ceiling"
+  row "backup peak RSS MiB" "$(($(cat "$BENCH/tm-backup.rss") / 1024))" "$(($(cat "$BENCH/pb-backup.rss") / 1024))" "" ""
+
+  say "restore"
+  rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces" "$BENCH/r-pb"
+  t0=$(date +%s%N)
+  "$TM" --config "$tmw/tidemark.toml" restore --latest --target-dir "$BENCH/r-tm" >/dev/null
+  t1=$(date +%s%N); tm_r=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  mkdir -p "$BENCH/r-pb"; chown postgres:postgres "$BENCH/r-pb"; chmod 700 "$BENCH/r-pb"
+  t0=$(date +%s%N)
+  runuser -u postgres -- $PB --pg1-path="$BENCH/r-pb" restore >/dev/null
+  t1=$(date +%s%N); pb_r=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  row "restore MB/s" "$tm_r" "$pb_r" "$(ratio "$tm_r" "$pb_r")" ""
+fi
+
+# ---------------------------------------------------------------- report
+{
+  echo "# Benchmarks: tidemark vs pgBackRest $(pgbackrest version | awk '{print $2}')"
+  echo
+  echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)."
+  echo "zstd-3 and encryption for both; fs repository; $WORKERS workers = process-max $WORKERS; corpus $SEGMENTS segments ($corpus_mb MiB) of pgbench WAL."
+  echo "Ratio = tidemark / pgBackRest for throughput, pgBackRest / tidemark for latency (above 1 means tidemark is better)."
+  echo "Ceiling = zstd-3 + AES-256-GCM of the corpus in memory on all cores."
+  echo
+  echo "| operation | tidemark | pgBackRest | ratio | ceiling MB/s |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${results[@]}"
+} | tee "$root/benches/RESULTS.md.new"
+cat "$root/benches/LIMITS.md" >> "$root/benches/RESULTS.md.new"
+mv "$root/benches/RESULTS.md.new" "$root/benches/RESULTS.md"
