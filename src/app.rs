@@ -55,7 +55,13 @@ fn init_logging(cmd: &Command) {
 /// Entry point used by `main`: returns the exit code.
 pub fn main(cli: Cli) -> u8 {
     init_logging(&cli.command);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // PostgreSQL runs wal-push and wal-fetch once per file: a single-threaded runtime
+    // starts faster; everything else gets worker threads.
+    let mut builder = match cli.command {
+        Command::WalPush { .. } | Command::WalFetch { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tidemark: cannot start the async runtime: {e}");
