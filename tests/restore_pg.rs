@@ -59,6 +59,17 @@ fn scenario(url: &str, endpoint: Option<String>) {
     let tm = Tidemark::for_pg("pitr", url, endpoint.as_deref(), &pg);
     pg.archive_to(&tm.config);
     pg.start();
+    // A tablespace outside the data directory: restores must put it beside the new
+    // directory and never touch the source's.
+    let ts_dir = common::postgres_dir("tblspc");
+    pg.sql(&format!("create tablespace ts location '{}'", ts_dir.path().display()));
+    pg.sql("create table in_ts(id int) with (autovacuum_enabled = false) tablespace ts");
+    pg.sql("insert into in_ts select generate_series(1, 5000)");
+    // Settle the source's own files (visibility map, free space map, dirty pages) first,
+    // so any later change there could only come from the restore.
+    pg.sql("vacuum in_ts");
+    pg.sql("checkpoint");
+    let ts_before = dir_listing(ts_dir.path());
     pg.sql("create table t(id int primary key, payload text)");
     pg.sql("insert into t select g, md5(g::text) from generate_series(1, 1000) g");
 
@@ -132,8 +143,17 @@ fn scenario(url: &str, endpoint: Option<String>) {
     assert_eq!(r.sql(CHECKSUM), sums[1]);
     assert_eq!(r.sql("select count(*) from t"), "1200");
     assert_eq!(r.sql("select pg_is_in_recovery()"), "f");
-    // The source was never touched.
+    assert_eq!(r.sql("select count(*) from in_ts"), "5000");
+    let oid = pg.sql("select oid from pg_tablespace where spcname = 'ts'");
+    let link = std::fs::read_link(at_t2.join("pg_tblspc").join(&oid)).unwrap();
+    assert_eq!(link, scratch.path().join(format!("t2.tablespaces/{oid}")), "tablespace not remapped");
+    assert_eq!(
+        r.sql("select pg_tablespace_location(oid) from pg_tablespace where spcname = 'ts'"),
+        link.display().to_string()
+    );
+    // The source was never touched, its tablespace included.
     assert_eq!(pg.sql("select count(*) from t"), "1300");
+    assert_eq!(dir_listing(ts_dir.path()), ts_before, "restore wrote into the source's tablespace");
 
     // The promoted copy wrote timeline 2's history; archiving it under the same handle is refused.
     let hist = at_t2.join("pg_wal/00000002.history");
@@ -210,6 +230,23 @@ fn scenario(url: &str, endpoint: Option<String>) {
     assert!(m["backup_label"].as_str().unwrap().contains("START WAL LOCATION"), "{m}");
     assert!(m["files"].as_array().unwrap().iter().any(|f| f["path"] == "global/pg_control"));
     pg.stop();
+}
+
+/// Every path under `dir` (sorted), with sizes.
+fn dir_listing(dir: &Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path().display().to_string(), if m.is_dir() { 0 } else { m.len() }));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn store_for(url: &str, endpoint: Option<String>) -> std::sync::Arc<dyn tidemark::store::ObjectStore> {
