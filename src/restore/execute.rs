@@ -264,17 +264,29 @@ pub async fn check_bundle(repo: &Repository, m: &Manifest, n: usize) -> anyhow::
     restore_bundle(repo, m, n, parts, true).await
 }
 
+/// One restore: what to write where, and how.
+#[derive(Clone, Copy)]
+pub struct Job<'a> {
+    /// Repository to read from.
+    pub repo: &'a Repository,
+    /// The backup.
+    pub manifest: &'a Manifest,
+    /// New data directory.
+    pub target_dir: &'a Path,
+    /// Recovery target.
+    pub target: Target,
+    /// restore_command and port.
+    pub settings: &'a RecoverySettings,
+    /// Parallel bundle downloads.
+    pub workers: usize,
+    /// Owner of the new files (when running as root).
+    pub owner: Option<(u32, u32)>,
+}
+
 /// Writes the backup's files into `target` and the recovery configuration. On failure the
 /// directory keeps its incomplete marker and has no pg_control.
-pub async fn execute(
-    repo: &Repository,
-    m: &Manifest,
-    target_dir: &Path,
-    target: Target,
-    settings: &RecoverySettings,
-    workers: usize,
-    owner: Option<(u32, u32)>,
-) -> anyhow::Result<()> {
+pub async fn execute(job: &Job<'_>) -> anyhow::Result<()> {
+    let (m, target_dir) = (job.manifest, job.target_dir);
     check_target_dir(target_dir)?;
     for ts in &m.tablespaces {
         check_target_dir(&tablespace_dir(target_dir, ts.oid))?;
@@ -286,7 +298,7 @@ pub async fn execute(
         &marker,
         format!("restore of backup {} in progress; this directory is not a usable cluster\n", m.id),
     )?;
-    let res = write_all(repo, m, target_dir, target, settings, workers, owner).await;
+    let res = write_all(job).await;
     match res {
         Ok(()) => {
             std::fs::remove_file(&marker)?;
@@ -299,15 +311,8 @@ pub async fn execute(
     }
 }
 
-async fn write_all(
-    repo: &Repository,
-    m: &Manifest,
-    target_dir: &Path,
-    target: Target,
-    settings: &RecoverySettings,
-    workers: usize,
-    owner: Option<(u32, u32)>,
-) -> anyhow::Result<()> {
+async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
+    let Job { repo, manifest: m, target_dir, target, settings, workers, owner } = *job;
     // Directories and links first.
     for ts in &m.tablespaces {
         std::fs::create_dir_all(tablespace_dir(target_dir, ts.oid))?;

@@ -138,7 +138,16 @@ pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Resu
     restore_command.push_str(" wal-fetch %f %p");
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
     let settings = execute::RecoverySettings { restore_command, port: req.port };
-    execute::execute(repo, &m, &req.target_dir, req.target, &settings, cfg.backup.workers, owner).await?;
+    execute::execute(&execute::Job {
+        repo,
+        manifest: &m,
+        target_dir: &req.target_dir,
+        target: req.target,
+        settings: &settings,
+        workers: cfg.backup.workers,
+        owner,
+    })
+    .await?;
     let mut reached = None;
     if req.start {
         let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
