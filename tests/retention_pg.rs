@@ -104,3 +104,31 @@ fn retention_lifecycle() {
     assert!(o.status.success(), "{}", stdout(&o));
     pg.stop();
 }
+
+#[test]
+fn daemon_takes_the_automatic_backup_when_one_is_due() {
+    let repo = common::postgres_dir("repo");
+    let mut pg = Pg::init();
+    let mut tm = Tidemark::for_pg("sched", &Tidemark::fs_url(repo.path()), None, &pg);
+    pg.archive_to(&tm.config);
+    pg.start();
+    pg.sql("create table t as select g from generate_series(1, 1000) g");
+    // No automatic backup yet: the first scheduler tick takes one (the catch-up).
+    tm.start_daemon();
+    let automatic = || {
+        let o = tm.cmd(&["backup", "list", "--output", "json"]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v.as_array()
+            .map(|a| a.iter().filter(|b| b["kind"] == "automatic" && b["state"] == "completed").count())
+            .unwrap_or(0)
+    };
+    common::wait_for("the daemon's automatic backup", std::time::Duration::from_secs(120), || automatic() == 1);
+    // Excluding the cluster leaves the existing automatic backup alone.
+    let o = tm.cmd_as_postgres(&["automatic-backups", "disable"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let st = json(&tm.cmd(&["status", "--output", "json"]).output().unwrap());
+    assert!(st["daemon"]["stored"].as_u64().unwrap() >= 1, "{st}\n{}", tm.daemon_log());
+    assert_eq!(automatic(), 1);
+    tm.stop_daemon();
+    pg.stop();
+}
