@@ -110,6 +110,8 @@ print(f"{sum(v)/1e6:.3f} {p(0.5):.2f} {p(0.99):.2f}")
 EOF
 }
 
+mbs() { python3 -c "print(f'{$1*1.048576/(($3-$2)/1e9):.1f}')"; } # MiB, start ns, end ns -> MB/s
+
 peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 
 # ---------------------------------------------------------------- tidemark setup
@@ -190,7 +192,7 @@ t1=$(date +%s%N)
 tm_rss=$(peak_rss_mb "$(pgrep -P $dpid -f 'tidemark.*daemon' || echo $dpid)")
 kill $dpid; wait $dpid 2>/dev/null || true
 read -r tm_tot tm_p50 tm_p99 < <(stats "$BENCH/tm-archive.us")
-tm_arch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+tm_arch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 
 say "archive: pgBackRest (archive-async, process-max $WORKERS)"
 fake_datadir "$BENCH/arch-pb"
@@ -201,7 +203,7 @@ t0=$(date +%s%N)
 for s in "${segs[@]}"; do echo "$PB archive-push $BENCH/arch-pb/pg_wal/$s"; done | time_calls "$BENCH/arch-pb" > "$BENCH/pb-archive.us"
 t1=$(date +%s%N)
 read -r pb_tot pb_p50 pb_p99 < <(stats "$BENCH/pb-archive.us")
-pb_arch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+pb_arch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 
 say "archive_command latency once read-ahead has pushed everything"
 fake_datadir "$BENCH/arch-tm2"
@@ -240,7 +242,7 @@ t0=$(date +%s%N)
 for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-fetch $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/tm-fetch.us"
 t1=$(date +%s%N)
 read -r _ tmf_p50 tmf_p99 < <(stats "$BENCH/tm-fetch.us")
-tm_fetch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+tm_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 
 say "fetch: pgBackRest (async archive-get)"
 rm -rf "$pbw/spool"/*
@@ -248,7 +250,7 @@ t0=$(date +%s%N)
 for s in "${segs[@]}"; do echo "$PB archive-get $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/pb-fetch.us"
 t1=$(date +%s%N)
 read -r _ pbf_p50 pbf_p99 < <(stats "$BENCH/pb-fetch.us")
-pb_fetch_mbs=$(python3 -c "print(f'{$corpus_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+pb_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 row "fetch MB/s ($SEGMENTS segments, serial calls)" "$tm_fetch_mbs" "$pb_fetch_mbs" "$(ratio "$tm_fetch_mbs" "$pb_fetch_mbs")" ""
 row "restore_command p50 / p99 ms" "$tmf_p50 / $tmf_p99" "$pbf_p50 / $pbf_p99" "$(ratio "$pbf_p50" "$tmf_p50") (p50)" ""
 
@@ -262,13 +264,13 @@ if [ "${SKIP_BACKUP:-0}" != 1 ]; then
   pgsql "select pg_reload_conf()" >/dev/null
   t0=$(date +%s%N)
   /usr/bin/time -f "%M" -o "$BENCH/tm-backup.rss" runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" backup create --wait >/dev/null
-  t1=$(date +%s%N); tm_b=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  t1=$(date +%s%N); tm_b=$(mbs "$db_mb" "$t0" "$t1")
   pb_conf "$src"
   sed -i "s#^archive_command = .*#archive_command = '$PB archive-push %p'#" "$src/postgresql.conf"
   pgsql "select pg_reload_conf()" >/dev/null
   t0=$(date +%s%N)
   /usr/bin/time -f "%M" -o "$BENCH/pb-backup.rss" runuser -u postgres -- $PB backup --type=full >/dev/null
-  t1=$(date +%s%N); pb_b=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  t1=$(date +%s%N); pb_b=$(mbs "$db_mb" "$t0" "$t1")
   stop_src
   row "backup MB/s ($db_mb MB database)" "$tm_b" "$pb_b" "$(ratio "$tm_b" "$pb_b")" "$ceiling"
   row "backup peak RSS MiB" "$(($(cat "$BENCH/tm-backup.rss") / 1024))" "$(($(cat "$BENCH/pb-backup.rss") / 1024))" "" ""
@@ -277,11 +279,11 @@ if [ "${SKIP_BACKUP:-0}" != 1 ]; then
   rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces" "$BENCH/r-pb"
   t0=$(date +%s%N)
   "$TM" --config "$tmw/tidemark.toml" restore --latest --target-dir "$BENCH/r-tm" >/dev/null
-  t1=$(date +%s%N); tm_r=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  t1=$(date +%s%N); tm_r=$(mbs "$db_mb" "$t0" "$t1")
   mkdir -p "$BENCH/r-pb"; chown postgres:postgres "$BENCH/r-pb"; chmod 700 "$BENCH/r-pb"
   t0=$(date +%s%N)
   runuser -u postgres -- $PB --pg1-path="$BENCH/r-pb" restore >/dev/null
-  t1=$(date +%s%N); pb_r=$(python3 -c "print(f'{$db_mb*1.048576/(($t1-$t0)/1e9):.1f}')")
+  t1=$(date +%s%N); pb_r=$(mbs "$db_mb" "$t0" "$t1")
   row "restore MB/s" "$tm_r" "$pb_r" "$(ratio "$tm_r" "$pb_r")" ""
 fi
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::codec::{self, CodecError, Keyring};
 use crate::config::Config;
-use crate::store::{self, ObjectStore, PutOutcome, StoreError};
+use crate::store::{self, ObjectStore, StoreError};
 use crate::wal::name::{timeline_hex, WalFile};
 
 /// Repository-level failures.
@@ -165,12 +165,6 @@ impl Repository {
     /// `clusters/<handle>/backups/<id>/`
     pub fn backup_prefix(&self, id: &str) -> String {
         format!("clusters/{}/backups/{}/", self.cluster, id)
-    }
-
-    /// Seals `data` and stores it at `key` unless something is already there.
-    pub async fn put_sealed_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, RepoError> {
-        let sealed = self.seal(key, data).await?;
-        Ok(self.store.put_if_absent(key, sealed).await?)
     }
 
     /// Seals `data` and stores it at `key`, replacing any previous object.

@@ -91,7 +91,6 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
             // The current segment is still being written: lag counts completed ones only.
             let lag = match (cur_seg, last_seg) {
                 (Some(c), Some(l)) => Some(c.number.saturating_sub(l.number + 1)),
-                (Some(_), None) => None,
                 _ => None,
             };
             let last_t = DateTime::parse_from_rfc3339(&last_time).ok().map(|t| t.with_timezone(&Utc));

@@ -176,6 +176,20 @@ impl Manifest {
     }
 }
 
+/// The earliest start segment of the completed backups, per timeline (pure).
+pub fn first_segments<'a>(
+    backups: impl IntoIterator<Item = &'a Manifest>,
+    seg_size: u64,
+) -> std::collections::BTreeMap<u32, u64> {
+    let mut from = std::collections::BTreeMap::new();
+    for m in backups.into_iter().filter(|m| m.state == BackupState::Completed) {
+        let s = crate::wal::name::Segment::containing(m.timeline, m.start_lsn, seg_size).number;
+        let e = from.entry(m.timeline).or_insert(s);
+        *e = (*e).min(s);
+    }
+    from
+}
+
 /// A new backup id: UTC start time, sortable.
 pub fn new_id(now: chrono::DateTime<chrono::Utc>) -> String {
     now.format("%Y%m%dT%H%M%SZ").to_string()

@@ -1,15 +1,13 @@
 //! `tidemark verify`: WAL continuity per timeline from each backup's start to the archive's
 //! end, and every backup's bundles present (and, with `--deep`, every file's checksum).
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use crate::catalog::backup::{self, bundle_key, BackupState};
-use crate::catalog::{cluster, wal_index};
+use crate::catalog::wal_index;
 use crate::repo::Repository;
 use crate::restore::execute::check_bundle;
-use crate::wal::name::{Segment, DEFAULT_SEGMENT_SIZE};
+use crate::wal::name::Segment;
 
 /// WAL continuity of one timeline.
 #[derive(Debug, Clone, Serialize)]
@@ -62,14 +60,9 @@ pub fn gaps(have: &[u64], first: u64) -> Vec<u64> {
 
 /// Runs the checks.
 pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
-    let seg_size = cluster::load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let seg_size = crate::wal::fetch::segment_size(repo).await?;
     let manifests = backup::list(repo).await?;
-    let mut first_by_tli: BTreeMap<u32, u64> = BTreeMap::new();
-    for m in manifests.iter().filter(|m| m.state == BackupState::Completed) {
-        let s = Segment::containing(m.timeline, m.start_lsn, seg_size).number;
-        let e = first_by_tli.entry(m.timeline).or_insert(s);
-        *e = (*e).min(s);
-    }
+    let first_by_tli = backup::first_segments(&manifests, seg_size);
     let mut timelines = Vec::new();
     for tli in wal_index::timelines(repo).await? {
         let wal = repo.store().list(&repo.wal_prefix(tli)).await?;

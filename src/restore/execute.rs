@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -348,15 +347,12 @@ async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
         v.sort_by_key(|(_, _, p)| p.offset);
     }
     let pb = crate::backup::bytes_bar(m.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
-    let done = Arc::new(Mutex::new(0u64));
     let results: Vec<anyhow::Result<u64>> = futures::stream::iter(by_bundle)
         .map(|(n, parts)| {
             let pb = pb.clone();
-            let done = done.clone();
             async move {
                 let bytes = restore_bundle(repo, m, n, parts, false).await?;
                 pb.inc(bytes);
-                *done.lock().unwrap_or_else(|p| p.into_inner()) += bytes;
                 Ok(bytes)
             }
         })

@@ -10,12 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::catalog::backup::{self, BackupState, Manifest};
-use crate::catalog::{cluster, wal_index};
+use crate::catalog::wal_index;
 use crate::config::Config;
 use crate::pg::ctl;
 use crate::repo::Repository;
 use crate::restore::plan::{Archive, BackupPoint, RestorePlan, Target, Window};
-use crate::wal::name::{Segment, DEFAULT_SEGMENT_SIZE};
 
 /// Completed backups and the archive of each of their timelines.
 pub struct Inputs {
@@ -38,15 +37,10 @@ fn point(m: &Manifest) -> Option<BackupPoint> {
 impl Inputs {
     /// Reads the catalog and the archive.
     pub async fn load(repo: &Repository) -> anyhow::Result<Inputs> {
-        let seg_size = cluster::load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE);
+        let seg_size = crate::wal::fetch::segment_size(repo).await?;
         let backups: Vec<Manifest> =
             backup::list(repo).await?.into_iter().filter(|m| m.state == BackupState::Completed).collect();
-        let mut from: BTreeMap<u32, u64> = BTreeMap::new();
-        for m in &backups {
-            let s = Segment::containing(m.timeline, m.start_lsn, seg_size).number;
-            let e = from.entry(m.timeline).or_insert(s);
-            *e = (*e).min(s);
-        }
+        let from = backup::first_segments(&backups, seg_size);
         let mut archives = BTreeMap::new();
         for (tli, first) in from {
             archives.insert(tli, wal_index::load_archive(repo, tli, seg_size, first).await?);
