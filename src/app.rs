@@ -54,6 +54,10 @@ fn init_logging(cmd: &Command) {
 
 /// Entry point used by `main`: returns the exit code.
 pub fn main(cli: Cli) -> u8 {
+    if let Command::FreezeGuard { timeout_ms, mounts } = &cli.command {
+        // No runtime, no logging setup: the guard must start and freeze fast.
+        return crate::snapshot::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
+    }
     init_logging(&cli.command);
     // PostgreSQL runs wal-push and wal-fetch once per file: a single-threaded runtime
     // starts faster; everything else gets worker threads.
@@ -98,7 +102,22 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Backup { action } => backup_cmd(&cli, action).await,
-        Command::Restore { target_dir, target_time, target_lsn, latest, backup, cluster, start, port } => {
+        Command::Restore {
+            target_dir,
+            target_time,
+            target_lsn,
+            latest,
+            backup,
+            cluster,
+            start,
+            port,
+            prewarm,
+            fast_restore,
+            target_instance,
+            volume_type,
+            iops,
+            throughput,
+        } => {
             let cfg = load_config(&cli)?;
             let target = if *latest {
                 Target::Latest
@@ -117,6 +136,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 start: *start,
                 port: *port,
                 config_path: cli.config.as_ref().map(|c| absolute(c)).transpose()?,
+                exe: None,
+                ebs: crate::snapshot::ebs::RestoreOptions {
+                    instance_id: target_instance.clone(),
+                    volume_type: volume_type.clone(),
+                    iops: *iops,
+                    throughput: *throughput,
+                    fast_restore: *fast_restore,
+                    prewarm: *prewarm,
+                    workers: cfg.backup.workers,
+                },
             };
             let report = crate::restore::run(&cfg, &repo, &req).await?;
             match cli.output {
@@ -125,7 +154,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     println!(
                         "restored backup {} into {} (target {}, {} WAL segment(s) to replay)",
                         report.backup,
-                        report.target_dir.display(),
+                        report.data_dir.display(),
                         report.target,
                         report.segments
                     );
@@ -142,7 +171,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                                 println!("  last completed transaction at {t}");
                             }
                         }
-                        None => println!("start it with: pg_ctl -D {} start", report.target_dir.display()),
+                        None => println!("start it with: pg_ctl -D {} start", report.data_dir.display()),
                     }
                 }
             }
@@ -285,6 +314,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::WalPush { path } => wal_push(&load_config(&cli)?, path).await,
         Command::WalFetch { name, dest } => wal_fetch(&cli, &load_config(&cli)?, name, dest).await,
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
+        Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
         Command::DaemonStats => {
             let cfg = load_config(&cli)?;
             match control::call(&cfg.daemon.socket, &Request::Stats, Duration::from_secs(10)).await {

@@ -11,9 +11,10 @@ use anyhow::{bail, Context};
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest, Tablespace};
 use crate::catalog::cluster;
 use crate::config::Config;
-use crate::pg::conn::Session;
+use crate::pg::conn::{Session, StopResult};
 use crate::repo::Repository;
-use crate::snapshot::files;
+use crate::snapshot::freeze::{Freezer, GuardProcess};
+use crate::snapshot::{ebs, files};
 use crate::wal::name::{Lsn, Segment, WalFile};
 
 /// A progress bar on a terminal, nothing otherwise (logs carry the outcome).
@@ -74,9 +75,16 @@ fn now_rfc3339() -> String {
 
 /// Takes a backup of the configured cluster with the `files` provider.
 pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow::Result<Manifest> {
-    if cfg.backup.provider != "files" {
-        bail!("backup.provider = \"{}\" is not available in this build; use \"files\"", cfg.backup.provider);
-    }
+    create_with(cfg, repo, kind, None).await
+}
+
+/// `create` with the freeze seam given (tests); `None` uses the freeze-guard process.
+pub async fn create_with(
+    cfg: &Config,
+    repo: &Repository,
+    kind: BackupKind,
+    freezer: Option<&dyn Freezer>,
+) -> anyhow::Result<Manifest> {
     let session = Session::connect(&cfg.postgres.conninfo).await?;
     let info = session.info().await?;
     if info.archive_mode == "off" {
@@ -117,7 +125,7 @@ pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow
         cluster: repo.cluster().to_string(),
         kind,
         state: BackupState::Running,
-        provider: "files".into(),
+        provider: cfg.backup.provider.clone(),
         pg_version: session.version,
         system_identifier: info.system_identifier.to_string(),
         timeline: info.timeline,
@@ -135,18 +143,25 @@ pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow
             .collect(),
         files: Vec::new(),
         bundles: Vec::new(),
+        ebs: None,
         error: None,
     };
     backup::save(repo, &m).await?;
     tracing::info!(backup = %id, ?kind, "backup started");
 
-    m.start_lsn = session.backup_start(&format!("tidemark {id}")).await?;
-    m.start_time = now_rfc3339();
-    let copied = copy(cfg, repo, &mut m).await;
-    // End backup mode whatever happened, so PostgreSQL is not left in it.
-    let stopped = session.backup_stop().await;
-    let res = match (copied, stopped) {
-        (Ok(()), Ok(stop)) => {
+    let captured = match cfg.backup.provider.as_str() {
+        "ebs" => match freezer {
+            Some(f) => ebs::capture(cfg, &session, &mut m, f).await,
+            None => match GuardProcess::current() {
+                Ok(g) => ebs::capture(cfg, &session, &mut m, &g).await,
+                Err(e) => Err(e),
+            },
+        },
+        _ => capture_files(cfg, repo, &session, &mut m).await,
+    };
+    let res = match captured {
+        Ok((start, stop)) => {
+            m.start_lsn = start;
             m.stop_lsn = Some(stop.lsn);
             m.stop_time = Some(now_rfc3339());
             m.timeline = label_timeline(&stop.label).unwrap_or(m.timeline);
@@ -154,7 +169,7 @@ pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow
             m.tablespace_map = stop.tablespace_map;
             wait_for_wal(repo, m.timeline, m.start_lsn, stop.lsn, m.wal_segment_size, Duration::from_secs(300)).await
         }
-        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        Err(e) => Err(e),
     };
     match res {
         Ok(()) => {
@@ -164,12 +179,35 @@ pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow
             Ok(m)
         }
         Err(e) => {
+            if m.ebs.is_some() {
+                // Snapshots of a failed backup are never used: do not pay for them.
+                if let Err(de) = ebs::delete(repo.ec2_endpoint(), &m).await {
+                    tracing::warn!(backup = %id, error = %format!("{de:#}"), "could not delete the failed backup's snapshots; `backup purge` retries");
+                }
+            }
             m.state = BackupState::Failed;
             m.error = Some(format!("{e:#}"));
             backup::save(repo, &m).await.context("recording the failed backup")?;
             Err(e.context(format!("backup {id} failed")))
         }
     }
+}
+
+/// files provider: start, copy, stop (stop also when the copy fails, so PostgreSQL is not
+/// left in backup mode).
+async fn capture_files(
+    cfg: &Config,
+    repo: &Repository,
+    session: &Session,
+    m: &mut Manifest,
+) -> anyhow::Result<(Lsn, StopResult)> {
+    let start = session.backup_start(&format!("tidemark {}", m.id)).await?;
+    m.start_lsn = start;
+    m.start_time = now_rfc3339();
+    let copied = copy(cfg, repo, m).await;
+    let stopped = session.backup_stop().await;
+    copied?;
+    Ok((start, stopped?))
 }
 
 async fn copy(cfg: &Config, repo: &Repository, m: &mut Manifest) -> anyhow::Result<()> {

@@ -54,6 +54,16 @@ pub enum Command {
     /// Show the daemon's counters.
     #[command(hide = true)]
     DaemonStats,
+    /// Hold mounts frozen until told to thaw, stdin closes, or the timeout (started by backups).
+    #[command(hide = true)]
+    FreezeGuard {
+        /// Thaw after this many milliseconds whatever happens.
+        #[arg(long)]
+        timeout_ms: u64,
+        /// Mount points to freeze.
+        #[arg(required = true)]
+        mounts: Vec<PathBuf>,
+    },
     /// Base backups: create, list, show.
     Backup {
         /// What to do.
@@ -87,6 +97,24 @@ pub enum Command {
         /// Port for the restored cluster.
         #[arg(long, value_name = "N")]
         port: Option<u16>,
+        /// ebs: read every block of the new volumes (EBS restores lazily from S3).
+        #[arg(long)]
+        prewarm: bool,
+        /// ebs: enable Fast Snapshot Restore in the target AZ first (billed per hour).
+        #[arg(long)]
+        fast_restore: bool,
+        /// ebs: attach the new volumes to this instance (default: this one).
+        #[arg(long, value_name = "ID")]
+        target_instance: Option<String>,
+        /// ebs: volume type of the new volumes (default: the source's).
+        #[arg(long, value_name = "TYPE")]
+        volume_type: Option<String>,
+        /// ebs: IOPS of the new volumes.
+        #[arg(long, value_name = "N")]
+        iops: Option<i32>,
+        /// ebs: throughput (MiB/s) of the new volumes.
+        #[arg(long, value_name = "N")]
+        throughput: Option<i32>,
     },
     /// Earliest and latest restorable time.
     Window {

@@ -44,6 +44,22 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// EBS snapshot provider.
     pub ebs: EbsConfig,
+    /// Repositories holding cross-region copies, by region (`[regions.us-west-1]`).
+    pub regions: std::collections::BTreeMap<String, RegionConfig>,
+}
+
+/// `[regions.<region>]`: where copies in that region go.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// `s3://bucket/prefix` (or `file://` for tests and on-premises mirrors).
+    pub url: String,
+    /// S3-compatible endpoint.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// KMS key for EBS snapshot copies in that region (default: the account's EBS key).
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
 }
 
 /// `[postgres]`
@@ -138,8 +154,18 @@ pub struct EbsConfig {
     pub freeze: bool,
     /// Thaw no later than this, whatever happens.
     pub freeze_timeout_s: u64,
-    /// EC2 endpoint override (tests).
+    /// EC2 endpoint override (tests, VPC endpoints).
     pub endpoint: Option<String>,
+    /// This instance's id; asked of IMDSv2 when absent.
+    pub instance_id: Option<String>,
+    /// This instance's availability zone; asked of IMDSv2 when absent.
+    pub availability_zone: Option<String>,
+    /// How long to wait for snapshots to complete before the backup fails.
+    pub snapshot_timeout_s: u64,
+    /// Where /proc is (tests feed captured samples).
+    pub proc_root: PathBuf,
+    /// Where /sys is (tests feed captured samples).
+    pub sys_root: PathBuf,
 }
 
 impl Default for Config {
@@ -154,6 +180,7 @@ impl Default for Config {
             backup: BackupConfig::default(),
             daemon: DaemonConfig::default(),
             ebs: EbsConfig::default(),
+            regions: Default::default(),
         }
     }
 }
@@ -217,7 +244,17 @@ impl Default for DaemonConfig {
 
 impl Default for EbsConfig {
     fn default() -> Self {
-        EbsConfig { region: None, freeze: true, freeze_timeout_s: 10, endpoint: None }
+        EbsConfig {
+            region: None,
+            freeze: true,
+            freeze_timeout_s: 10,
+            endpoint: None,
+            instance_id: None,
+            availability_zone: None,
+            snapshot_timeout_s: 4 * 3600,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+        }
     }
 }
 
@@ -255,7 +292,8 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
         let parsed = match (&parsed, field.as_str()) {
             (
                 toml::Value::Integer(_) | toml::Value::Boolean(_),
-                "url" | "conninfo" | "region" | "endpoint" | "os_user" | "time_of_day",
+                "url" | "conninfo" | "region" | "endpoint" | "os_user" | "time_of_day" | "instance_id"
+                | "availability_zone",
             ) => toml::Value::String(value),
             _ => parsed,
         };
@@ -397,6 +435,31 @@ impl Config {
         let (h, m) = self.backup.time_of_day.split_once(':')?;
         let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
         (h < 24 && m < 60).then_some((h, m))
+    }
+
+    /// The region this cluster and its repository are in (`ebs.region`, else `repository.region`).
+    pub fn home_region(&self) -> Option<&str> {
+        self.ebs.region.as_deref().or(self.repository.region.as_deref())
+    }
+
+    /// This config seen from region `r`: its repository is the copy configured in `[regions.r]`.
+    pub fn for_region(&self, r: &str) -> Result<Config, ConfigError> {
+        let rc = self.regions.get(r).ok_or_else(|| {
+            ConfigError::Invalid(
+                "regions",
+                format!(
+                    "no [regions.{r}] section: add one with the url of the repository that holds the copies in {r}"
+                ),
+            )
+        })?;
+        let mut c = self.clone();
+        c.repository.url = rc.url.clone();
+        c.repository.endpoint = rc.endpoint.clone().or_else(|| self.repository.endpoint.clone());
+        c.repository.region = Some(r.to_string());
+        c.ebs.region = Some(r.to_string());
+        c.ebs.availability_zone = None;
+        c.regions.clear();
+        Ok(c)
     }
 
     /// Store options for the repository.

@@ -37,6 +37,8 @@ pub struct Repository {
     keyring: Arc<Keyring>,
     level: i32,
     cluster: String,
+    /// EC2 endpoint override for the backups' EBS snapshots (part of the repository's data).
+    ec2_endpoint: Option<String>,
 }
 
 /// Plaintext digest of an object as hex SHA-256.
@@ -99,17 +101,24 @@ impl Repository {
     pub async fn open(cfg: &Config) -> Result<Repository, RepoError> {
         let keyring = Keyring::load(&cfg.encryption.keyring)?;
         let store = store::open(&cfg.repository.url, &cfg.store_options()).await?;
-        Ok(Repository::new(store, Arc::new(keyring), cfg.archive.compression_level, &cfg.cluster))
+        let mut repo = Repository::new(store, Arc::new(keyring), cfg.archive.compression_level, &cfg.cluster);
+        repo.ec2_endpoint = cfg.ebs.endpoint.clone();
+        Ok(repo)
     }
 
     /// Assembles a repository from parts.
     pub fn new(store: Arc<dyn ObjectStore>, keyring: Arc<Keyring>, level: i32, cluster: &str) -> Repository {
-        Repository { store, keyring, level, cluster: cluster.to_string() }
+        Repository { store, keyring, level, cluster: cluster.to_string(), ec2_endpoint: None }
     }
 
     /// The same repository seen as another cluster handle.
     pub fn for_cluster(&self, cluster: &str) -> Repository {
         Repository { cluster: cluster.to_string(), ..self.clone() }
+    }
+
+    /// EC2 endpoint override for EBS snapshots, if any.
+    pub fn ec2_endpoint(&self) -> Option<&str> {
+        self.ec2_endpoint.as_deref()
     }
 
     /// The underlying store.

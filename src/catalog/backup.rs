@@ -18,6 +18,17 @@ pub enum BackupKind {
     Final,
 }
 
+impl BackupKind {
+    /// The lowercase name used in JSON and tags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Automatic => "automatic",
+            BackupKind::Manual => "manual",
+            BackupKind::Final => "final",
+        }
+    }
+}
+
 /// Lifecycle of a backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -151,9 +162,74 @@ pub struct Manifest {
     /// Bundles holding the file bytes.
     #[serde(default)]
     pub bundles: Vec<Bundle>,
+    /// EBS snapshots (provider `ebs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ebs: Option<EbsRefs>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What an `ebs` backup captured: where the volumes were and the snapshot of each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EbsRefs {
+    /// Region of the snapshots.
+    pub region: String,
+    /// Instance the volumes were attached to.
+    pub instance_id: String,
+    /// Its availability zone.
+    pub availability_zone: String,
+    /// One per snapshotted volume.
+    pub volumes: Vec<EbsVolume>,
+    /// One per path that matters (data_dir, pg_wal, tablespaces).
+    pub mounts: Vec<EbsMount>,
+}
+
+/// A snapshotted volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EbsVolume {
+    /// Snapshot id.
+    pub snapshot_id: String,
+    /// Source volume id.
+    pub volume_id: String,
+    /// Device name in EC2's block-device mapping (`/dev/sdf`).
+    pub attached_as: String,
+    /// Kernel device on the host (`/dev/nvme1n1`).
+    pub device: String,
+    /// Size in GiB.
+    pub size_gib: i32,
+    /// Volume type (gp3, io2, ...).
+    pub volume_type: String,
+    /// Provisioned IOPS.
+    #[serde(default)]
+    pub iops: Option<i32>,
+    /// Provisioned throughput (MiB/s).
+    #[serde(default)]
+    pub throughput: Option<i32>,
+    /// Encrypted at rest.
+    pub encrypted: bool,
+    /// KMS key of the encryption.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// Snapshot state when last seen.
+    pub state: String,
+}
+
+/// A path of the cluster and the volume(s) under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EbsMount {
+    /// `data_dir`, `pg_wal` or `tablespace:<oid>`.
+    pub role: String,
+    /// The path on the source host.
+    pub path: String,
+    /// Mount point on the source host.
+    pub mount_point: String,
+    /// The path inside the filesystem.
+    pub path_in_mount: String,
+    /// Filesystem type.
+    pub fs_type: String,
+    /// Volumes behind it (several for LVM/md).
+    pub volume_ids: Vec<String>,
 }
 
 impl Manifest {

@@ -24,6 +24,10 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
         backup::save(repo, &m).await?;
     }
     failpoint("purge-after-mark");
+    if m.ebs.is_some() {
+        let n = crate::snapshot::ebs::delete(repo.ec2_endpoint(), &m).await?;
+        tracing::info!(backup = %id, snapshots = n, "EBS snapshots deleted");
+    }
     for (i, b) in m.bundles.iter().enumerate() {
         repo.store().delete(&bundle_key(repo, id, &b.name)).await?;
         if i == 0 {

@@ -375,30 +375,8 @@ async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
         }
     }
     // Recovery configuration, then pg_control last: only now can the directory start.
-    let write = |rel: &str, text: &str| -> anyhow::Result<()> {
-        let p = target_dir.join(rel);
-        let mut f = std::fs::File::create(&p).with_context(|| format!("writing {}", p.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
-        Ok(())
-    };
-    write("backup_label", &m.backup_label)?;
-    if !m.tablespace_map.trim().is_empty() {
-        write("tablespace_map", &remap_tablespace_map(&m.tablespace_map, target_dir))?;
-    }
-    write("recovery.signal", "")?;
-    let auto = target_dir.join("postgresql.auto.conf");
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&auto)?;
-    f.write_all(recovery_conf(m, target, settings).as_bytes())?;
-    f.sync_all()?;
-    let from = RestoredFrom {
-        cluster: m.cluster.clone(),
-        backup: m.id.clone(),
-        target: target.to_string(),
-        restored_at: rfc3339(chrono::Utc::now()),
-    };
-    write(RESTORED_MARKER, &serde_json::to_string_pretty(&from)?)?;
+    let map = (!m.tablespace_map.trim().is_empty()).then(|| remap_tablespace_map(&m.tablespace_map, target_dir));
+    write_recovery(target_dir, m, target, settings, map.as_deref())?;
     let pending = target_dir.join(PG_CONTROL_PENDING);
     if !pending.is_file() {
         bail!("the backup has no {PG_CONTROL}; it cannot be started");
@@ -411,6 +389,121 @@ async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
         ctl::chown_tree(&tablespace_dir(target_dir, ts.oid), owner)?;
     }
     Ok(())
+}
+
+/// Writes backup_label, tablespace_map (already pointing at the new locations),
+/// recovery.signal, the recovery settings and the restored-from marker into `dir`.
+pub fn write_recovery(
+    dir: &Path,
+    m: &Manifest,
+    target: Target,
+    settings: &RecoverySettings,
+    tablespace_map: Option<&str>,
+) -> anyhow::Result<()> {
+    let write = |rel: &str, text: &str| -> anyhow::Result<()> {
+        let p = dir.join(rel);
+        let mut f = std::fs::File::create(&p).with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    };
+    write("backup_label", &m.backup_label)?;
+    if let Some(map) = tablespace_map {
+        write("tablespace_map", map)?;
+    }
+    write("recovery.signal", "")?;
+    let auto = dir.join("postgresql.auto.conf");
+    let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&auto)?;
+    f.write_all(recovery_conf(m, target, settings).as_bytes())?;
+    f.sync_all()?;
+    let from = RestoredFrom {
+        cluster: m.cluster.clone(),
+        backup: m.id.clone(),
+        target: target.to_string(),
+        restored_at: rfc3339(chrono::Utc::now()),
+    };
+    write(RESTORED_MARKER, &serde_json::to_string_pretty(&from)?)
+}
+
+/// Turns a mounted snapshot's data directory into a restore: stale server files and WAL
+/// out, pg_wal and tablespaces pointed at their new mounts, then the recovery files.
+/// Returns the data directory.
+pub fn prepare_snapshot_dir(
+    m: &Manifest,
+    refs: &crate::catalog::backup::EbsRefs,
+    mounted: &[crate::snapshot::ebs::Remounted],
+    target: Target,
+    settings: &RecoverySettings,
+) -> anyhow::Result<PathBuf> {
+    use crate::snapshot::ebs::relocate;
+    let dir =
+        relocate(mounted, refs, "data_dir").ok_or_else(|| anyhow::anyhow!("backup {} has no data_dir mount", m.id))?;
+    if !dir.join("PG_VERSION").is_file() {
+        bail!(
+            "{} has no PG_VERSION: the snapshot does not hold the data directory recorded in backup {}",
+            dir.display(),
+            m.id
+        );
+    }
+    let marker = dir.join(INCOMPLETE_MARKER);
+    std::fs::write(
+        &marker,
+        format!("restore of backup {} in progress; this directory is not a usable cluster\n", m.id),
+    )?;
+    for f in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label",
+        "tablespace_map",
+        "recovery.signal",
+        "standby.signal",
+        RESTORED_MARKER,
+    ] {
+        match std::fs::remove_file(dir.join(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    if let Some(wal) = relocate(mounted, refs, "pg_wal") {
+        let link = dir.join("pg_wal");
+        std::fs::remove_file(&link).with_context(|| format!("replacing the pg_wal link {}", link.display()))?;
+        std::os::unix::fs::symlink(&wal, &link)?;
+    }
+    // WAL in the snapshot is replaced by the archive's; slots would pin WAL on the new cluster.
+    for sub in ["pg_wal", "pg_wal/archive_status", "pg_replslot"] {
+        let d = dir.join(sub);
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_file() {
+                std::fs::remove_file(&p)?;
+            } else if ft.is_dir() && sub == "pg_replslot" {
+                std::fs::remove_dir_all(&p)?;
+            }
+        }
+    }
+    let mut map = String::new();
+    for ts in &m.tablespaces {
+        let at = relocate(mounted, refs, &format!("tablespace:{}", ts.oid))
+            .ok_or_else(|| anyhow::anyhow!("backup {} has no mount for tablespace {}", m.id, ts.oid))?;
+        map.push_str(&format!("{} {}\n", ts.oid, at.display()));
+    }
+    let map = (!m.tablespaces.is_empty()).then_some(map);
+    write_recovery(&dir, m, target, settings, map.as_deref())?;
+    // The snapshot keeps the database owner's files; what this (root) process wrote must
+    // belong to the same owner or PostgreSQL cannot read it.
+    let meta = std::fs::metadata(&dir)?;
+    let (uid, gid) = (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::gid(&meta));
+    for f in ["backup_label", "tablespace_map", "recovery.signal", "postgresql.auto.conf", RESTORED_MARKER, "pg_wal"] {
+        let p = dir.join(f);
+        if p.symlink_metadata().is_ok() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).with_context(|| format!("chown {}", p.display()))?;
+        }
+    }
+    std::fs::remove_file(&marker)?;
+    Ok(dir)
 }
 
 /// What recovery reached, read from the server log.

@@ -99,6 +99,10 @@ pub struct Request {
     pub port: Option<u16>,
     /// Config file the restored cluster's restore_command should use.
     pub config_path: Option<PathBuf>,
+    /// tidemark binary the restored cluster's restore_command runs (default: this one).
+    pub exe: Option<PathBuf>,
+    /// New-volume options for `ebs` backups.
+    pub ebs: crate::snapshot::ebs::RestoreOptions,
 }
 
 /// What a restore did.
@@ -110,6 +114,12 @@ pub struct Report {
     pub target: String,
     /// Directory.
     pub target_dir: PathBuf,
+    /// The restored data directory (differs from target_dir for `ebs` backups, whose
+    /// volume is mounted at target_dir).
+    pub data_dir: PathBuf,
+    /// New volumes (ebs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::snapshot::ebs::Remounted>,
     /// WAL segments recovery reads.
     pub segments: u64,
     /// Point reached (with --start).
@@ -119,11 +129,24 @@ pub struct Report {
 /// Plans, then restores into a new directory; refuses before any download when the
 /// target is outside the window.
 pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Result<Report> {
+    run_with(cfg, repo, req, &crate::snapshot::ebs::LocalHost { sys: cfg.ebs.sys_root.clone() }).await
+}
+
+/// `run` with the host seam (device discovery, mount) given.
+pub async fn run_with(
+    cfg: &Config,
+    repo: &Repository,
+    req: &Request,
+    host: &dyn crate::snapshot::ebs::Host,
+) -> anyhow::Result<Report> {
     execute::check_target_dir(&req.target_dir)?;
     let inputs = Inputs::load(repo).await?;
     let (m, p) = inputs.plan(req.target, req.backup.as_deref())?;
     tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, "restore planned");
-    let exe = std::env::current_exe().context("locating the tidemark binary")?;
+    let exe = match &req.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("locating the tidemark binary")?,
+    };
     let spool = cfg.fetch.spool_dir.join(format!("restore-{}-{}", m.id, hex::encode(rand::random::<[u8; 3]>())));
     let mut restore_command = format!("TIDEMARK_FETCH_SPOOL_DIR={} {}", spool.display(), exe.display());
     if let Some(c) = &req.config_path {
@@ -132,20 +155,30 @@ pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Resu
     restore_command.push_str(" wal-fetch %f %p");
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
     let settings = execute::RecoverySettings { restore_command, port: req.port };
-    execute::execute(&execute::Job {
-        repo,
-        manifest: &m,
-        target_dir: &req.target_dir,
-        target: req.target,
-        settings: &settings,
-        workers: cfg.backup.workers,
-        owner,
-    })
-    .await?;
+    let (data_dir, volumes) = match &m.ebs {
+        Some(refs) if m.provider == "ebs" => {
+            let mounted = crate::snapshot::ebs::restore_volumes(cfg, refs, &m, &req.target_dir, &req.ebs, host).await?;
+            let dir = execute::prepare_snapshot_dir(&m, refs, &mounted, req.target, &settings)?;
+            (dir, mounted)
+        }
+        _ => {
+            execute::execute(&execute::Job {
+                repo,
+                manifest: &m,
+                target_dir: &req.target_dir,
+                target: req.target,
+                settings: &settings,
+                workers: cfg.backup.workers,
+                owner,
+            })
+            .await?;
+            (req.target_dir.clone(), Vec::new())
+        }
+    };
     let mut reached = None;
     if req.start {
         let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
-        let dir = req.target_dir.clone();
+        let dir = data_dir.clone();
         let r =
             tokio::task::spawn_blocking(move || execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600)))
                 .await??;
@@ -155,6 +188,8 @@ pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Resu
         backup: m.id.clone(),
         target: req.target.to_string(),
         target_dir: req.target_dir.clone(),
+        data_dir,
+        volumes,
         segments: p.last_segment - p.first_segment + 1,
         reached,
     })

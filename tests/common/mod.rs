@@ -75,15 +75,30 @@ pub fn chown_postgres(p: &Path) {
 }
 
 /// The tidemark binary, copied where the postgres user can run it (the checkout may not be).
+/// One copy per build, shared by every test process, so runs do not pile up copies.
 pub fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tidemark-bin-{}", std::process::id()));
+        let src = Path::new(env!("CARGO_BIN_EXE_tidemark"));
+        let meta = std::fs::metadata(src).unwrap();
+        let stamp = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join("tidemark-test-bin");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let dst = dir.join("tidemark");
-        std::fs::copy(env!("CARGO_BIN_EXE_tidemark"), &dst).unwrap();
-        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!("tidemark-{}-{stamp}", meta.len());
+        let dst = dir.join(&name);
+        if !dst.exists() {
+            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(src, &tmp).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &dst).unwrap();
+            // Copies of older builds are no use to anyone.
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                if e.file_name().to_string_lossy().starts_with("tidemark-") && e.path() != dst {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         dst
     })
 }
@@ -228,8 +243,13 @@ pub struct Pg {
 impl Pg {
     /// initdb a new cluster (not started).
     pub fn init() -> Pg {
+        Self::init_at(None)
+    }
+
+    /// initdb a new cluster with its data directory at `data` (an empty dir or absent).
+    pub fn init_at(data: Option<PathBuf>) -> Pg {
         let dir = postgres_dir("pg");
-        let data = dir.path().join("data");
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let sock = dir.path().join("sock");
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(&sock);
@@ -535,4 +555,174 @@ pub fn psql(sock: &Path, port: u16, sql: &str) -> String {
         sql,
     ]));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An ext4 filesystem in a file, loop-mounted: a real block device whose mount can be frozen.
+pub struct LoopMount {
+    /// Mount point.
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl LoopMount {
+    /// Makes and mounts one of `mib` MiB; None (with a note on stderr) where this machine
+    /// cannot loop-mount (not root, no loop devices).
+    pub fn new(mib: u64) -> Option<LoopMount> {
+        let tmp = tempfile::Builder::new().prefix("tidemark-loop").tempdir_in("/var/tmp").unwrap();
+        let img = tmp.path().join("fs.img");
+        let dir = tmp.path().join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(mib << 20).unwrap();
+        let ok = |c: &mut Command| c.output().map(|o| o.status.success()).unwrap_or(false);
+        if !ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&img))
+            || !ok(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&dir))
+        {
+            eprintln!("SKIPPED: cannot make and loop-mount an ext4 image here (needs root, e2fsprogs and /dev/loop*)");
+            return None;
+        }
+        Some(LoopMount { dir, _tmp: tmp })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.dir).output();
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+    }
+}
+
+/// What a [`FaultProxy`] does to requests.
+#[derive(Default)]
+pub struct Faults {
+    /// Answer this many requests (of `action`, or any) with 503 RequestLimitExceeded.
+    pub throttle: usize,
+    /// Only requests whose `Action=` is this are throttled or rewritten.
+    pub action: Option<String>,
+    /// Replace text in matching responses.
+    pub rewrite: Vec<(String, String)>,
+    /// Actions seen, in order.
+    pub seen: Vec<String>,
+    /// Requests answered with a throttling error.
+    pub throttled: usize,
+}
+
+/// A loopback HTTP/1.1 proxy in front of moto that injects faults into EC2 query calls.
+pub struct FaultProxy {
+    /// Its port.
+    pub port: u16,
+    /// The faults, changeable while running.
+    pub faults: std::sync::Arc<std::sync::Mutex<Faults>>,
+}
+
+impl FaultProxy {
+    /// Starts forwarding to `upstream` (a port on 127.0.0.1).
+    pub fn start(upstream: u16) -> FaultProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let faults = std::sync::Arc::new(std::sync::Mutex::new(Faults::default()));
+        let f2 = faults.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let f = f2.clone();
+                std::thread::spawn(move || {
+                    let _ = serve_one(c, upstream, &f);
+                });
+            }
+        });
+        FaultProxy { port, faults }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+fn read_http(s: &mut TcpStream, to_eof: bool) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut body = buf[head_end..].to_vec();
+    let len = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+    });
+    match len {
+        Some(len) => {
+            while body.len() < len {
+                let n = s.read(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None if to_eof => {
+            s.read_to_end(&mut body)?;
+        }
+        None => {}
+    }
+    Ok((head, body))
+}
+
+fn with_headers(head: &str, len: usize) -> String {
+    let mut out = String::new();
+    for (i, l) in head.trim_end().lines().enumerate() {
+        let lower = l.to_ascii_lowercase();
+        if i > 0 && (lower.starts_with("content-length:") || lower.starts_with("connection:")) {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("Content-Length: {len}\r\nConnection: close\r\n\r\n"));
+    out
+}
+
+fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>) -> std::io::Result<()> {
+    use std::io::Write;
+    let (head, body) = read_http(&mut c, false)?;
+    let text = String::from_utf8_lossy(&body);
+    let action = text.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string();
+    let (throttle, rewrite) = {
+        let mut f = faults.lock().unwrap();
+        f.seen.push(action.clone());
+        let hit = f.action.as_deref().is_none_or(|a| a == action);
+        let throttle = hit && f.throttle > 0;
+        if throttle {
+            f.throttle -= 1;
+            f.throttled += 1;
+        }
+        (throttle, if hit { f.rewrite.clone() } else { Vec::new() })
+    };
+    if throttle {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>";
+        let resp = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\n";
+        c.write_all(with_headers(resp, xml.len()).as_bytes())?;
+        c.write_all(xml.as_bytes())?;
+        return Ok(());
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(with_headers(&head, body.len()).as_bytes())?;
+    up.write_all(&body)?;
+    let (rhead, rbody) = read_http(&mut up, true)?;
+    let mut rtext = String::from_utf8_lossy(&rbody).into_owned();
+    for (from, to) in &rewrite {
+        rtext = rtext.replace(from, to);
+    }
+    c.write_all(with_headers(&rhead, rtext.len()).as_bytes())?;
+    c.write_all(rtext.as_bytes())?;
+    Ok(())
 }
