@@ -111,6 +111,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             cluster,
             start,
             port,
+            region,
             prewarm,
             fast_restore,
             target_instance,
@@ -128,6 +129,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             } else {
                 return Err(usage("one of --target-time, --target-lsn or --latest is required"));
             };
+            let cfg = match region {
+                Some(r) => cfg.for_region(r).map_err(usage)?,
+                None => cfg,
+            };
             let repo = open_repo(&cfg, cluster.as_deref()).await?;
             let req = crate::restore::Request {
                 target_dir: absolute(target_dir)?,
@@ -136,6 +141,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 start: *start,
                 port: *port,
                 config_path: cli.config.as_ref().map(|c| absolute(c)).transpose()?,
+                region: region.clone(),
                 exe: None,
                 ebs: crate::snapshot::ebs::RestoreOptions {
                     instance_id: target_instance.clone(),
@@ -484,6 +490,18 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
             match cli.output {
                 Output::Json => println!("{}", summary(&m)),
+                Output::Text if m.ebs.is_some() => println!(
+                    "backup {} completed: {} EBS snapshot(s) ({}); LSN {} .. {}",
+                    m.id,
+                    m.ebs.as_ref().map_or(0, |e| e.volumes.len()),
+                    m.ebs
+                        .iter()
+                        .flat_map(|e| e.volumes.iter().map(|v| v.snapshot_id.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    m.start_lsn,
+                    m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
+                ),
                 Output::Text => println!(
                     "backup {} completed: {} in {} file(s), stored as {} in {} bundle(s); LSN {} .. {}",
                     m.id,

@@ -97,6 +97,9 @@ pub enum Command {
         /// Port for the restored cluster.
         #[arg(long, value_name = "N")]
         port: Option<u16>,
+        /// Restore from the cross-region copy in this region (its `[regions.R]` repository).
+        #[arg(long, value_name = "R")]
+        region: Option<String>,
         /// ebs: read every block of the new volumes (EBS restores lazily from S3).
         #[arg(long)]
         prewarm: bool,

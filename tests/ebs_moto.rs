@@ -361,6 +361,38 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     assert_eq!(tagged.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), vec![refs.volumes[0].snapshot_id.clone()]);
     assert!(tagged[0].tags.contains(&(TAG_KIND.to_string(), "manual".to_string())));
 
+    // Cross-region copy: the snapshot is copied with CopySnapshot and the copy's manifest
+    // names the copy in the other region.
+    let mut cross = cfg.clone();
+    cross.regions.insert(
+        "us-west-1".into(),
+        tidemark::config::RegionConfig {
+            url: Tidemark::fs_url(&work.path().join("west")),
+            endpoint: None,
+            kms_key_id: Some("alias/tidemark-west".into()),
+        },
+    );
+    let pol = tidemark::catalog::retention::Policy { copy_regions: "us-west-1".into(), ..Default::default() };
+    tidemark::catalog::policy::save(&repo, &pol).await.unwrap();
+    let done = tidemark::catalog::copies::sync_all(&cross, &repo).await.unwrap();
+    assert_eq!((done[0].backups, done[0].snapshots), (1, 1), "{done:?}");
+    let west_repo = tidemark::repo::Repository::open(&cross.for_region("us-west-1").unwrap()).await.unwrap();
+    let copied = tidemark::catalog::backup::load(&west_repo, &b.id).await.unwrap().unwrap();
+    let west_refs = copied.ebs.unwrap();
+    assert_eq!(west_refs.region, "us-west-1");
+    assert_ne!(west_refs.volumes[0].snapshot_id, refs.volumes[0].snapshot_id);
+    assert_eq!(west_refs.volumes[0].kms_key_id.as_deref(), Some("alias/tidemark-west"));
+    let west = Ec2::new("us-west-1", Some(&moto.endpoint())).await;
+    let in_west = west.tagged_snapshots(&[(TAG_BACKUP, &b.id)]).await.unwrap();
+    assert_eq!(
+        in_west.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        vec![west_refs.volumes[0].snapshot_id.clone()]
+    );
+    // Purging the copy's backup deletes the copied snapshot there.
+    tidemark::catalog::purge::purge(&west_repo.for_cluster("ebsdb"), &b.id).await.unwrap();
+    assert!(west.tagged_snapshots(&[(TAG_BACKUP, &b.id)]).await.unwrap().is_empty());
+    tidemark::catalog::policy::save(&repo, &Default::default()).await.unwrap();
+
     pg.sql("INSERT INTO orders SELECT g, 'after backup' FROM generate_series(1001, 1500) g;");
     let target = pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
     common::wait_for("the clock to move past the target", Duration::from_secs(5), || {
@@ -381,6 +413,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
         start: true,
         port: Some(port),
         config_path: Some(t.config.clone()),
+        region: None,
         exe: Some(common::bin().to_path_buf()),
         ebs: Default::default(),
     };

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cluster;
+pub mod copies;
 pub mod lifecycle;
 pub mod policy;
 pub mod purge;

@@ -84,6 +84,15 @@ pub async fn run(cfg: Config, repo: Repository) {
                 Err(e) => tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour"),
             }
         }
+        // Cross-region copies trail the source by at most a tick plus the copy time.
+        match crate::catalog::copies::sync_all(&cfg, &repo).await {
+            Ok(done) => {
+                for s in done.iter().filter(|s| s.objects + s.backups + s.purged + s.deleted > 0) {
+                    tracing::info!(region = %s.region, objects = s.objects, backups = s.backups, snapshots = s.snapshots, purged = s.purged, "cross-region copy synced");
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "cross-region copy failed; retrying in a minute"),
+        }
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Request {
     pub port: Option<u16>,
     /// Config file the restored cluster's restore_command should use.
     pub config_path: Option<PathBuf>,
+    /// Restore from the copy in this region (`cfg` is already the region's view).
+    pub region: Option<String>,
     /// tidemark binary the restored cluster's restore_command runs (default: this one).
     pub exe: Option<PathBuf>,
     /// New-volume options for `ebs` backups.
@@ -151,6 +153,14 @@ pub async fn run_with(
     let mut restore_command = format!("TIDEMARK_FETCH_SPOOL_DIR={} {}", spool.display(), exe.display());
     if let Some(c) = &req.config_path {
         restore_command.push_str(&format!(" --config {}", c.display()));
+    }
+    if let Some(r) = &req.region {
+        // Recovery reads WAL from the same copy the backup came from.
+        let mut env = format!("TIDEMARK_REPOSITORY_URL='{}' TIDEMARK_REPOSITORY_REGION='{r}' ", cfg.repository.url);
+        if let Some(ep) = &cfg.repository.endpoint {
+            env.push_str(&format!("TIDEMARK_REPOSITORY_ENDPOINT='{ep}' "));
+        }
+        restore_command.insert_str(0, &env);
     }
     restore_command.push_str(" wal-fetch %f %p");
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
