@@ -444,6 +444,16 @@ async fn open_repo(cfg: &Config, cluster: Option<&str>) -> Result<Repository, Fa
     })
 }
 
+/// One line per cluster: how many WAL objects go, from which to which.
+fn wal_summary(wal: &[crate::catalog::policy::WalDeletion]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in wal.chunk_by(|a, b| a.cluster == b.cluster) {
+        let (first, last) = (&w[0], &w[w.len() - 1]);
+        out.push(format!("{}: {} WAL object(s), {} .. {}", first.cluster, w.len(), first.name, last.name));
+    }
+    out
+}
+
 /// RFC 3339, or bare `YYYY-MM-DD HH:MM:SS[.ffffff]` meaning UTC.
 pub fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s.trim()) {
@@ -646,24 +656,38 @@ async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
             let plan = policy::plan_now(&repo, &new, chrono::Utc::now()).await?;
             let deletes: Vec<String> =
                 plan.deletes().map(|d| format!("{}/{} ({})", d.cluster, d.id, d.reasons.join(", "))).collect();
+            let wal = policy::all_wal_deletions(&repo, &plan).await?;
+            let wal_lines = wal_summary(&wal);
             if *dry_run {
                 match cli.output {
                     Output::Json => println!(
                         "{}",
-                        serde_json::json!({ "policy": new, "would_delete": plan.deletes().collect::<Vec<_>>() })
+                        serde_json::json!({
+                            "policy": new,
+                            "would_delete": plan.deletes().collect::<Vec<_>>(),
+                            "would_delete_wal": wal,
+                        })
                     ),
                     Output::Text => {
                         println!("with this policy, {} backup(s) would be deleted:", deletes.len());
                         for d in &deletes {
                             println!("  {d}");
                         }
+                        println!("and {} WAL object(s):", wal.len());
+                        for l in &wal_lines {
+                            println!("  {l}");
+                        }
                     }
                 }
                 return Ok(0);
             }
-            if !deletes.is_empty() {
-                eprintln!("WARNING: this policy deletes {} backup(s) permanently:", deletes.len());
-                for d in &deletes {
+            if !deletes.is_empty() || !wal.is_empty() {
+                eprintln!(
+                    "WARNING: this policy permanently deletes {} backup(s) and {} WAL object(s):",
+                    deletes.len(),
+                    wal.len()
+                );
+                for d in deletes.iter().chain(&wal_lines) {
                     eprintln!("  {d}");
                 }
                 if !yes {

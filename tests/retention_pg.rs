@@ -95,8 +95,16 @@ fn retention_lifecycle() {
     assert!(stderr(&o).contains("WARNING") && stderr(&o).contains(&final_id), "{}", stderr(&o));
     let p = json(&tm.cmd(&["policy", "show", "--output", "json"]).output().unwrap());
     assert_eq!(p["keep_final"], true, "policy changed without --yes");
-    let o = tm.cmd_as_postgres(&["policy", "set", "--keep-final", "false", "--yes"]).output().unwrap();
+    let wal_listed = dry["would_delete_wal"].as_array().expect("dry-run lists WAL deletions too").len();
+    let o =
+        tm.cmd_as_postgres(&["policy", "set", "--keep-final", "false", "--yes", "--output", "json"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let applied: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        applied["applied"]["wal_objects"].as_u64(),
+        Some(wal_listed as u64),
+        "dry-run listed what was deleted: {applied}"
+    );
     let orphaned = json(&tm.cmd(&["backup", "orphaned", "--output", "json"]).output().unwrap());
     let ids: Vec<&str> = orphaned.as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![keep.as_str()], "manual backups survive every policy: {orphaned}");

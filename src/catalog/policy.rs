@@ -92,28 +92,65 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> anyhow::Result<Applied> {
             purge::purge(&r, &m.id).await?;
             applied.backups.push(format!("{h}/{}", m.id));
         }
-        let Some(&keep_from) = plan.wal_keep_from.get(&h) else { continue };
-        let seg_size = crate::wal::fetch::segment_size(&r).await?;
-        for o in r.store().list(&r.wal_root()).await? {
-            let name = o.key.rsplit('/').next().unwrap_or_default();
-            let Ok(file) = WalFile::parse(name, seg_size) else { continue };
-            // History files are tiny and every later timeline needs them: never purged.
-            let seg = match file {
-                WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _) => s,
-                WalFile::History(_) => continue,
-            };
-            if seg.start_lsn(seg_size).0 + seg_size <= keep_from
-                && !needed_by_range(seg, seg_size, &h, &plan.wal_ranges)
-            {
-                r.store().delete(&o.key).await?;
-                if file.is_segment() {
-                    r.store().delete(&r.wal_index_key(seg.timeline, name)).await?;
-                }
-                applied.wal_objects += 1;
+        for w in wal_deletions(&r, plan).await? {
+            r.store().delete(&w.key).await?;
+            if let Some(ix) = &w.index_key {
+                r.store().delete(ix).await?;
             }
+            applied.wal_objects += 1;
         }
     }
     Ok(applied)
+}
+
+/// A WAL object the plan deletes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WalDeletion {
+    /// Cluster handle.
+    pub cluster: String,
+    /// File name (segment, .partial, .backup).
+    pub name: String,
+    /// Object key.
+    pub key: String,
+    /// Its wal-index entry, for segments.
+    #[serde(skip)]
+    pub index_key: Option<String>,
+}
+
+/// The WAL objects of `r`'s cluster below its keep-from LSN that no kept backup needs,
+/// in listing order (what `apply` deletes, and what `policy set` warns about).
+pub async fn wal_deletions(r: &Repository, plan: &Plan) -> anyhow::Result<Vec<WalDeletion>> {
+    let h = r.cluster().to_string();
+    let Some(&keep_from) = plan.wal_keep_from.get(&h) else { return Ok(Vec::new()) };
+    let seg_size = crate::wal::fetch::segment_size(r).await?;
+    let mut out = Vec::new();
+    for o in r.store().list(&r.wal_root()).await? {
+        let name = o.key.rsplit('/').next().unwrap_or_default();
+        let Ok(file) = WalFile::parse(name, seg_size) else { continue };
+        // History files are tiny and every later timeline needs them: never purged.
+        let seg = match file {
+            WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _) => s,
+            WalFile::History(_) => continue,
+        };
+        if seg.start_lsn(seg_size).0 + seg_size <= keep_from && !needed_by_range(seg, seg_size, &h, &plan.wal_ranges) {
+            out.push(WalDeletion {
+                cluster: h.clone(),
+                name: name.to_string(),
+                key: o.key.clone(),
+                index_key: file.is_segment().then(|| r.wal_index_key(seg.timeline, name)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Every WAL object of every cluster the plan deletes.
+pub async fn all_wal_deletions(repo: &Repository, plan: &Plan) -> anyhow::Result<Vec<WalDeletion>> {
+    let mut out = Vec::new();
+    for h in clusters(repo).await? {
+        out.extend(wal_deletions(&repo.for_cluster(&h), plan).await?);
+    }
+    Ok(out)
 }
 
 /// Plans retention for the whole repository now.
