@@ -575,6 +575,26 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                             );
                         }
                     }
+                    if let Some(e) = &m.ebs {
+                        println!("{:>18}: {} ({}, instance {})", "ebs", e.region, e.availability_zone, e.instance_id);
+                        for v in &e.volumes {
+                            println!(
+                                "{:>18}  {} of {} ({} at {}, {} GiB {}{}) {}",
+                                "",
+                                v.snapshot_id,
+                                v.volume_id,
+                                v.device,
+                                v.attached_as,
+                                v.size_gib,
+                                v.volume_type,
+                                if v.encrypted { ", encrypted" } else { "" },
+                                v.state
+                            );
+                        }
+                        for mnt in &e.mounts {
+                            println!("{:>18}  {} {} on {} ({})", "", mnt.role, mnt.path, mnt.mount_point, mnt.fs_type);
+                        }
+                    }
                 }
             }
             Ok(0)

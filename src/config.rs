@@ -501,6 +501,21 @@ mod tests {
     fn example_config_parses() {
         let c = parse(Config::example_toml()).unwrap();
         assert_eq!(c.cluster, "orders-db");
+        let d = parse(include_str!("../docker/tidemark.toml")).unwrap();
+        assert_eq!(d.repository.endpoint.as_deref(), Some("http://minio:9000"));
+    }
+
+    #[test]
+    fn region_sections_give_the_copy_repository() {
+        let c = parse("[repository]\nurl = \"s3://east/p\"\nregion = \"us-east-1\"\n[regions.us-west-1]\nurl = \"s3://west/p\"\nkms_key_id = \"alias/k\"\n").unwrap();
+        assert_eq!(c.home_region(), Some("us-east-1"));
+        let w = c.for_region("us-west-1").unwrap();
+        assert_eq!((w.repository.url.as_str(), w.repository.region.as_deref()), ("s3://west/p", Some("us-west-1")));
+        assert_eq!(w.ebs.region.as_deref(), Some("us-west-1"));
+        let e = c.for_region("eu-west-1").unwrap_err().to_string();
+        assert!(e.contains("[regions.eu-west-1]"), "{e}");
+        let e = parse("[regions.us-west-1]\nurl = \"s3://w\"\nbogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

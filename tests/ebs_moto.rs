@@ -139,6 +139,23 @@ async fn throttling_is_retried_and_a_snapshot_in_error_fails_with_awss_message()
         assert_eq!(f.seen.iter().filter(|a| *a == "CreateSnapshot").count(), 4, "{:?}", f.seen);
     }
 
+    // Where CreateSnapshots is refused, each volume is snapshotted on its own.
+    {
+        let mut f = proxy.faults.lock().unwrap();
+        f.action = Some("CreateSnapshots".into());
+        f.code = Some("UnsupportedOperation".into());
+        f.throttle = 1;
+        f.seen.clear();
+    }
+    let pairs = ec2.create_snapshots(&inst, std::slice::from_ref(&vol), &tags("T2"), "fallback").await.unwrap();
+    assert_eq!(pairs.len(), 1);
+    assert_eq!(pairs[0].0, vol);
+    {
+        let f = proxy.faults.lock().unwrap();
+        assert_eq!(f.seen, ["CreateSnapshots", "CreateSnapshot"], "fell back to CreateSnapshot");
+    }
+    assert_eq!(direct.tagged_snapshots(&[(TAG_BACKUP, "T2")]).await.unwrap()[0].id, pairs[0].1);
+
     {
         let mut f = proxy.faults.lock().unwrap();
         f.action = Some("DescribeSnapshots".into());

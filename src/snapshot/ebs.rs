@@ -507,3 +507,25 @@ pub fn relocate(mounts: &[Remounted], refs: &EbsRefs, role: &str) -> Option<Path
     let now = mounts.iter().find(|r| r.source_mount == mnt.mount_point)?;
     Some(now.mounted_at.join(&mnt.path_in_mount))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prewarm_reads_every_byte_once() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let size = (3 << 20) + 12345;
+        std::fs::write(f.path(), vec![7u8; size]).unwrap();
+        let pb = indicatif::ProgressBar::hidden();
+        let n = prewarm_blocking(f.path().to_str().unwrap(), 3, &pb).unwrap();
+        assert_eq!(n, size as u64);
+        assert_eq!(pb.position(), size as u64);
+        assert!(prewarm_blocking("/nonexistent/dev", 2, &pb).unwrap_err().to_string().contains("/nonexistent/dev"));
+    }
+
+    #[test]
+    fn extra_mounts_sit_beside_the_target() {
+        assert_eq!(extra_mount_dir(Path::new("/srv/pg/restored"), 2), PathBuf::from("/srv/pg/restored.mounts/2"));
+    }
+}

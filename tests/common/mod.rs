@@ -599,6 +599,8 @@ pub struct Faults {
     pub throttle: usize,
     /// Only requests whose `Action=` is this are throttled or rewritten.
     pub action: Option<String>,
+    /// Error code of the injected failures (default RequestLimitExceeded, a 503; others are 400s).
+    pub code: Option<String>,
     /// Replace text in matching responses.
     pub rewrite: Vec<(String, String)>,
     /// Actions seen, in order.
@@ -696,7 +698,7 @@ fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>)
     let (head, body) = read_http(&mut c, false)?;
     let text = String::from_utf8_lossy(&body);
     let action = text.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string();
-    let (throttle, rewrite) = {
+    let (throttle, rewrite, code) = {
         let mut f = faults.lock().unwrap();
         f.seen.push(action.clone());
         let hit = f.action.as_deref().is_none_or(|a| a == action);
@@ -705,11 +707,16 @@ fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>)
             f.throttle -= 1;
             f.throttled += 1;
         }
-        (throttle, if hit { f.rewrite.clone() } else { Vec::new() })
+        let code = f.code.clone().unwrap_or_else(|| "RequestLimitExceeded".into());
+        (throttle, if hit { f.rewrite.clone() } else { Vec::new() }, code)
     };
     if throttle {
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>";
-        let resp = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\n";
+        let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>");
+        let resp = if code == "RequestLimitExceeded" {
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\n"
+        } else {
+            "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\n"
+        };
         c.write_all(with_headers(resp, xml.len()).as_bytes())?;
         c.write_all(xml.as_bytes())?;
         return Ok(());
