@@ -52,6 +52,9 @@ fn init_logging(cmd: &Command) {
         .try_init();
 }
 
+/// wal-fetch's exit code when recovery must abort rather than end (PostgreSQL: > 125).
+pub const FETCH_ABORT: u8 = 126;
+
 /// Entry point used by `main`: returns the exit code.
 pub fn main(cli: Cli) -> u8 {
     if let Command::FreezeGuard { timeout_ms, mounts } = &cli.command {
@@ -318,7 +321,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::WalPush { path } => wal_push(&load_config(&cli)?, path).await,
-        Command::WalFetch { name, dest } => wal_fetch(&cli, &load_config(&cli)?, name, dest).await,
+        Command::WalFetch { name, dest } => {
+            // PostgreSQL reads exit 1 as "no more WAL" and ends recovery there, so any other
+            // failure (bad config, unreachable store, a damaged or foreign object) must abort
+            // recovery instead (> 125) or it would promote early and silently lose the tail.
+            let res = match load_config(&cli) {
+                Ok(cfg) => wal_fetch(&cli, &cfg, name, dest).await,
+                Err(f) => Err(f),
+            };
+            res.map_err(|f| Failure {
+                code: FETCH_ABORT,
+                error: f.error.context(format!(
+                    "cannot fetch {name}; recovery stops here (exit {FETCH_ABORT}) instead of ending early: fix the cause and start PostgreSQL again to resume"
+                )),
+            })
+        }
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
         Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
         Command::DaemonStats => {

@@ -84,6 +84,16 @@ fn fetch_of_missing_segment_exits_1_and_writes_nothing() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("not in the archive"));
     assert!(!dest.exists());
+    // An unreachable store is not "no more WAL": recovery must stop, not end early.
+    let o =
+        s.tm.cmd(&["wal-fetch", S1, dest.to_str().unwrap()])
+            .env("TIDEMARK_REPOSITORY_URL", "s3://nowhere/p")
+            .env("TIDEMARK_REPOSITORY_ENDPOINT", format!("http://127.0.0.1:{}", common::free_port()))
+            .output()
+            .unwrap();
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(stderr(&o).contains("recovery stops here"), "{}", stderr(&o));
+    assert!(!dest.exists());
 }
 
 fn no_files_but(dir: &Path, allowed: &[&str]) {
@@ -104,7 +114,8 @@ fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
     let dest = out.path().join("RECOVERYXLOG");
     let fetch = |needle: &str| {
         let o = s.run(&["wal-fetch", S1, dest.to_str().unwrap()]);
-        assert_ne!(o.status.code(), Some(0));
+        // Damage must abort recovery (> 125), never read as "no more WAL" (1).
+        assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
         let e = stderr(&o);
         assert!(e.contains(needle) && e.contains(S1), "expected '{needle}' naming the object: {e}");
         assert!(!dest.exists());
@@ -144,7 +155,7 @@ fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
             .env("TIDEMARK_ENCRYPTION_KEYRING", &other_ring)
             .output()
             .unwrap();
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(126));
     assert!(stderr(&o).contains("not in the keyring"), "{}", stderr(&o));
     assert!(!dest.exists());
 }
