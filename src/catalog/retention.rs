@@ -15,7 +15,9 @@
 //!   Example: now in 2026-05 and `monthly = 3` covers 2026-03, 2026-04 and 2026-05 only.
 //! * **yearly**: the same convention with calendar years: the N years up to and including `now`'s year.
 //! * **manual**: always kept, also when incomplete and after the cluster is deprovisioned (the user owns them).
-//! * **final**: kept while `keep_final` is true, otherwise deleted.
+//! * **final**: kept while `keep_final` is true, otherwise deleted, unless the PITR rule keeps it: a final backup
+//!   whose `cluster_deprovisioned` flag is still clear is live, and if it is the PITR base or in the PITR window it
+//!   is kept even with `keep_final = false` (the window must stay restorable, as for any other kind).
 //! * **deprovisioned**: an automatic backup whose `cluster_deprovisioned` flag is set is deleted. The flag is read
 //!   per backup, so a cluster name reused after deprovisioning never loses the new incarnation's backups.
 //! * **incomplete**: a non-manual backup that is not `completed` and whose `stop_time` (the catalog's last known
@@ -23,8 +25,18 @@
 //!   Incomplete backups take no part in the other rules.
 //! * **PITR** (when `pitr_enabled` and the cluster has live backups): the window is `[now - pitr_days * 24 h, now]`.
 //!   The *PITR base* is the newest live backup (any kind) whose `stop_time` is at or before the window start: that
-//!   base plus the WAL after it restores any point in the window. Only the base is kept by this rule. If no live
-//!   backup ends before the window start, the oldest live backup is the base (the best that can be done).
+//!   base plus the WAL after it restores any point in the window. If no live backup ends by the window start, the
+//!   oldest live backup is the base (the best that can be done). The base is kept, and so is *every* live backup
+//!   (any kind) newer than the base in the order above: these end inside the window (or after `now`, with clock
+//!   skew), and each becomes the base in turn as the window moves past it.
+//!
+//!   Why all of them: a backup no count keeps would otherwise be deleted before the window reaches it, and the base
+//!   could then only move to the next backup something else happens to keep. With every in-window backup kept, the
+//!   base advances with every backup, so WAL is kept for `pitr_days` plus at most the longest gap between
+//!   consecutive live backups (plus the duration of one backup), whatever the sweep timing or the jitter in backup
+//!   end times. (Two caveats: when backups stop, the time since the last one counts as a gap; and a backup deleted
+//!   while PITR was off cannot become the base later.) The storage cost is the backups taken within the window:
+//!   with one automatic backup a day, the default policy (30 daily, 1 day PITR) keeps nothing extra.
 //!
 //! # WAL
 //!
@@ -50,6 +62,8 @@ pub const REASON_MANUAL: &str = "manual";
 pub const REASON_FINAL: &str = "final";
 /// Keep reason: the backup the PITR window is restored from.
 pub const REASON_PITR_BASE: &str = "pitr base";
+/// Keep reason: a live backup newer than the PITR base; it becomes the base when the window moves past it.
+pub const REASON_PITR_WINDOW: &str = "in pitr window";
 /// Keep reason: an incomplete backup younger than 24 h.
 pub const REASON_IN_PROGRESS: &str = "incomplete, may still be running";
 /// Delete reason: an automatic backup no daily/monthly/yearly/PITR rule keeps.
@@ -370,19 +384,26 @@ fn select<'a>(policy: &Policy, members: &[(usize, &'a BackupInfo)], now: DateTim
         }
     }
 
-    let pitr_base = if policy.pitr_enabled {
+    // PITR: the base must be consistent by the window start; failing that, the oldest backup covers the most.
+    // Every backup newer than the base is kept too, so the base can advance to each of them in turn; a backup
+    // deleted before the window reaches it would leave the base behind and WAL piling up beyond the window.
+    let mut pitr_base = None;
+    if policy.pitr_enabled {
         let window_start = pitr_window_start(now, policy.pitr_days);
-        // The base must be consistent by the window start; failing that, the oldest backup covers the most.
-        live.iter()
+        pitr_base = live
+            .iter()
             .copied()
             .filter(|(_, b)| b.stop_time <= window_start)
             .max_by(|x, y| newest_order(x.1, y.1))
-            .or_else(|| live.iter().copied().min_by(|x, y| newest_order(x.1, y.1)))
-    } else {
-        None
-    };
-    if let Some((i, _)) = pitr_base {
-        reasons.entry(i).or_default().push(REASON_PITR_BASE.to_string());
+            .or_else(|| live.iter().copied().min_by(|x, y| newest_order(x.1, y.1)));
+        if let Some((base_index, base)) = pitr_base {
+            reasons.entry(base_index).or_default().push(REASON_PITR_BASE.to_string());
+            for &(i, b) in &live {
+                if newest_order(b, base) == Ordering::Greater {
+                    reasons.entry(i).or_default().push(REASON_PITR_WINDOW.to_string());
+                }
+            }
+        }
     }
     Selection { reasons, pitr_base: pitr_base.map(|(_, b)| b) }
 }
@@ -533,6 +554,19 @@ mod tests {
 
     fn ids<const N: usize>(list: [&str; N]) -> BTreeSet<&str> {
         list.into_iter().collect()
+    }
+
+    /// Whether the point `t` can be restored from `kept`: one of them, completed and of the live incarnation, is
+    /// consistent by `t` (ends at or before it) and the WAL from its start on is kept (`wal_keep_from` at or below
+    /// its start LSN; WAL above the floor is never deleted). True at `t` means true at every later point too.
+    pub(super) fn restorable_at<'a>(
+        kept: impl IntoIterator<Item = &'a BackupInfo>,
+        wal_keep_from: Option<u64>,
+        t: DateTime<Utc>,
+    ) -> bool {
+        wal_keep_from.is_some_and(|wal| {
+            kept.into_iter().any(|b| b.completed && !b.cluster_deprovisioned && b.stop_time <= t && wal <= b.start_lsn)
+        })
     }
 
     // ---------------------------------------------------------------- policy
@@ -850,11 +884,18 @@ mod tests {
         let policy = Policy { daily: 2, monthly: 2, yearly: 0, pitr_enabled: true, pitr_days: 1, ..Policy::default() };
         let p = plan(&policy, &b, at("2024-03-01T04:00:00Z"));
         assert_eq!(kept(&p), ids(["f29", "m01"]));
-        assert_eq!(reasons(&p, "m01"), ["daily 2024-03-01", "monthly 2024-03"]);
+        // The window starts at 04:00 on the leap day: its backup is the base and March 1st's is in the window.
+        assert_eq!(reasons(&p, "m01"), ["daily 2024-03-01", "monthly 2024-03", REASON_PITR_WINDOW]);
         assert_eq!(reasons(&p, "f29"), ["daily 2024-02-29", "monthly 2024-02", REASON_PITR_BASE]);
-        // One day before 02:00 on March 1st is 02:00 on the leap day, before its backup: the base is Feb 28th's.
+        // One day before 02:00 on March 1st is 02:00 on the leap day, before its backup: the base is Feb 28th's,
+        // and the leap day's backup, in the window, is kept to become the base at 03:00 (March 1st's is not taken
+        // yet at 02:00, but a catalog stamped ahead by clock skew keeps it too: it is newer than the base).
         let p = plan(&pitr_only(1), &b, at("2024-03-01T02:00:00Z"));
-        assert_eq!(kept(&p), ids(["f28"]));
+        assert_eq!(kept(&p), ids(["f28", "f29", "m01"]));
+        assert_eq!(reasons(&p, "f28"), [REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "f29"), [REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "m01"), [REASON_PITR_WINDOW]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[0].start_lsn));
         // In a common year the month ends on the 28th.
         let b = [auto("f27", "2025-02-27T03:00:00Z"), auto("f28", "2025-02-28T03:00:00Z")];
         let p = plan(&counts(0, 2, 0), &b, at("2025-03-01T04:00:00Z"));
@@ -916,8 +957,9 @@ mod tests {
         assert_eq!(kept(&p), ids(["m", "f"]));
         assert_eq!(reasons(&p, "a_new"), [REASON_DEPROVISIONED]);
         assert_eq!(reasons(&p, "a_old"), [REASON_DEPROVISIONED]);
-        // No PITR for a cluster that is gone: the kept backups only need their own WAL.
-        assert!(p.decisions.iter().all(|d| !d.reasons.iter().any(|r| r == REASON_PITR_BASE)));
+        // No PITR for a cluster that is gone (no base, so no window): the kept backups only need their own WAL.
+        let pitr = [REASON_PITR_BASE, REASON_PITR_WINDOW];
+        assert!(p.decisions.iter().all(|d| !d.reasons.iter().any(|r| pitr.contains(&r.as_str()))));
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[2].start_lsn));
         let p = plan(&Policy { keep_final: false, ..Policy::default() }, &b[..2], now);
         assert_eq!(kept(&p), ids([]));
@@ -985,15 +1027,22 @@ mod tests {
             auto("b", "2026-11-23T03:00:00Z"),
             auto("c", "2026-11-24T03:00:00Z"),
         ];
-        // Window start 2026-11-22T12:00: "m" ends exactly then, so it is the base; later ones are not kept for PITR.
+        // Window start 2026-11-22T12:00: "m" ends exactly then, so it is the base; "b" and "c" end inside the
+        // window and are kept to become the base in turn; "a", older than the base, is not needed.
         let p = plan(&pitr_only(2), &b, at("2026-11-24T12:00:00Z"));
-        assert_eq!(kept(&p), ids(["m"]));
+        assert_eq!(kept(&p), ids(["m", "b", "c"]));
         assert_eq!(reasons(&p, "m"), [REASON_MANUAL, REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "b"), [REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "c"), [REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "a"), [REASON_BEYOND_COUNTS]);
+        // The WAL starts at the base: the WAL of the backups in the window is inside it.
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
-        // One second earlier the window starts just before "m" ends, so the base moves back to "a".
+        // One second earlier the window starts just before "m" ends, so the base moves back to "a" and "m" is in
+        // the window (any kind is, as for the base) along with "b" and "c".
         let p = plan(&pitr_only(2), &b, at("2026-11-24T11:59:59Z"));
-        assert_eq!(kept(&p), ids(["a", "m"]));
+        assert_eq!(kept(&p), ids(["a", "m", "b", "c"]));
         assert_eq!(reasons(&p, "a"), [REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "m"), [REASON_MANUAL, REASON_PITR_WINDOW]);
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[0].start_lsn));
     }
 
@@ -1004,9 +1053,14 @@ mod tests {
             auto("a", "2026-11-23T20:00:00Z"),
             incomplete(auto("x", "2026-11-23T19:00:00Z")),
         ];
+        // Nothing ends before the window start (2026-11-17T12:00): the oldest completed backup "a" is the base and
+        // "b", newer, is in the window (so the base can advance once the window passes "a"). The running "x" is
+        // kept for 24 h but is neither: it cannot be restored from.
         let p = plan(&pitr_only(7), &b, at("2026-11-24T12:00:00Z"));
-        assert_eq!(kept(&p), ids(["a", "x"]));
+        assert_eq!(kept(&p), ids(["a", "b", "x"]));
         assert_eq!(reasons(&p, "a"), [REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "b"), [REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "x"), [REASON_IN_PROGRESS]);
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
     }
 
@@ -1023,6 +1077,7 @@ mod tests {
         assert_eq!(kept(&p), ids(["jan", "d23", "d24", "m"]));
         // With PITR the watermark is the base's start even though older backups are kept (their ranges are listed).
         assert_eq!(reasons(&p, "d23"), ["daily 2026-11-23", REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "d24"), ["daily 2026-11-24", "monthly 2026-11", "yearly 2026", REASON_PITR_WINDOW]);
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
         let ranges: BTreeSet<(String, u64, u64)> = p.wal_ranges.iter().cloned().collect();
         let want: BTreeSet<(String, u64, u64)> =
@@ -1031,6 +1086,121 @@ mod tests {
         // Without PITR it is the lowest start among the kept backups.
         let p = plan(&Policy { pitr_enabled: false, ..Policy::default() }, &b, now);
         assert_eq!(p.wal_keep_from.get("c1"), Some(&b[3].start_lsn));
+    }
+
+    #[test]
+    fn pitr_window_backups_are_kept_only_with_pitr() {
+        let b =
+            [auto("a", "2026-11-20T03:00:00Z"), auto("b", "2026-11-23T03:00:00Z"), auto("c", "2026-11-24T03:00:00Z")];
+        let now = at("2026-11-24T12:00:00Z");
+        // Window start 2026-11-22T12:00: "a" is the base, "b" and "c" are in the window.
+        let p = plan(&pitr_only(2), &b, now);
+        assert_eq!(kept(&p), ids(["a", "b", "c"]));
+        assert_eq!(reasons(&p, "b"), [REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "c"), [REASON_PITR_WINDOW]);
+        // PITR off: neither rule keeps anything, whatever pitr_days says.
+        let p = plan(&Policy { pitr_enabled: false, ..pitr_only(2) }, &b, now);
+        assert_eq!(kept(&p), ids([]));
+        assert!(p.wal_keep_from.is_empty());
+        // With counts, only the count reasons remain.
+        let p = plan(&Policy { pitr_enabled: false, ..Policy::default() }, &b, now);
+        assert_eq!(reasons(&p, "a"), ["daily 2026-11-20"]);
+        assert_eq!(reasons(&p, "b"), ["daily 2026-11-23"]);
+        assert_eq!(reasons(&p, "c"), ["daily 2026-11-24", "monthly 2026-11", "yearly 2026"]);
+    }
+
+    #[test]
+    fn nothing_is_in_the_pitr_window_after_the_newest_backup() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b = [
+            auto("a", "2026-11-20T03:00:00Z"),
+            manual("m", "2026-11-21T03:00:00Z"),
+            incomplete(auto("r", "2026-11-24T11:00:00Z")),
+        ];
+        // Window start 2026-11-23T12:00: "m" is the newest completed backup, so it is the base and nothing is in
+        // the window (the running "r" cannot be restored from, so it is no candidate).
+        let p = plan(&pitr_only(1), &b, now);
+        assert_eq!(kept(&p), ids(["m", "r"]));
+        assert_eq!(reasons(&p, "m"), [REASON_MANUAL, REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "a"), [REASON_BEYOND_COUNTS]);
+        assert_eq!(reasons(&p, "r"), [REASON_IN_PROGRESS]);
+        assert!(p.decisions.iter().all(|d| !d.reasons.iter().any(|r| r == REASON_PITR_WINDOW)));
+        // A lone backup inside the window is the base by the fallback, and nothing comes after it.
+        let p = plan(&pitr_only(7), &b[..1], now);
+        assert_eq!(reasons(&p, "a"), [REASON_PITR_BASE]);
+    }
+
+    #[test]
+    fn every_restorable_backup_in_the_pitr_window_is_kept() {
+        let now = at("2026-11-24T12:00:00Z");
+        // Window start 2026-11-22T12:00: "base" is the base; each case puts a different backup right after it,
+        // before "later", which is in the window too.
+        let base = auto("base", "2026-11-22T03:00:00Z");
+        let later = auto("later", "2026-11-24T03:00:00Z");
+        let with = |next: BackupInfo| [base.clone(), next, later.clone()];
+        let p = plan(&pitr_only(2), &with(manual("m", "2026-11-23T03:00:00Z")), now);
+        assert_eq!(kept(&p), ids(["base", "m", "later"]));
+        assert_eq!(reasons(&p, "m"), [REASON_MANUAL, REASON_PITR_WINDOW]);
+        assert_eq!(reasons(&p, "later"), [REASON_PITR_WINDOW]);
+        // A final backup of the live incarnation too, even with keep_final=false (as for the base).
+        let p = plan(&Policy { keep_final: false, ..pitr_only(2) }, &with(final_("f", "2026-11-23T03:00:00Z")), now);
+        assert_eq!(kept(&p), ids(["base", "f", "later"]));
+        assert_eq!(reasons(&p, "f"), [REASON_PITR_WINDOW]);
+        // A failed or deprovisioned backup cannot be restored into this incarnation: it is not kept.
+        let p = plan(&pitr_only(2), &with(incomplete(auto("failed", "2026-11-23T03:00:00Z"))), now);
+        assert_eq!(kept(&p), ids(["base", "later"]));
+        assert_eq!(reasons(&p, "failed"), [REASON_INCOMPLETE]);
+        let p = plan(&pitr_only(2), &with(deprovisioned(auto("gone", "2026-11-23T03:00:00Z"))), now);
+        assert_eq!(kept(&p), ids(["base", "later"]));
+        assert_eq!(reasons(&p, "gone"), [REASON_DEPROVISIONED]);
+        assert_eq!(reasons(&p, "later"), [REASON_PITR_WINDOW]);
+        // The WAL floor stays at the base.
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&base.start_lsn));
+    }
+
+    #[test]
+    fn a_live_final_backup_can_be_the_pitr_base_with_keep_final_false() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b =
+            [auto("a", "2026-11-20T03:00:00Z"), final_("f", "2026-11-22T03:00:00Z"), auto("c", "2026-11-24T03:00:00Z")];
+        let p = plan(&Policy { keep_final: false, ..pitr_only(2) }, &b, now);
+        assert_eq!(kept(&p), ids(["f", "c"]));
+        assert_eq!(reasons(&p, "f"), [REASON_PITR_BASE]);
+        assert_eq!(p.wal_keep_from.get("c1"), Some(&b[1].start_lsn));
+        // Once the window has passed a newer backup, the final backup is older than the base and goes.
+        let p = plan(&Policy { keep_final: false, ..pitr_only(2) }, &b, at("2026-11-26T03:00:00Z"));
+        assert_eq!(kept(&p), ids(["c"]));
+        assert_eq!(reasons(&p, "f"), [REASON_FINAL_NOT_KEPT]);
+    }
+
+    #[test]
+    fn pitr_ties_follow_the_newest_order() {
+        // "x" and "y" end at the same time and LSN, before the window start: the id decides, so "y" is the newer
+        // and the base, and "x" is older than the base and not kept. "n" is in the window.
+        let b =
+            [auto("y", "2026-11-22T03:00:00Z"), auto("x", "2026-11-22T03:00:00Z"), auto("n", "2026-11-23T03:00:00Z")];
+        let now = at("2026-11-24T12:00:00Z");
+        for catalog in [b.to_vec(), b.iter().rev().cloned().collect()] {
+            let p = plan(&pitr_only(2), &catalog, now);
+            assert_eq!(kept(&p), ids(["y", "n"]));
+            assert_eq!(reasons(&p, "y"), [REASON_PITR_BASE]);
+            assert_eq!(reasons(&p, "x"), [REASON_BEYOND_COUNTS]);
+            assert_eq!(reasons(&p, "n"), [REASON_PITR_WINDOW]);
+        }
+        // A later stop LSN wins over the id: "x" is then the base and "y" the older one.
+        let mut b = b;
+        b[1].stop_lsn += 1;
+        let p = plan(&pitr_only(2), &b, now);
+        assert_eq!(reasons(&p, "x"), [REASON_PITR_BASE]);
+        assert_eq!(reasons(&p, "y"), [REASON_BEYOND_COUNTS]);
+        // Ties inside the window do not matter: both are newer than the base and kept.
+        let b = [
+            auto("base", "2026-11-22T03:00:00Z"),
+            auto("y", "2026-11-23T03:00:00Z"),
+            auto("x", "2026-11-23T03:00:00Z"),
+        ];
+        let p = plan(&pitr_only(2), &b, now);
+        assert_eq!(kept(&p), ids(["base", "x", "y"]));
     }
 
     #[test]
@@ -1095,7 +1265,7 @@ mod tests {
 
     mod properties {
         use super::super::*;
-        use super::{at, lsn_at};
+        use super::{at, lsn_at, restorable_at};
         use proptest::prelude::*;
         use std::collections::{BTreeMap, BTreeSet};
 
@@ -1251,15 +1421,98 @@ mod tests {
                     }
                     let wal = p.wal_keep_from.get(cluster).copied();
                     prop_assert!(wal.is_some(), "no WAL watermark for {}", cluster);
-                    let wal = wal.unwrap_or(u64::MAX);
-                    let restorable = if live.iter().any(|(b, _)| b.stop_time <= window_start) {
-                        // A kept backup consistent by the window start, with all WAL after its start.
-                        live.iter().any(|(b, d)| d.keep && b.stop_time <= window_start && wal <= b.start_lsn)
-                    } else {
-                        let oldest = live.iter().map(|(b, _)| b.stop_time).min();
-                        live.iter().any(|(b, d)| Some(b.stop_time) == oldest && d.keep && wal <= b.start_lsn)
+                    // Every point from the window start on; when no backup ends by then, every point from the oldest
+                    // backup's end on (nothing restores an earlier one). Restorable at a point means at later ones.
+                    let oldest = live.iter().map(|(b, _)| b.stop_time).min().unwrap_or(window_start);
+                    let first_point = window_start.max(oldest);
+                    let kept = live.iter().filter(|(_, d)| d.keep).map(|(b, _)| *b);
+                    prop_assert!(
+                        restorable_at(kept, wal, first_point),
+                        "cluster {} window start {} wal {:?}",
+                        cluster,
+                        window_start,
+                        wal
+                    );
+                }
+            }
+
+            #[test]
+            fn pitr_keeps_the_base_and_every_newer_live_backup(policy in arb_policy(), case in arb_case()) {
+                let p = plan(&policy, &case.backups, case.now);
+                let window_start = case.now - TimeDelta::days(policy.pitr_days.into());
+                for (cluster, list) in members(&case, &p) {
+                    let with = |reason: &str| -> BTreeSet<&str> {
+                        list.iter()
+                            .filter(|(_, d)| d.reasons.iter().any(|r| r == reason))
+                            .map(|(b, _)| b.id.as_str())
+                            .collect()
                     };
-                    prop_assert!(restorable, "cluster {} window start {} wal {}", cluster, window_start, wal);
+                    let (bases, in_window) = (with(REASON_PITR_BASE), with(REASON_PITR_WINDOW));
+                    let live: Vec<&BackupInfo> =
+                        list.iter().map(|(b, _)| *b).filter(|b| b.completed && !b.cluster_deprovisioned).collect();
+                    if !policy.pitr_enabled || live.is_empty() {
+                        prop_assert!(bases.is_empty() && in_window.is_empty(), "{}", cluster);
+                        continue;
+                    }
+                    // The base and "newer" in (stop time, stop LSN, id) order, written out here rather than taken
+                    // from the code: the newest backup ending by the window start, else the oldest one.
+                    let key = |b: &BackupInfo| (b.stop_time, b.stop_lsn, b.id.clone());
+                    let base = live
+                        .iter()
+                        .filter(|b| b.stop_time <= window_start)
+                        .max_by_key(|b| key(b))
+                        .or_else(|| live.iter().min_by_key(|b| key(b)))
+                        .expect("live backups");
+                    prop_assert_eq!(&bases, &BTreeSet::from([base.id.as_str()]), "{}", cluster);
+                    let newer: BTreeSet<&str> =
+                        live.iter().filter(|b| key(b) > key(base)).map(|b| b.id.as_str()).collect();
+                    prop_assert_eq!(&in_window, &newer, "{}", cluster);
+                    // They all end inside the window (or after now): one ending by the window start would be the base.
+                    prop_assert!(live.iter().all(|b| !newer.contains(b.id.as_str()) || b.stop_time > window_start));
+                }
+            }
+
+            #[test]
+            fn wal_floor_is_the_start_of_the_newest_backup_ending_by_the_window_start(
+                policy in arb_policy(),
+                case in arb_case(),
+            ) {
+                if !policy.pitr_enabled {
+                    return Ok(());
+                }
+                let p = plan(&policy, &case.backups, case.now);
+                let window_start = case.now - TimeDelta::days(policy.pitr_days.into());
+                for (cluster, list) in members(&case, &p) {
+                    let key = |b: &BackupInfo| (b.stop_time, b.stop_lsn, b.id.clone());
+                    let live: Vec<&BackupInfo> =
+                        list.iter().map(|(b, _)| *b).filter(|b| b.completed && !b.cluster_deprovisioned).collect();
+                    let wal = p.wal_keep_from.get(cluster).copied();
+                    // Never older than needed: exactly that backup's start, so WAL is kept from no earlier point.
+                    if let Some(b) = live.iter().filter(|b| b.stop_time <= window_start).max_by_key(|b| key(b)) {
+                        prop_assert_eq!(wal, Some(b.start_lsn), "{}", cluster);
+                    } else if let Some(oldest) = live.iter().min_by_key(|b| key(b)) {
+                        prop_assert_eq!(wal, Some(oldest.start_lsn), "{}", cluster);
+                    }
+                }
+            }
+
+            #[test]
+            fn a_later_sweep_of_the_survivors_finds_the_same_base(
+                policy in arb_policy(),
+                case in arb_case(),
+                later_minutes in 0i64..60 * 1440,
+            ) {
+                // Sweep now and delete, then plan again later: no backup the later base needs was deleted, so the
+                // base (and WAL floor) is the one the full catalog would give; the base never falls behind.
+                let first = plan(&policy, &case.backups, case.now);
+                let later = case.now + TimeDelta::minutes(later_minutes);
+                let swept = plan(&policy, &survivors(&case, &first), later);
+                let full = plan(&policy, &case.backups, later);
+                for (cluster, list) in members(&case, &first) {
+                    let live = list.iter().any(|(b, _)| b.completed && !b.cluster_deprovisioned);
+                    if policy.pitr_enabled && live {
+                        prop_assert_eq!(swept.wal_keep_from.get(cluster), full.wal_keep_from.get(cluster), "{}", cluster);
+                    }
                 }
             }
 
@@ -1362,7 +1615,7 @@ mod tests {
 
     mod simulation {
         use super::super::*;
-        use super::lsn_at;
+        use super::{lsn_at, restorable_at};
         use chrono::{Days, NaiveDate};
         use std::cell::Cell;
         use std::collections::BTreeSet;
@@ -1507,10 +1760,14 @@ mod tests {
             }
             candidates.sort();
             let window_start = at_time(today, 23, 30) - TimeDelta::days(policy.pitr_days.into());
-            let base = candidates.iter().rev().find(|(t, _)| *t <= window_start).or(candidates.first());
-            let wal = base.map(|(_, id)| start_lsn_of(id));
-            if let Some((_, id)) = base {
-                keep.insert(id.clone());
+            // Times are distinct (03:00 automatic, 15:00 manual), so sorting by time orders them as the planner does.
+            // The base is the last candidate ending by the window start, else the first; it and every candidate
+            // after it in time order are kept.
+            let base =
+                candidates.iter().rposition(|(t, _)| *t <= window_start).or((!candidates.is_empty()).then_some(0));
+            let wal = base.map(|k| start_lsn_of(&candidates[k].1));
+            if let Some(k) = base {
+                keep.extend(candidates[k..].iter().map(|(_, id)| id.clone()));
             }
             (keep, wal)
         }
@@ -1519,6 +1776,8 @@ mod tests {
             catalog: Vec<BackupInfo>,
             /// Longest time between the PITR window start and the base's stop time: WAL kept beyond the window.
             max_base_lag: TimeDelta,
+            /// Longest span of WAL kept, from `wal_keep_from` to the LSN of the retention run.
+            max_wal_span: TimeDelta,
         }
 
         /// Runs `days` days of schedule (automatic at 03:00, manual at 15:00 every 45 days, retention at 23:30).
@@ -1527,6 +1786,7 @@ mod tests {
             let mut agent = Agent { clock: &clock, policy: policy.clone(), catalog: Vec::new() };
             let mut yesterday = BTreeSet::new();
             let mut max_base_lag = TimeDelta::zero();
+            let mut max_wal_span = TimeDelta::zero();
             for n in 0..days {
                 let today = first + Days::new(n);
                 clock.set(at_time(today, 3, 0));
@@ -1548,9 +1808,13 @@ mod tests {
                 for d in p.keeps().filter(|d| d.reasons.iter().any(|r| r == REASON_PITR_BASE)) {
                     max_base_lag = max_base_lag.max(window_start - taken_at(&d.id));
                 }
+                if let Some(wal) = want_wal {
+                    let span = lsn_at(clock.now()) - wal;
+                    max_wal_span = max_wal_span.max(TimeDelta::milliseconds(i64::try_from(span).expect("small")));
+                }
                 yesterday = want;
             }
-            Outcome { catalog: agent.catalog, max_base_lag }
+            Outcome { catalog: agent.catalog, max_base_lag, max_wal_span }
         }
 
         fn first_day() -> NaiveDate {
@@ -1574,8 +1838,12 @@ mod tests {
             assert!(kept.contains("auto-2025-02-28") && !kept.contains("auto-2024-02-29"));
             assert!(kept.contains("auto-2025-10-18") && !kept.contains("auto-2025-10-17"));
             assert_eq!(kept.iter().filter(|id| id.starts_with("manual-")).count(), 17);
-            // The daily backups cover the one-day window, so the base is never older than needed.
-            assert!(out.max_base_lag < TimeDelta::days(1));
+            // The window (from yesterday 23:30) holds only today's backups, which the dailies and the manual rule
+            // keep anyway: PITR keeps nothing extra. The base is yesterday's 03:00 backup, 20:30 before the window
+            // start.
+            assert_eq!(out.max_base_lag, TimeDelta::minutes(20 * 60 + 30));
+            // WAL from yesterday's 02:50 start to the 23:30 run: the window plus 20:40.
+            assert_eq!(out.max_wal_span, TimeDelta::days(1) + TimeDelta::minutes(20 * 60 + 40));
 
             // Deprovision the cluster after a final backup: only manual and final backups remain.
             let mut catalog = out.catalog;
@@ -1607,27 +1875,53 @@ mod tests {
         fn two_years_with_pitr_longer_than_daily() {
             let policy = Policy { daily: 7, monthly: 3, yearly: 2, pitr_days: 10, ..Policy::default() };
             let out = simulate(&policy, first_day(), TWO_YEARS);
-            // Daily backups expire before they reach the window start, so the base waits for a month end or a
-            // manual backup: restorable, but WAL is kept well beyond the window.
-            assert!(out.max_base_lag > TimeDelta::days(20), "{:?}", out.max_base_lag);
+            // Every backup in the window is kept, so the base is the backup of the window start's day: the 03:00
+            // automatic one, 20:30 before the 23:30 window start (or that day's 15:00 manual one, 8:30 before).
+            assert_eq!(out.max_base_lag, TimeDelta::minutes(20 * 60 + 30));
+            // WAL from that backup's 02:50 start: the window plus 20:40, within the bound of the window plus the
+            // longest gap between backups (1 day) plus one backup's duration (10 minutes). The first 10 days, with
+            // the first backup as the fallback base, keep less.
+            assert_eq!(out.max_wal_span, TimeDelta::days(10) + TimeDelta::minutes(20 * 60 + 40));
+            // On the last day (window start 2025-11-06T23:30) the base is 11-06's manual backup and 11-07..=11-16
+            // are in the window: 10 automatic backups (7 of them dailies, 11-16 also monthly and yearly), plus the
+            // October and September month ends, 2024-12-31 (yearly) and 17 manual.
+            let automatic: Vec<&str> =
+                out.catalog.iter().filter(|b| b.kind == Kind::Automatic).map(|b| b.id.as_str()).collect();
+            assert_eq!(automatic.len(), 13);
+            assert!(automatic.contains(&"auto-2025-11-07") && !automatic.contains(&"auto-2025-11-06"));
+            assert_eq!(out.catalog.len(), 13 + 17);
         }
 
         #[test]
         fn two_years_with_default_counts_and_35_days_pitr() {
             let policy = Policy { pitr_days: 35, ..Policy::default() };
             let out = simulate(&policy, first_day(), TWO_YEARS);
-            // 30 daily backups cannot span a 35-day window, so the base is a month end up to ~31 days older than
-            // the window start: WAL is kept for up to ~66 days.
-            assert!(out.max_base_lag > TimeDelta::days(25), "{:?}", out.max_base_lag);
+            // 30 daily backups cannot span a 35-day window, but every backup in the window is kept, so the base is
+            // the backup of the window start's day: 20:30 before the window start, and WAL is kept for the window
+            // plus 20:40.
+            assert_eq!(out.max_base_lag, TimeDelta::minutes(20 * 60 + 30));
+            assert_eq!(out.max_wal_span, TimeDelta::days(35) + TimeDelta::minutes(20 * 60 + 40));
+            // The cost: on the last day (window start 2025-10-12T23:30) the base 10-12 and 10-13..=10-17, beyond the
+            // 30 dailies (10-18..=11-16), are kept too: the 58 backups of the default policy plus 6.
+            let kept = ids(&out.catalog);
+            assert_eq!(kept.len(), 58 + 6);
+            assert!(kept.contains("auto-2025-10-12") && !kept.contains("auto-2025-10-11"));
         }
 
         #[test]
         fn two_years_with_pitr_only() {
             let policy = Policy { daily: 0, monthly: 0, yearly: 0, pitr_days: 3, ..Policy::default() };
             let out = simulate(&policy, first_day(), TWO_YEARS);
-            // Only manual backups ever become the next base, so the base advances every 45 days at best.
-            assert_eq!(out.catalog.iter().filter(|b| b.kind == Kind::Automatic).count(), 0);
-            assert!(out.max_base_lag > TimeDelta::days(40), "{:?}", out.max_base_lag);
+            // Only the base and the backups in the window survive besides the manual ones: on the last day (window
+            // start 2025-11-13T23:30) the base is 11-13's and 11-14..=11-16 are in the window.
+            let automatic: Vec<&str> =
+                out.catalog.iter().filter(|b| b.kind == Kind::Automatic).map(|b| b.id.as_str()).collect();
+            assert_eq!(automatic, ["auto-2025-11-13", "auto-2025-11-14", "auto-2025-11-15", "auto-2025-11-16"]);
+            assert_eq!(out.catalog.len(), 17 + 4);
+            // The base advances every day, so it ends at most 20:30 before the window start and WAL is kept for the
+            // window plus 20:40 (the next-base rule kept 5 days 20:40 here, about twice the window).
+            assert_eq!(out.max_base_lag, TimeDelta::minutes(20 * 60 + 30));
+            assert_eq!(out.max_wal_span, TimeDelta::days(3) + TimeDelta::minutes(20 * 60 + 40));
         }
 
         #[test]
@@ -1636,6 +1930,165 @@ mod tests {
             let out = simulate(&policy, first_day(), TWO_YEARS);
             // 5 daily + October's month end + 17 manual (the yearly pick is today's).
             assert_eq!(out.catalog.len(), 23);
+        }
+
+        /// Time from `wal_keep_from` to `now`: how much WAL a plan keeps (one LSN unit per millisecond).
+        fn wal_span(now: DateTime<Utc>, wal_keep_from: u64) -> TimeDelta {
+            TimeDelta::milliseconds(i64::try_from(lsn_at(now) - wal_keep_from).expect("small span"))
+        }
+
+        /// What [`sweep_daily_backups`] measured.
+        struct Sweeps {
+            /// Longest WAL span after a sweep, from `wal_keep_from` to the sweep.
+            max_span: TimeDelta,
+            /// Longest time between the ends of two consecutive backups.
+            max_gap: TimeDelta,
+            /// How many times the base moved.
+            advances: usize,
+        }
+
+        /// Runs `days` days of one automatic backup a day (10 minutes long, ending at minute `end_minute(n)` of day
+        /// n) with the sweep (plan, then delete what it says) at each of `sweeps` (minutes of the day; a backup
+        /// ending at a sweep minute is recorded first). After every sweep checks that each point of the window is
+        /// restorable from the survivors, that the base is the newest backup *ever taken* that ends by the window
+        /// start (so no earlier sweep deleted a backup the base needed later), and that exactly the base and every
+        /// backup after it survive.
+        fn sweep_daily_backups(policy: &Policy, end_minute: impl Fn(u64) -> u32, sweeps: &[u32], days: u64) -> Sweeps {
+            let first = NaiveDate::from_ymd_opt(2024, 2, 10).expect("date");
+            let clock = SimClock(Cell::new(at_time(first, 0, 0)));
+            let mut agent = Agent { clock: &clock, policy: policy.clone(), catalog: Vec::new() };
+            let mut taken: Vec<(DateTime<Utc>, String)> = Vec::new();
+            let mut out = Sweeps { max_span: TimeDelta::zero(), max_gap: TimeDelta::zero(), advances: 0 };
+            let mut previous_base: Option<String> = None;
+            for n in 0..days {
+                let today = first + Days::new(n);
+                let backup_minute = end_minute(n);
+                let mut events: Vec<u32> = sweeps.to_vec();
+                events.push(backup_minute);
+                events.sort_unstable();
+                events.dedup();
+                for &minute in &events {
+                    clock.set(at_time(today, minute / 60, minute % 60));
+                    let now = clock.now();
+                    if minute == backup_minute {
+                        agent.take_backup(auto_id(today), Kind::Automatic);
+                        if let Some((last, _)) = taken.last() {
+                            out.max_gap = out.max_gap.max(now - *last);
+                        }
+                        taken.push((now, auto_id(today)));
+                    }
+                    if !sweeps.contains(&minute) {
+                        continue;
+                    }
+                    let p = agent.apply_retention();
+                    let Some(&(oldest, _)) = taken.first() else {
+                        assert!(p.wal_keep_from.is_empty(), "{now}: no backup yet");
+                        continue;
+                    };
+                    assert!(p.deletes().all(|d| d.reasons == [REASON_BEYOND_COUNTS]), "{now}");
+                    let wal = p.wal_keep_from.get(CLUSTER).copied();
+                    // Every point of the window after the first backup (nothing restores an earlier one), hour by
+                    // hour and at both ends.
+                    let window_start = now - TimeDelta::days(policy.pitr_days.into());
+                    let mut t = window_start.max(oldest);
+                    while t < now {
+                        assert!(restorable_at(&agent.catalog, wal, t), "{now}: {t} is not restorable");
+                        t += TimeDelta::hours(1);
+                    }
+                    assert!(restorable_at(&agent.catalog, wal, now), "{now}");
+                    out.max_span = out.max_span.max(wal_span(now, wal.expect("a floor, since a backup is kept")));
+
+                    // The base from the full schedule (times are distinct and increasing), else the first backup.
+                    let k = taken.iter().rposition(|(t, _)| *t <= window_start).unwrap_or(0);
+                    let base = taken[k].1.as_str();
+                    let after: Vec<&str> = taken[k + 1..].iter().map(|(_, id)| id.as_str()).collect();
+                    let with = |reason: &str| -> Vec<&str> {
+                        p.keeps().filter(|d| d.reasons.iter().any(|r| r == reason)).map(|d| d.id.as_str()).collect()
+                    };
+                    assert_eq!(with(REASON_PITR_BASE), [base], "{now}");
+                    assert_eq!(with(REASON_PITR_WINDOW), after, "{now}");
+                    let survivors: Vec<&str> = agent.catalog.iter().map(|b| b.id.as_str()).collect();
+                    assert_eq!(survivors[..1], [base], "{now}");
+                    assert_eq!(survivors[1..], after, "{now}");
+                    if previous_base.as_deref().is_some_and(|b| b != base) {
+                        out.advances += 1;
+                    }
+                    previous_base = Some(base.to_string());
+                }
+            }
+            out
+        }
+
+        fn backup_duration() -> TimeDelta {
+            TimeDelta::milliseconds(i64::try_from(WAL_PER_BACKUP).expect("small"))
+        }
+
+        /// The base moves to each day's backup in turn: day 0's is the base until the window start passes day 1's
+        /// backup (on day 1 + pitr_days), and on the last day of 60 the base is day (59 - pitr_days)'s.
+        fn advances_in_60_days(pitr_days: u32) -> usize {
+            59 - usize::try_from(pitr_days).expect("small")
+        }
+
+        #[test]
+        fn pitr_only_keeps_wal_for_the_window_plus_one_backup_interval() {
+            let hourly: Vec<u32> = (0..24).map(|h| h * 60).collect();
+            let every_5_minutes: Vec<u32> = (0..24 * 12).map(|k| k * 5).collect();
+            for pitr_days in [1, 3] {
+                let policy = Policy { daily: 0, monthly: 0, yearly: 0, pitr_days, ..Policy::default() };
+                let window = TimeDelta::days(pitr_days.into());
+                // (sweep minutes, how far beyond the window the longest WAL span reaches, from the base's 02:50 start).
+                let cases: [(&[u32], TimeDelta); 4] = [
+                    // Daily at 23:30: the base is the backup of the window start's day (03:00).
+                    (&[23 * 60 + 30], TimeDelta::hours(20) + TimeDelta::minutes(40)),
+                    // Daily right after the backup: the base ends exactly at the window start.
+                    (&[3 * 60], TimeDelta::minutes(10)),
+                    // Hourly: worst at 02:00, when the window start has not reached the next backup's 03:00 end yet
+                    // and the base is the one a day before it.
+                    (&hourly, TimeDelta::hours(23) + TimeDelta::minutes(10)),
+                    // Every 5 minutes: worst at 02:55, 5 minutes under the bound.
+                    (&every_5_minutes, TimeDelta::hours(24) + TimeDelta::minutes(5)),
+                ];
+                for (sweeps, beyond) in cases {
+                    let out = sweep_daily_backups(&policy, |_| 3 * 60, sweeps, 60);
+                    assert_eq!(out.max_gap, TimeDelta::days(1));
+                    let bound = window + out.max_gap + backup_duration();
+                    let what = format!("pitr_days {pitr_days}, {} sweeps a day", sweeps.len());
+                    assert!(out.max_span <= bound, "{what}: WAL span {:?}", out.max_span);
+                    assert_eq!(out.max_span, window + beyond, "{what}");
+                    // Every backup but the first ends inside the window when first swept and, with daily=0, no count
+                    // keeps it: without the window rule it would be deleted and the base never move.
+                    assert_eq!(out.advances, advances_in_60_days(pitr_days), "{what}");
+                }
+            }
+        }
+
+        /// End of day n's backup: between 02:50 and 03:20, in a 7-day cycle that has 02:50 followed by 03:20 (the
+        /// longest gap, 24:30) and 03:20 followed by 02:50 (the shortest, 23:30), and ends off the 10-minute grid.
+        fn jittered_end_minute(n: u64) -> u32 {
+            const OFFSETS: [u32; 7] = [0, 30, 17, 30, 0, 8, 23];
+            2 * 60 + 50 + OFFSETS[usize::try_from(n % 7).expect("small")]
+        }
+
+        #[test]
+        fn pitr_only_bound_holds_with_jittered_backup_times() {
+            let every_10_minutes: Vec<u32> = (0..24 * 6).map(|k| k * 10).collect();
+            for pitr_days in [1, 3] {
+                let policy = Policy { daily: 0, monthly: 0, yearly: 0, pitr_days, ..Policy::default() };
+                let window = TimeDelta::days(pitr_days.into());
+                let out = sweep_daily_backups(&policy, jittered_end_minute, &every_10_minutes, 60);
+                assert_eq!(out.max_gap, TimeDelta::hours(24) + TimeDelta::minutes(30));
+                let bound = window + out.max_gap + backup_duration();
+                assert!(out.max_span <= bound, "pitr_days {pitr_days}: WAL span {:?}", out.max_span);
+                // Worst: a base ending at 02:50 (started 02:40) and the next backup at 03:20 the day after. The last
+                // sweep before the window start reaches 03:20 is at 03:10, when the WAL reaches back to 02:40:
+                // window + 24:30, 10 minutes under the bound.
+                assert_eq!(
+                    out.max_span,
+                    window + TimeDelta::hours(24) + TimeDelta::minutes(30),
+                    "pitr_days {pitr_days}"
+                );
+                assert_eq!(out.advances, advances_in_60_days(pitr_days), "pitr_days {pitr_days}");
+            }
         }
     }
 }
