@@ -455,3 +455,23 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     assert_eq!(r, "1500|1", "restored to the target: rows after the backup present, the later DELETE absent");
     assert_eq!(pg.sql("SELECT count(*) FROM orders"), "1400", "the source is untouched");
 }
+
+#[tokio::test]
+async fn identity_comes_from_imdsv2_unless_configured() {
+    aws_env();
+    let imds = common::imds_server(&[
+        ("/latest/meta-data/instance-id", "i-0fedcba9876543210"),
+        ("/latest/meta-data/placement/availability-zone", "eu-central-1b"),
+        ("/latest/meta-data/placement/region", "eu-central-1"),
+    ]);
+    // Only this test in this binary asks IMDS: the others configure ebs.instance_id.
+    std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{imds}"));
+    let got = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap();
+    assert_eq!(got, ("i-0fedcba9876543210".to_string(), "eu-central-1".to_string(), "eu-central-1b".to_string()));
+    let got = tidemark::snapshot::ec2::identity(Some("i-0abc"), None, Some("eu-central-1c")).await.unwrap();
+    assert_eq!(got, ("i-0abc".to_string(), "eu-central-1".to_string(), "eu-central-1c".to_string()));
+    // Not on EC2: the error says which settings replace IMDS.
+    std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{}", common::free_port()));
+    let e = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap_err();
+    assert!(format!("{e:#}").contains("set ebs.instance_id, ebs.region and ebs.availability_zone"), "{e:#}");
+}

@@ -733,3 +733,31 @@ fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>)
     c.write_all(rtext.as_bytes())?;
     Ok(())
 }
+
+/// A loopback IMDSv2 endpoint (token, then metadata paths), for the real IMDS client.
+pub fn imds_server(values: &'static [(&'static str, &'static str)]) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            use std::io::Write;
+            let Ok((head, _)) = read_http(&mut c, false) else { continue };
+            let line = head.lines().next().unwrap_or_default().to_string();
+            let has_token = head.to_ascii_lowercase().contains("x-aws-ec2-metadata-token: tok");
+            let (status, body) = if line.starts_with("PUT /latest/api/token") {
+                ("200 OK\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600", "tok".to_string())
+            } else if let Some((_, v)) = values.iter().find(|(p, _)| line.starts_with(&format!("GET {p} "))) {
+                if has_token {
+                    ("200 OK", v.to_string())
+                } else {
+                    ("401 Unauthorized", String::new())
+                }
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = c.write_all(with_headers(&format!("HTTP/1.1 {status}\r\n"), body.len()).as_bytes());
+            let _ = c.write_all(body.as_bytes());
+        }
+    });
+    port
+}
