@@ -12,6 +12,7 @@
 #            (tidemark prefetch vs pgBackRest async archive-get)
 #   backup / restore   of a pgbench database of about $SCALE*15 MB
 #            (tidemark files provider vs pgbackrest --type=full / restore)
+#   S3=1 (default) repeats archive and fetch against one local moto S3 server (TLS).
 # Prints one markdown table and writes it to benches/RESULTS.md.
 # Runs as root; PostgreSQL and both tools run as the postgres user.
 set -euo pipefail
@@ -118,6 +119,14 @@ peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/
 tmw=$BENCH/tm
 rm -rf "$tmw"; mkdir -p "$tmw"; chown postgres:postgres "$tmw"
 as_pg "$TM" keygen --out "$tmw/keyring" >/dev/null
+# Repository settings for tidemark: a directory, or (REPO_MODE=s3) a prefix in the bench bucket.
+repo_block() {
+  if [ "${REPO_MODE:-fs}" = s3 ]; then
+    printf 'url = "s3://tmbench%s"\nregion = "us-east-1"\nendpoint = "%s"\n' "$1" "$S3_ENDPOINT"
+  else
+    printf 'url = "file://%s"\n' "$1"
+  fi
+}
 tm_conf() { # data_dir repo
   cat > "$tmw/tidemark.toml" <<EOF
 cluster = "bench"
@@ -126,7 +135,7 @@ data_dir = "$1"
 conninfo = "host=$BENCH port=$port user=postgres dbname=postgres"
 bin_dir = "$PGBIN"
 [repository]
-url = "file://$2"
+$(repo_block "$2")
 [encryption]
 keyring = "$tmw/keyring"
 [archive]
@@ -148,10 +157,17 @@ EOF
 # ---------------------------------------------------------------- pgBackRest setup
 pbw=$BENCH/pgbr
 rm -rf "$pbw"; mkdir -p "$pbw/repo" "$pbw/spool" "$pbw/log" "$pbw/lock"; chown -R postgres:postgres "$pbw"
+pb_repo_block() {
+  if [ "${REPO_MODE:-fs}" = s3 ]; then
+    printf 'repo1-type=s3\nrepo1-path=/repo%s\nrepo1-s3-bucket=pbbench\nrepo1-s3-endpoint=127.0.0.1\nrepo1-storage-port=%s\nrepo1-s3-region=us-east-1\nrepo1-s3-key=testing\nrepo1-s3-key-secret=testing\nrepo1-s3-uri-style=path\nrepo1-storage-ca-file=%s\n' "${PB_REPO_N:-0}" "$S3_PORT" "$S3_CERT"
+  else
+    printf 'repo1-path=%s\n' "$pbw/repo"
+  fi
+}
 pb_conf() { # data_dir
   cat > "$pbw/pgbackrest.conf" <<EOF
 [global]
-repo1-path=$pbw/repo
+$(pb_repo_block)
 repo1-cipher-type=aes-256-cbc
 repo1-cipher-pass=$CIPHER_PASS
 compress-type=zst
@@ -179,10 +195,18 @@ results=()
 row() { results+=("| $1 | $2 | $3 | $4 | $5 |"); }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 
+say "ceiling: zstd-3 + AES-256-GCM in memory on all cores"
+ceiling=$(BENCH_CORPUS=$BENCH/corpus cargo bench -q --bench ceiling 2>/dev/null | awk '/ceiling_mb_s/ {print $2}')
+
+# The archive and fetch legs, on the repository medium REPO_MODE selects; $1 tags the rows.
+legs() {
+local tag=$1
+rm -rf "${pbw:?}/spool"/*
 # ---------------------------------------------------------------- archive
 say "archive: tidemark (daemon read-ahead, $WORKERS workers)"
 fake_datadir "$BENCH/arch-tm"
 rm -rf "$tmw/repo"; tm_conf "$BENCH/arch-tm" "$tmw/repo"
+PB_REPO_N=1
 runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" daemon 2>"$tmw/daemon.log" &
 dpid=$!
 until [ -S "$tmw/tidemark.sock" ]; do sleep 0.05; done
@@ -218,6 +242,7 @@ read -r _ tmr_p50 tmr_p99 < <(stats "$BENCH/tm-archive-ready.us")
 fake_datadir "$BENCH/arch-pb2"
 pb_conf "$BENCH/arch-pb2"
 rm -rf "$pbw/spool"/* "$pbw/repo"; mkdir -p "$pbw/repo"; chown postgres:postgres "$pbw/repo"
+PB_REPO_N=2
 start_src_for_stanza() { pb_conf "$src"; start_src; as_pg $PB stanza-create >/dev/null; stop_src; pb_conf "$BENCH/arch-pb2"; }
 start_src_for_stanza
 # The first call starts the async pusher for every .ready file; wait until it acknowledged all.
@@ -226,16 +251,14 @@ until [ "$(ls "$pbw/spool/archive/bench/out" 2>/dev/null | grep -c '\.ok$')" -ge
 for s in "${segs[@]}"; do echo "$PB archive-push $BENCH/arch-pb2/pg_wal/$s"; done | time_calls "$BENCH/arch-pb2" > "$BENCH/pb-archive-ready.us"
 read -r _ pbr_p50 pbr_p99 < <(stats "$BENCH/pb-archive-ready.us")
 
-say "ceiling: zstd-3 + AES-256-GCM in memory on all cores"
-ceiling=$(BENCH_CORPUS=$BENCH/corpus cargo bench -q --bench ceiling 2>/dev/null | awk '/ceiling_mb_s/ {print $2}')
 
-row "archive MB/s ($SEGMENTS segments)" "$tm_arch_mbs" "$pb_arch_mbs" "$(ratio "$tm_arch_mbs" "$pb_arch_mbs")" "$ceiling"
-row "archive_command p50 / p99 ms" "$tm_p50 / $tm_p99" "$pb_p50 / $pb_p99" "$(ratio "$pb_p50" "$tm_p50") (p50)" ""
-row "archive_command p50 / p99 ms, already pushed" "$tmr_p50 / $tmr_p99" "$pbr_p50 / $pbr_p99" "$(ratio "$pbr_p50" "$tmr_p50") (p50)" ""
-row "archive daemon peak RSS MiB" "$tm_rss" "" "" ""
+row "archive MB/s ($SEGMENTS segments)$tag" "$tm_arch_mbs" "$pb_arch_mbs" "$(ratio "$tm_arch_mbs" "$pb_arch_mbs")" "$ceiling"
+row "archive_command p50 / p99 ms$tag" "$tm_p50 / $tm_p99" "$pb_p50 / $pb_p99" "$(ratio "$pb_p50" "$tm_p50") (p50)" ""
+row "archive_command p50 / p99 ms, already pushed$tag" "$tmr_p50 / $tmr_p99" "$pbr_p50 / $pbr_p99" "$(ratio "$pbr_p50" "$tmr_p50") (p50)" ""
+row "archive daemon peak RSS MiB$tag" "$tm_rss" "" "" ""
 
 # ---------------------------------------------------------------- fetch
-say "fetch: tidemark (prefetch)"
+say "fetch$tag: tidemark (prefetch)"
 fdir=$BENCH/fetch; rm -rf "$fdir"; mkdir -p "$fdir"; chown postgres:postgres "$fdir"
 rm -rf "$tmw/spool"
 t0=$(date +%s%N)
@@ -251,8 +274,39 @@ for s in "${segs[@]}"; do echo "$PB archive-get $s $fdir/RECOVERYXLOG"; done | t
 t1=$(date +%s%N)
 read -r _ pbf_p50 pbf_p99 < <(stats "$BENCH/pb-fetch.us")
 pb_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
-row "fetch MB/s ($SEGMENTS segments, serial calls)" "$tm_fetch_mbs" "$pb_fetch_mbs" "$(ratio "$tm_fetch_mbs" "$pb_fetch_mbs")" ""
-row "restore_command p50 / p99 ms" "$tmf_p50 / $tmf_p99" "$pbf_p50 / $pbf_p99" "$(ratio "$pbf_p50" "$tmf_p50") (p50)" ""
+row "fetch MB/s ($SEGMENTS segments, serial calls)$tag" "$tm_fetch_mbs" "$pb_fetch_mbs" "$(ratio "$tm_fetch_mbs" "$pb_fetch_mbs")" ""
+row "restore_command p50 / p99 ms$tag" "$tmf_p50 / $tmf_p99" "$pbf_p50 / $pbf_p99" "$(ratio "$pbf_p50" "$tmf_p50") (p50)" ""
+
+}
+
+REPO_MODE=fs legs ""
+if [ "${S3:-1}" = 1 ]; then
+  # The same local S3 server (moto, on loopback, over TLS since pgBackRest speaks only
+  # HTTPS to S3) for both tools; one bucket each.
+  say "S3 leg: moto over TLS on loopback"
+  # A CA and a leaf for 127.0.0.1 (webpki refuses a self-signed CA as the server's cert).
+  S3_CERT=$BENCH/s3-ca.pem
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$BENCH/s3-ca.key" -out "$S3_CERT" -days 2 -subj /CN=bench-ca 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -keyout "$BENCH/s3-key.pem" -out "$BENCH/s3.csr" -subj /CN=127.0.0.1 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > "$BENCH/s3-ext.cnf"
+  openssl x509 -req -in "$BENCH/s3.csr" -CA "$S3_CERT" -CAkey "$BENCH/s3-ca.key" -CAcreateserial \
+    -out "$BENCH/s3-cert.pem" -days 2 -extfile "$BENCH/s3-ext.cnf" 2>/dev/null
+  chmod 644 "$S3_CERT" "$BENCH/s3-cert.pem" "$BENCH/s3-key.pem"
+  S3_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  S3_ENDPOINT=https://127.0.0.1:$S3_PORT
+  MOTO=${TEST_MOTO_SERVER:-$root/target/test-venv/bin/moto_server}
+  if [ ! -x "$MOTO" ]; then
+    python3 -m venv "$root/target/test-venv"
+    "$root/target/test-venv/bin/pip" install -q "moto[server]>=5,<6"
+  fi
+  "$MOTO" -H 127.0.0.1 -p "$S3_PORT" -c "$BENCH/s3-cert.pem" -k "$BENCH/s3-key.pem" >/dev/null 2>&1 &
+  moto_pid=$!
+  until curl -s --cacert "$S3_CERT" "$S3_ENDPOINT" >/dev/null; do sleep 0.2; done
+  for b in tmbench pbbench; do curl -s --cacert "$S3_CERT" -X PUT "$S3_ENDPOINT/$b" >/dev/null; done
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true SSL_CERT_FILE=$S3_CERT
+  REPO_MODE=s3 legs " [S3]"
+  kill $moto_pid; wait $moto_pid 2>/dev/null || true
+fi
 
 # ---------------------------------------------------------------- backup and restore
 if [ "${SKIP_BACKUP:-0}" != 1 ]; then
@@ -292,7 +346,7 @@ fi
   echo "# Benchmarks: tidemark vs pgBackRest $(pgbackrest version | awk '{print $2}')"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)."
-  echo "zstd-3 and encryption for both; fs repository; $WORKERS workers = process-max $WORKERS; corpus $SEGMENTS segments ($corpus_mb MiB) of pgbench WAL."
+  echo "zstd-3 and encryption for both; fs repository (rows marked [S3]: moto on loopback over TLS); $WORKERS workers = process-max $WORKERS; corpus $SEGMENTS segments ($corpus_mb MiB) of pgbench WAL."
   echo "Ratio = tidemark / pgBackRest for throughput, pgBackRest / tidemark for latency (above 1 means tidemark is better)."
   echo "Ceiling = zstd-3 + AES-256-GCM of the corpus in memory on all cores."
   echo
