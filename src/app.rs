@@ -401,6 +401,7 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
 
 /// `wal-fetch`: exit 1 when the file is not archived.
 async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
+    let began = std::time::Instant::now();
     let repo = Repository::open(cfg).await?;
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
     let seg_size = cached_segment_size(&repo, &spool).await?;
@@ -412,6 +413,11 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
     }
     if cfg.fetch.prefetch > 0 && crate::wal::name::WalFile::parse(name, seg_size).is_ok_and(|f| f.is_segment()) {
         start_prefetcher(cli, name);
+    }
+    // Best effort: a local daemon keeps the fetch latency histogram; none is fine.
+    if cfg.daemon.socket.exists() {
+        let timing = Request::FetchTiming { seconds: began.elapsed().as_secs_f64() };
+        let _ = control::call(&cfg.daemon.socket, &timing, Duration::from_millis(200)).await;
     }
     Ok(0)
 }

@@ -163,6 +163,12 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
     assert!(body.contains("tidemark_archiver_requests_total{path=\"read_ahead\"} 3\n"), "{body}");
     assert!(body.contains("tidemark_wal_push_seconds_count 3\n"), "{body}");
     assert!(body.contains("tidemark_wal_bytes_shipped_total 50331648\n"), "{body}");
+    // A wal-fetch reports its latency to the running daemon.
+    let dest = tm.dir.path().join("fetched");
+    let o = tm.cmd_as_postgres(&["wal-fetch", names[0], dest.to_str().unwrap()]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let fetches = tm.daemon_stats()["fetch_seconds"]["count"].as_u64();
+    assert_eq!(fetches, Some(1), "{}", tm.daemon_stats());
     // Without a daemon the same call pushes directly and finds the segment already archived.
     tm.stop_daemon();
     let o = tm

@@ -20,6 +20,11 @@ pub enum Request {
     },
     /// Counters and state.
     Stats,
+    /// A `wal-fetch` reports how long it took (for the fetch latency histogram).
+    FetchTiming {
+        /// Seconds from start to the file in place.
+        seconds: f64,
+    },
 }
 
 /// The daemon's counters.
@@ -49,6 +54,9 @@ pub struct Stats {
     /// Push durations.
     #[serde(default)]
     pub push_seconds: Histogram,
+    /// `wal-fetch` durations reported by the fetching processes.
+    #[serde(default)]
+    pub fetch_seconds: Histogram,
 }
 
 /// Upper bounds (seconds) of the push latency histogram buckets.
@@ -92,6 +100,8 @@ pub enum Response {
     },
     /// Counters.
     Stats(Stats),
+    /// Noted (fetch timings).
+    Noted,
     /// The request failed.
     Error {
         /// What went wrong and what to do.

@@ -35,18 +35,24 @@ pub fn render(s: &Stats) -> String {
         o,
         "# HELP tidemark_wal_last_archived_timestamp_seconds When the last WAL file was archived.\n# TYPE tidemark_wal_last_archived_timestamp_seconds gauge\ntidemark_wal_last_archived_timestamp_seconds {last}"
     );
-    let h = &s.push_seconds;
-    let _ = writeln!(
-        o,
-        "# HELP tidemark_wal_push_seconds Time to push one WAL file.\n# TYPE tidemark_wal_push_seconds histogram"
+    histogram(&mut o, "tidemark_wal_push_seconds", "Time to push one WAL file.", &s.push_seconds);
+    histogram(
+        &mut o,
+        "tidemark_wal_fetch_seconds",
+        "Time wal-fetch took to put one WAL file in place.",
+        &s.fetch_seconds,
     );
+    o
+}
+
+fn histogram(o: &mut String, name: &str, help: &str, h: &crate::daemon::control::Histogram) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
     let mut cum = 0;
     for (i, b) in PUSH_BUCKETS.iter().enumerate() {
         cum += h.buckets.get(i).copied().unwrap_or(0);
-        let _ = writeln!(o, "tidemark_wal_push_seconds_bucket{{le=\"{b}\"}} {cum}");
+        let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cum}");
     }
-    let _ = writeln!(o, "tidemark_wal_push_seconds_bucket{{le=\"+Inf\"}} {}\ntidemark_wal_push_seconds_sum {}\ntidemark_wal_push_seconds_count {}", h.count, h.sum, h.count);
-    o
+    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}", h.count, h.sum, h.count);
 }
 
 /// Serves `/metrics` (any path) until the task is dropped.
@@ -78,6 +84,7 @@ mod tests {
         let text = render(&s);
         assert!(text.contains("tidemark_wal_stored_total 3\n"));
         assert!(text.contains("tidemark_wal_push_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("tidemark_wal_fetch_seconds_count 0\n"), "{text}");
         assert!(text.contains("tidemark_wal_push_seconds_bucket{le=\"0.5\"} 2\n"));
         assert!(text.contains("tidemark_wal_push_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("tidemark_wal_push_seconds_count 2\n"));

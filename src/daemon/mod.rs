@@ -50,6 +50,10 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>) {
             Err(message) => Response::Error { message },
         },
         Ok(Request::Stats) => Response::Stats(ra.stats()),
+        Ok(Request::FetchTiming { seconds }) => {
+            ra.record_fetch(seconds);
+            Response::Noted
+        }
         Err(e) => Response::Error { message: format!("bad request: {e}") },
     };
     if let Ok(mut out) = serde_json::to_string(&resp) {

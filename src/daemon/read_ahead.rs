@@ -70,6 +70,11 @@ impl ReadAhead {
         }
     }
 
+    /// Records a `wal-fetch` duration.
+    pub fn record_fetch(&self, seconds: f64) {
+        lock(&self.state).stats.fetch_seconds.observe(seconds);
+    }
+
     /// Current counters.
     pub fn stats(&self) -> Stats {
         lock(&self.state).stats.clone()
