@@ -5,6 +5,7 @@
 //! `daemon` (the agent). See DESIGN.md.
 
 pub mod app;
+pub mod aws;
 pub mod backup;
 pub mod catalog;
 pub mod cli;

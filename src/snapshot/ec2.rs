@@ -4,9 +4,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     Filter, InstanceSpecification, ResourceType, SnapshotState, Tag, TagSpecification, VolumeAttachmentState,
@@ -151,22 +148,7 @@ fn tags_of(tags: &[Tag]) -> Vec<(String, String)> {
 impl Ec2 {
     /// Builds a client for `region` from the default credential chain.
     pub async fn new(region: &str, endpoint: Option<&str>) -> Ec2 {
-        let shared = aws_config::defaults(BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_string()))
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(8)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(10)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(60))
-                    .build(),
-            )
-            .load()
-            .await;
+        let shared = crate::aws::sdk_config(Some(region), 8, Duration::from_secs(10), Duration::from_secs(60)).await;
         let mut b = aws_sdk_ec2::config::Builder::from(&shared);
         if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);

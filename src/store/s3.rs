@@ -4,9 +4,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_config::BehaviorVersion;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -32,23 +29,8 @@ pub struct S3Store {
 impl S3Store {
     /// Builds a client from the default credential chain plus the given overrides.
     pub async fn new(bucket: &str, prefix: &str, opts: &StoreOptions) -> S3Store {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(
-                RetryConfig::standard()
-                    .with_max_attempts(5)
-                    .with_initial_backoff(Duration::from_millis(200))
-                    .with_max_backoff(Duration::from_secs(5)),
-            )
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(120))
-                    .build(),
-            );
-        if let Some(region) = &opts.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
+        let shared =
+            crate::aws::sdk_config(opts.region.as_deref(), 5, Duration::from_secs(5), Duration::from_secs(120)).await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared);
         if shared.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
