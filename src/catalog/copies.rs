@@ -99,6 +99,9 @@ pub async fn sync(cfg: &Config, src: &Repository, dst: &Repository, region: &str
     Ok(out)
 }
 
+/// Tag on a snapshot copy naming the snapshot it was copied from.
+const SOURCE_TAG: &str = "tidemark:source-snapshot";
+
 async fn copy_snapshots(
     cfg: &Config,
     m: &Manifest,
@@ -114,18 +117,15 @@ async fn copy_snapshots(
     let mut new_refs = refs.clone();
     new_refs.region = region.to_string();
     new_refs.availability_zone = String::new();
+    // Copies left by an interrupted sync are reused rather than made twice.
+    let earlier = ec2.tagged_snapshots(&[(ec2::TAG_BACKUP, &m.id), (ec2::TAG_CLUSTER, &m.cluster)]).await?;
     for v in new_refs.volumes.iter_mut() {
-        // A copy left by an interrupted sync is reused rather than made twice.
-        let existing = ec2
-            .tagged_snapshots(&[(ec2::TAG_BACKUP, &m.id), (ec2::TAG_CLUSTER, &m.cluster)])
-            .await?
-            .into_iter()
-            .find(|s| s.tags.iter().any(|(k, val)| k == "tidemark:source-snapshot" && *val == v.snapshot_id));
+        let existing = earlier.iter().find(|s| s.tags.iter().any(|(k, val)| k == SOURCE_TAG && *val == v.snapshot_id));
         let id = match existing {
-            Some(s) => s.id,
+            Some(s) => s.id.clone(),
             None => {
                 let mut t = tags.clone();
-                t.push(("tidemark:source-snapshot".into(), v.snapshot_id.clone()));
+                t.push((SOURCE_TAG.into(), v.snapshot_id.clone()));
                 // KMS keys are regional: the source's key cannot encrypt here.
                 ec2.copy_snapshot_from(&refs.region, &v.snapshot_id, kms, &t).await?
             }
