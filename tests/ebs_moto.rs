@@ -348,9 +348,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     pg.sql("CREATE TABLE orders (id int primary key, note text); INSERT INTO orders SELECT g, 'before backup' FROM generate_series(1, 1000) g;");
     // The archiver (postgres) creates the WAL directories before this root test process
     // writes anything into the fs repository.
-    let first = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("SELECT pg_switch_wal()");
-    pg.wait_archived(&first, Duration::from_secs(60));
+    pg.switch_wal_archived(Duration::from_secs(60));
 
     let cfg = tidemark::config::Config::load(Some(&t.config)).unwrap();
     let repo = tidemark::repo::Repository::open(&cfg).await.unwrap();
@@ -411,14 +409,9 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     tidemark::catalog::policy::save(&repo, &Default::default()).await.unwrap();
 
     pg.sql("INSERT INTO orders SELECT g, 'after backup' FROM generate_series(1001, 1500) g;");
-    let target = pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
-    common::wait_for("the clock to move past the target", Duration::from_secs(5), || {
-        pg.sql(&format!("SELECT clock_timestamp() > '{target}'::timestamptz")) == "t"
-    });
+    let target = pg.time_mark();
     pg.sql("DELETE FROM orders WHERE id <= 100;");
-    let seg = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("SELECT pg_switch_wal()");
-    pg.wait_archived(&seg, Duration::from_secs(60));
+    pg.switch_wal_archived(Duration::from_secs(60));
 
     let host = ImageHost { ec2: ec2.clone(), images, mounted: Mutex::new(Vec::new()) };
     let target_dir = work.path().join("restored");

@@ -39,14 +39,9 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
     assert!(second.status.success(), "{}", text(&second));
     let b2: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     pg.sql("INSERT INTO orders SELECT g, 'second' FROM generate_series(501, 800) g;");
-    let target = pg.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
-    common::wait_for("the clock to pass the target", Duration::from_secs(5), || {
-        pg.sql(&format!("SELECT clock_timestamp() > '{target}'::timestamptz")) == "t"
-    });
+    let target = pg.time_mark();
     pg.sql("DROP TABLE orders;");
-    let seg = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("SELECT pg_switch_wal()");
-    pg.wait_archived(&seg, Duration::from_secs(60));
+    pg.switch_wal_archived(Duration::from_secs(60));
 
     let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
     let repo = tidemark::repo::Repository::open(&cfg).await.unwrap();

@@ -94,12 +94,10 @@ fn scenario(url: &str, endpoint: Option<String>) {
         let lo = 1001 + batch * 100;
         pg.sql(&format!("insert into t select g, md5(g::text) from generate_series({lo}, {}) g", lo + 99));
         sums.push(pg.sql(CHECKSUM));
-        marks.push(pg.sql("select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"));
+        marks.push(pg.now_utc());
         pg.sql("select pg_sleep(0.05)");
     }
-    let seg = pg.sql("select pg_walfile_name(pg_current_wal_lsn())");
-    pg.sql("select pg_switch_wal()");
-    pg.wait_archived(&seg, Duration::from_secs(120));
+    pg.switch_wal_archived(Duration::from_secs(120));
 
     // The window covers t2.
     let o = tm.cmd(&["window", "--output", "json"]).output().unwrap();

@@ -297,6 +297,28 @@ impl Pg {
         psql(&self.sock, self.port, sql)
     }
 
+    /// The server's clock now, as RFC 3339 UTC with microseconds (a recovery target).
+    pub fn now_utc(&self) -> String {
+        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
+    /// A recovery target between what committed before and what commits after: the clock
+    /// now, returned once the server's clock has moved past it.
+    pub fn time_mark(&self) -> String {
+        let t = self.now_utc();
+        wait_for("the server clock to pass the mark", Duration::from_secs(5), || {
+            self.sql(&format!("SELECT clock_timestamp() > '{t}'::timestamptz")) == "t"
+        });
+        t
+    }
+
+    /// Closes the current WAL segment and waits until it is archived.
+    pub fn switch_wal_archived(&self, limit: Duration) {
+        let seg = self.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.sql("SELECT pg_switch_wal()");
+        self.wait_archived(&seg, limit);
+    }
+
     /// Runs pgbench with `args`.
     pub fn pgbench(&self, args: &[&str]) {
         run_ok(
