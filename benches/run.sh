@@ -206,7 +206,6 @@ rm -rf "${pbw:?}/spool"/*
 say "archive: tidemark (daemon read-ahead, $WORKERS workers)"
 fake_datadir "$BENCH/arch-tm"
 rm -rf "$tmw/repo"; tm_conf "$BENCH/arch-tm" "$tmw/repo"
-PB_REPO_N=1
 runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" daemon 2>"$tmw/daemon.log" &
 dpid=$!
 until [ -S "$tmw/tidemark.sock" ]; do sleep 0.05; done
@@ -220,9 +219,10 @@ tm_arch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 
 say "archive: pgBackRest (archive-async, process-max $WORKERS)"
 fake_datadir "$BENCH/arch-pb"
-pb_conf "$BENCH/arch-pb"
-start_src_for_stanza() { pb_conf "$src"; start_src; as_pg $PB stanza-create >/dev/null; stop_src; pb_conf "$BENCH/arch-pb"; }
-start_src_for_stanza
+PB_REPO_N=1
+# stanza-create needs the source cluster running; then point pgBackRest at data dir $1.
+pb_stanza_for() { pb_conf "$src"; start_src; as_pg $PB stanza-create >/dev/null; stop_src; pb_conf "$1"; }
+pb_stanza_for "$BENCH/arch-pb"
 t0=$(date +%s%N)
 for s in "${segs[@]}"; do echo "$PB archive-push $BENCH/arch-pb/pg_wal/$s"; done | time_calls "$BENCH/arch-pb" > "$BENCH/pb-archive.us"
 t1=$(date +%s%N)
@@ -240,11 +240,9 @@ for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-push pg_wal/
 kill $dpid; wait $dpid 2>/dev/null || true
 read -r _ tmr_p50 tmr_p99 < <(stats "$BENCH/tm-archive-ready.us")
 fake_datadir "$BENCH/arch-pb2"
-pb_conf "$BENCH/arch-pb2"
 rm -rf "$pbw/spool"/* "$pbw/repo"; mkdir -p "$pbw/repo"; chown postgres:postgres "$pbw/repo"
 PB_REPO_N=2
-start_src_for_stanza() { pb_conf "$src"; start_src; as_pg $PB stanza-create >/dev/null; stop_src; pb_conf "$BENCH/arch-pb2"; }
-start_src_for_stanza
+pb_stanza_for "$BENCH/arch-pb2"
 # The first call starts the async pusher for every .ready file; wait until it acknowledged all.
 (cd "$BENCH/arch-pb2" && as_pg $PB archive-push "$BENCH/arch-pb2/pg_wal/${segs[0]}" >/dev/null)
 until [ "$(ls "$pbw/spool/archive/bench/out" 2>/dev/null | grep -c '\.ok$')" -ge "$SEGMENTS" ]; do sleep 0.2; done
