@@ -88,18 +88,24 @@ fake_datadir() {
   chmod 700 "$d"
 }
 
-# Times each command line of stdin (run as postgres, from $1); prints one duration (us) per line.
+# Times each command line of stdin the way PostgreSQL's archiver and startup process run
+# archive_command / restore_command: as postgres, in directory $1, through `/bin/sh -c`.
+# Prints one duration (us) per line. One setpriv starts the timer; no per-call wrapper.
+cat > "$BENCH/time_calls.py" <<'EOF'
+import subprocess, sys, time
+for line in sys.stdin:
+    line = line.strip()
+    t0 = time.perf_counter_ns()
+    rc = subprocess.call(["/bin/sh", "-c", line], cwd=sys.argv[1], stdout=subprocess.DEVNULL)
+    t1 = time.perf_counter_ns()
+    if rc != 0:
+        print(f"FAILED ({rc}): {line}", file=sys.stderr)
+        sys.exit(1)
+    print((t1 - t0) // 1000, flush=True)
+EOF
 time_calls() {
-  local dir=$1
-  while read -r line; do
-    local t0 t1
-    t0=$(date +%s%N)
-    # setpriv, not runuser or a shell: no PAM session or shell start-up inside the measured call.
-    # shellcheck disable=SC2086
-    (cd "$dir" && exec setpriv --reuid postgres --regid postgres --init-groups $line) >/dev/null 2>>"$BENCH/errors.log" || { echo "FAILED: $line" >&2; exit 1; }
-    t1=$(date +%s%N)
-    echo $(((t1 - t0) / 1000))
-  done
+  setpriv --reuid postgres --regid postgres --init-groups python3 "$BENCH/time_calls.py" "$1" 2>>"$BENCH/errors.log" ||
+    { echo "a timed call failed: see $BENCH/errors.log" >&2; tail -3 "$BENCH/errors.log" >&2; exit 1; }
 }
 
 stats() { # file of microseconds -> "total_s p50_ms p99_ms"
@@ -127,7 +133,7 @@ repo_block() {
     printf 'url = "file://%s"\n' "$1"
   fi
 }
-tm_conf() { # data_dir repo
+tm_conf() { # data_dir repo [archive workers]
   cat > "$tmw/tidemark.toml" <<EOF
 cluster = "bench"
 [postgres]
@@ -140,7 +146,7 @@ $(repo_block "$2")
 keyring = "$tmw/keyring"
 [archive]
 compression_level = 3
-workers = $WORKERS
+workers = ${3:-$WORKERS}
 [fetch]
 prefetch = $((WORKERS * 4))
 spool_dir = "$tmw/spool"
@@ -231,11 +237,13 @@ pb_arch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 
 say "archive_command latency once read-ahead has pushed everything"
 fake_datadir "$BENCH/arch-tm2"
-rm -rf "$tmw/repo2"; tm_conf "$BENCH/arch-tm2" "$tmw/repo2"
+# This daemon runs 8 workers: the memory target is set for 8.
+rm -rf "$tmw/repo2"; tm_conf "$BENCH/arch-tm2" "$tmw/repo2" 8
 runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" daemon 2>"$tmw/daemon2.log" &
 dpid=$!
 until [ -S "$tmw/tidemark.sock" ]; do sleep 0.05; done
 until [ "$("$TM" --config "$tmw/tidemark.toml" daemon-stats 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["stored"])' 2>/dev/null)" = "$SEGMENTS" ]; do sleep 0.2; done
+tm_rss8=$(peak_rss_mb "$(pgrep -P $dpid -f 'tidemark.*daemon' || echo $dpid)")
 for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-push pg_wal/$s"; done | time_calls "$BENCH/arch-tm2" > "$BENCH/tm-archive-ready.us"
 kill $dpid; wait $dpid 2>/dev/null || true
 read -r _ tmr_p50 tmr_p99 < <(stats "$BENCH/tm-archive-ready.us")
@@ -253,7 +261,7 @@ read -r _ pbr_p50 pbr_p99 < <(stats "$BENCH/pb-archive-ready.us")
 row "archive MB/s ($SEGMENTS segments)$tag" "$tm_arch_mbs" "$pb_arch_mbs" "$(ratio "$tm_arch_mbs" "$pb_arch_mbs")" "$ceiling"
 row "archive_command p50 / p99 ms$tag" "$tm_p50 / $tm_p99" "$pb_p50 / $pb_p99" "$(ratio "$pb_p50" "$tm_p50") (p50)" ""
 row "archive_command p50 / p99 ms, already pushed$tag" "$tmr_p50 / $tmr_p99" "$pbr_p50 / $pbr_p99" "$(ratio "$pbr_p50" "$tmr_p50") (p50)" ""
-row "archive daemon peak RSS MiB$tag" "$tm_rss" "" "" ""
+row "archive daemon peak RSS MiB, $WORKERS / 8 workers$tag" "$tm_rss / $tm_rss8" "" "" ""
 
 # ---------------------------------------------------------------- fetch
 say "fetch$tag: tidemark (prefetch)"

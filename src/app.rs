@@ -402,17 +402,25 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
 /// `wal-fetch`: exit 1 when the file is not archived.
 async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
     let began = std::time::Instant::now();
-    let repo = Repository::open(cfg).await?;
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
-    let seg_size = cached_segment_size(&repo, &spool).await?;
-    let outcome = fetch::fetch(&repo, &spool, name, dest, seg_size).await?;
-    tracing::info!(file = %name, ?outcome, "wal-fetch");
-    if outcome == FetchOutcome::NotArchived {
-        eprintln!("tidemark: {name} is not in the archive ({})", repo.store().describe());
-        return Ok(1);
+    let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    // The spool only ever holds segments; taking one needs neither keyring nor store.
+    let from_spool =
+        is_segment && spool.take(name, dest).map_err(|e| fetch::FetchError::Write(dest.display().to_string(), e))?;
+    if is_segment && cfg.fetch.prefetch > 0 {
+        keep_reading_ahead(cli, &spool, name);
     }
-    if cfg.fetch.prefetch > 0 && crate::wal::name::WalFile::parse(name, seg_size).is_ok_and(|f| f.is_segment()) {
-        start_prefetcher(cli, name);
+    if from_spool {
+        tracing::info!(file = %name, outcome = ?FetchOutcome::FromSpool, "wal-fetch");
+    } else {
+        let repo = Repository::open(cfg).await?;
+        let seg_size = cached_segment_size(&repo, &spool).await?;
+        let outcome = fetch::fetch(&repo, &spool, name, dest, seg_size).await?;
+        tracing::info!(file = %name, ?outcome, "wal-fetch");
+        if outcome == FetchOutcome::NotArchived {
+            eprintln!("tidemark: {name} is not in the archive ({})", repo.store().describe());
+            return Ok(1);
+        }
     }
     // Best effort: a local daemon keeps the fetch latency histogram; none is fine.
     if cfg.daemon.socket.exists() {
@@ -420,6 +428,17 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
         let _ = control::call(&cfg.daemon.socket, &timing, Duration::from_millis(200)).await;
     }
     Ok(0)
+}
+
+/// Tells read-ahead which segment recovery asked for, starting it unless it is running.
+fn keep_reading_ahead(cli: &Cli, spool: &Spool, name: &str) {
+    if let Err(e) = spool.set_wanted(name) {
+        tracing::warn!(error = %e, "cannot record the requested segment for read-ahead");
+        return;
+    }
+    if !spool.prefetcher_running() {
+        start_prefetcher(cli, name);
+    }
 }
 
 /// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
@@ -443,18 +462,23 @@ fn start_prefetcher(cli: &Cli, name: &str) {
     }
 }
 
-/// `wal-prefetch`: one read-ahead pass, skipped when another pass holds the spool lock.
+/// `wal-prefetch`: read-ahead that follows recovery until it goes quiet; exits at once when
+/// another one holds the spool lock.
 async fn wal_prefetch(cfg: &Config, name: &str) -> Result<u8, Failure> {
-    let repo = Repository::open(cfg).await?;
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
-    std::fs::create_dir_all(spool.dir())
-        .map_err(|e| anyhow::anyhow!("creating spool {}: {e}", spool.dir().display()))?;
-    let lock = std::fs::File::create(spool.dir().join(".lock")).map_err(|e| anyhow::anyhow!("spool lock: {e}"))?;
+    let lock = spool.lock_file().map_err(|e| anyhow::anyhow!("spool lock in {}: {e}", spool.dir().display()))?;
     if lock.try_lock().is_err() {
         return Ok(0);
     }
+    let repo = Repository::open(cfg).await?;
     let seg_size = cached_segment_size(&repo, &spool).await?;
-    let n = fetch::prefetch(&repo, &spool, name, cfg.fetch.prefetch, cfg.archive.workers, seg_size).await?;
+    let opts = fetch::Prefetch {
+        count: cfg.fetch.prefetch,
+        workers: cfg.archive.workers,
+        idle: Duration::from_secs(10),
+        poll: Duration::from_millis(20),
+    };
+    let n = fetch::prefetch(&repo, &spool, name, opts, seg_size).await?;
     tracing::info!(after = %name, spooled = n, "read-ahead done");
     Ok(0)
 }

@@ -182,6 +182,11 @@ impl Repository {
         Ok(self.store.put(key, sealed).await?)
     }
 
+    /// The keyring and compression level objects are sealed with.
+    pub fn sealing(&self) -> (&Keyring, i32) {
+        (&self.keyring, self.level)
+    }
+
     /// Seals bytes on a blocking thread.
     pub async fn seal(&self, key: &str, data: Bytes) -> Result<Bytes, RepoError> {
         let ring = self.keyring.clone();

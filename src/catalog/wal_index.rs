@@ -26,14 +26,46 @@ pub struct SegmentIndex {
 
 /// Summarizes a full segment's commit times (pure).
 pub fn summarize(bytes: &[u8], seg: Segment, seg_size: u64) -> SegmentIndex {
-    match record::summarize_segment_at(bytes, seg_size, seg.start_lsn(seg_size).0) {
-        Ok(s) => SegmentIndex {
-            first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
-            last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
-            records: s.records,
-            error: None,
-        },
-        Err(e) => SegmentIndex { error: Some(e.to_string()), ..SegmentIndex::default() },
+    let mut b = IndexBuilder::new(seg, seg_size);
+    b.feed(bytes);
+    b.finish()
+}
+
+/// Builds a segment's summary from its bytes fed in whole-page pieces, in order; a segment
+/// that cannot be read gets a summary naming why (archiving goes on regardless).
+#[derive(Debug)]
+pub struct IndexBuilder {
+    walk: Result<record::SegmentSummarizer, String>,
+}
+
+impl IndexBuilder {
+    /// A builder for segment `seg`.
+    pub fn new(seg: Segment, seg_size: u64) -> IndexBuilder {
+        let walk =
+            record::SegmentSummarizer::starting_at(seg_size, seg.start_lsn(seg_size).0).map_err(|e| e.to_string());
+        IndexBuilder { walk }
+    }
+
+    /// Feeds the next piece of the segment.
+    pub fn feed(&mut self, piece: &[u8]) {
+        if let Ok(w) = &mut self.walk {
+            if let Err(e) = w.feed(piece) {
+                self.walk = Err(e.to_string());
+            }
+        }
+    }
+
+    /// The summary.
+    pub fn finish(self) -> SegmentIndex {
+        match self.walk.and_then(|w| w.finish().map_err(|e| e.to_string())) {
+            Ok(s) => SegmentIndex {
+                first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
+                last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
+                records: s.records,
+                error: None,
+            },
+            Err(e) => SegmentIndex { error: Some(e), ..SegmentIndex::default() },
+        }
     }
 }
 

@@ -136,36 +136,56 @@ impl<W: Write> Write for SealWriter<W> {
     }
 }
 
-/// Counts bytes read through it.
-struct Counting<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 /// Compresses and seals `input` as the object `object_key`, writing the sealed bytes to `out`.
 pub fn seal<R: Read, W: Write>(
     keyring: &Keyring,
     object_key: &str,
     level: i32,
-    input: R,
+    mut input: R,
     out: W,
 ) -> Result<SealStats, CodecError> {
-    let io_err = |e| CodecError::Io(object_key.to_string(), e);
-    let writer = sealer(keyring, object_key, out)?;
-    let mut input = Counting { inner: input, n: 0 };
-    let mut enc = zstd::stream::write::Encoder::new(writer, level).map_err(io_err)?;
-    io::copy(&mut input, &mut enc).map_err(io_err)?;
-    let writer = enc.finish().map_err(io_err)?;
-    let (_, sealed_bytes) = writer.finish().map_err(io_err)?;
-    Ok(SealStats { plain_bytes: input.n, sealed_bytes })
+    let mut sealer = Sealer::new(keyring, object_key, level, out)?;
+    io::copy(&mut input, &mut sealer).map_err(|e| CodecError::Io(object_key.to_string(), e))?;
+    sealer.finish().map(|(_, stats)| stats)
+}
+
+/// A streaming sealer: write the plaintext to it, then [`Sealer::finish`] (a caller that
+/// streams a file holds about one chunk of it, not the whole file).
+pub struct Sealer<W: Write> {
+    enc: zstd::stream::write::Encoder<'static, SealWriter<W>>,
+    object_key: String,
+    plain: u64,
+}
+
+impl<W: Write> Sealer<W> {
+    /// Writes the header to `out` and returns the sealer for the object `object_key`.
+    pub fn new(keyring: &Keyring, object_key: &str, level: i32, out: W) -> Result<Sealer<W>, CodecError> {
+        let writer = sealer(keyring, object_key, out)?;
+        let enc =
+            zstd::stream::write::Encoder::new(writer, level).map_err(|e| CodecError::Io(object_key.to_string(), e))?;
+        Ok(Sealer { enc, object_key: object_key.to_string(), plain: 0 })
+    }
+
+    /// Seals the last chunk and returns the output with the object's sizes.
+    pub fn finish(self) -> Result<(W, SealStats), CodecError> {
+        let io_err = |e| CodecError::Io(self.object_key.clone(), e);
+        let writer = self.enc.finish().map_err(io_err)?;
+        let (out, sealed_bytes) = writer.finish().map_err(io_err)?;
+        Ok((out, SealStats { plain_bytes: self.plain, sealed_bytes }))
+    }
+}
+
+impl<W: Write> Write for Sealer<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.enc.write(data)?;
+        self.plain += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Flushing would end a zstd block early; the envelope only completes in `finish`.
+        Ok(())
+    }
 }
 
 /// Writes the header and returns the chunk writer for the (already compressed) payload.

@@ -3,7 +3,7 @@
 pub mod envelope;
 pub mod keyring;
 
-pub use envelope::{open, open_to_vec, seal, seal_to_vec, SealStats, CHUNK};
+pub use envelope::{open, open_to_vec, seal, seal_to_vec, SealStats, Sealer, CHUNK};
 pub use keyring::{Keyring, KeyringError};
 
 /// Why a sealed object could not be opened (each names the object).

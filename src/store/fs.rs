@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_key, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, StoreError};
+use super::{check_key, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, Staged, StoreError};
 
 /// Temp files start with this; listings skip them and keys may not use it.
 pub const TEMP_PREFIX: &str = ".tidemark-tmp.";
@@ -33,20 +33,45 @@ impl FsStore {
     }
 }
 
-/// Writes `data` to a new temp file beside `path`, fsynced.
-fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+/// A temp file beside an object's destination; removed when dropped.
+#[derive(Debug)]
+pub struct TempFile {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// A new temp file in the directory of `dest` (created if missing).
+    fn beside(dest: &Path) -> std::io::Result<TempFile> {
+        let dir = dest.parent().ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(TempFile { file, path })
     }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file, for writing.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        &mut self.file
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        // Published objects are links to it; the temp name itself never outlives the write.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Writes `data` to a new temp file beside `path`.
+fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<TempFile> {
+    let mut tmp = TempFile::beside(path)?;
+    tmp.file.write_all(data)?;
     Ok(tmp)
 }
 
@@ -56,10 +81,8 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 
 fn put_blocking(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = write_temp(path, data)?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    tmp.file.sync_all()?;
+    std::fs::rename(&tmp.path, path)?;
     sync_dir(path.parent().unwrap_or(Path::new("/")))
 }
 
@@ -67,10 +90,18 @@ fn put_if_absent_blocking(path: &Path, data: &[u8]) -> std::io::Result<PutOutcom
     if path.exists() {
         return Ok(PutOutcome::Exists);
     }
-    let tmp = write_temp(path, data)?;
+    publish_if_absent(write_temp(path, data)?, path)
+}
+
+/// Makes a written temp file durable and links it at `path` unless something is there.
+fn publish_if_absent(tmp: TempFile, path: &Path) -> std::io::Result<PutOutcome> {
+    if path.exists() {
+        return Ok(PutOutcome::Exists);
+    }
+    tmp.file.sync_all()?;
     // link(2) fails if the target exists, so two racing writers cannot both win.
-    let res = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
+    let res = std::fs::hard_link(&tmp.path, path);
+    drop(tmp);
     match res {
         Ok(()) => {
             sync_dir(path.parent().unwrap_or(Path::new("/")))?;
@@ -135,6 +166,23 @@ impl ObjectStore for FsStore {
     async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<PutOutcome, StoreError> {
         let path = self.path(key)?;
         tokio::task::spawn_blocking(move || put_if_absent_blocking(&path, &data))
+            .await
+            .map_err(|e| self.err("put", key, e))?
+            .map_err(|e| self.err("put", key, e))
+    }
+
+    fn stage(&self, key: &str) -> Result<Staged, StoreError> {
+        let path = self.path(key)?;
+        TempFile::beside(&path).map(Staged::File).map_err(|e| self.err("put", key, e))
+    }
+
+    async fn commit_if_absent(&self, key: &str, staged: Staged) -> Result<PutOutcome, StoreError> {
+        let path = self.path(key)?;
+        let tmp = match staged {
+            Staged::File(t) => t,
+            Staged::Memory(v) => return self.put_if_absent(key, Bytes::from(v)).await,
+        };
+        tokio::task::spawn_blocking(move || publish_if_absent(tmp, &path))
             .await
             .map_err(|e| self.err("put", key, e))?
             .map_err(|e| self.err("put", key, e))

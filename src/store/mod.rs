@@ -72,6 +72,24 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// Human-readable location, e.g. `s3://bucket/prefix`.
     fn describe(&self) -> String;
 
+    /// Starts an object whose bytes are written before it is published with
+    /// [`ObjectStore::commit_if_absent`] (default: in memory).
+    fn stage(&self, key: &str) -> Result<Staged, StoreError> {
+        check_key(key)?;
+        Ok(Staged::Memory(Vec::new()))
+    }
+
+    /// Publishes a staged object unless one already exists under `key` (as `put_if_absent`).
+    async fn commit_if_absent(&self, key: &str, staged: Staged) -> Result<PutOutcome, StoreError> {
+        let data = staged.into_bytes().map_err(|e| StoreError::Backend {
+            store: self.describe(),
+            op: "put",
+            key: key.to_string(),
+            msg: e.to_string(),
+        })?;
+        self.put_if_absent(key, data).await
+    }
+
     /// Reads a whole object into memory; `None` when absent.
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let Some(mut r) = self.get(key).await? else {
@@ -85,6 +103,45 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
             msg: e.to_string(),
         })?;
         Ok(Some(Bytes::from(buf)))
+    }
+}
+
+/// An object's bytes on their way into a store (see [`ObjectStore::stage`]).
+#[derive(Debug)]
+pub enum Staged {
+    /// Held in memory until the upload.
+    Memory(Vec<u8>),
+    /// Written to a temp file beside the destination (the directory store).
+    File(fs::TempFile),
+}
+
+impl Staged {
+    /// The staged bytes, in memory.
+    pub fn into_bytes(self) -> std::io::Result<Bytes> {
+        match self {
+            Staged::Memory(v) => Ok(Bytes::from(v)),
+            Staged::File(f) => std::fs::read(f.path()).map(Bytes::from),
+        }
+    }
+}
+
+impl std::io::Write for Staged {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Staged::Memory(v) => v.write(buf),
+            Staged::File(f) => f.file().write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Staged::Memory(v) => v.write_all(buf),
+            Staged::File(f) => f.file().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

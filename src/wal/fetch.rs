@@ -1,9 +1,11 @@
 //! Fetching WAL for recovery: spool first, then the archive; read-ahead fills the spool.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use tokio::task::JoinSet;
 
 use crate::catalog::cluster;
 use crate::repo::{RepoError, Repository};
@@ -41,6 +43,8 @@ pub struct Spool {
 }
 
 const SPOOL_TMP: &str = ".tmp.";
+/// Spool file holding the last segment name recovery asked for.
+const WANTED: &str = ".wanted";
 
 impl Spool {
     /// The spool of one cluster under the configured spool directory.
@@ -62,22 +66,40 @@ impl Spool {
         self.path(name).is_file()
     }
 
-    /// Atomically adds a file to the spool.
+    /// Atomically adds a file to the spool. Not fsynced: the spool is a cache, and after a
+    /// crash recovery asks again and a missing file is fetched from the archive.
     pub fn put(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         write_atomic(&self.path(name), data, SPOOL_TMP)
+    }
+
+    /// Records the segment recovery asked for last; read-ahead keeps the window after it.
+    pub fn set_wanted(&self, name: &str) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        write_atomic(&self.dir.join(WANTED), name.as_bytes(), SPOOL_TMP)
+    }
+
+    /// The segment recovery asked for last, if recorded.
+    pub fn wanted(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(WANTED)).ok().map(|s| s.trim().to_string())
+    }
+
+    /// The lock a running read-ahead process holds.
+    pub fn lock_file(&self) -> std::io::Result<std::fs::File> {
+        std::fs::create_dir_all(&self.dir)?;
+        std::fs::File::create(self.dir.join(".lock"))
+    }
+
+    /// Whether a read-ahead process is running for this spool.
+    pub fn prefetcher_running(&self) -> bool {
+        self.lock_file().is_ok_and(|f| f.try_lock().is_err())
     }
 
     /// Moves a spooled file to `dest`; false when it is not spooled.
     pub fn take(&self, name: &str, dest: &Path) -> std::io::Result<bool> {
         let src = self.path(name);
         match std::fs::rename(&src, dest) {
-            Ok(()) => {
-                if let Some(dir) = dest.parent() {
-                    sync_dir(dir)?;
-                }
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) if e.raw_os_error() == Some(18) => {
                 // EXDEV: the spool is on another filesystem; copy, then drop the spooled file.
@@ -109,12 +131,11 @@ impl Spool {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Writes `data` to `dest` via a temp file in the same directory: never a partial `dest`.
+///
+/// Not fsynced. What restore_command writes is read once by recovery, which asks again after
+/// a crash; a file PostgreSQL keeps (a standby's restored segment) it makes durable itself
+/// (`durable_rename` in `KeepFileRestoredFromArchive`).
 pub fn write_atomic(dest: &Path, data: &[u8], tmp_tag: &str) -> std::io::Result<()> {
     let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
@@ -122,9 +143,7 @@ pub fn write_atomic(dest: &Path, data: &[u8], tmp_tag: &str) -> std::io::Result<
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        sync_dir(dir)
+        std::fs::rename(&tmp, dest)
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -176,48 +195,118 @@ pub fn window_after(name: &str, count: usize, seg_size: u64) -> Vec<Segment> {
     out
 }
 
-/// Downloads the window after `name` into the spool with `workers` parallel fetches.
-/// Stops at the archive's end; returns how many segments were spooled.
+/// Downloads one segment into the spool; false when the archive does not have it.
+async fn spool_one(repo: &Repository, spool: &Spool, seg: Segment, seg_size: u64) -> Result<bool, FetchError> {
+    let name = seg.name(seg_size);
+    let key = repo.wal_key(&WalFile::Segment(seg), seg_size);
+    let Some(data) = repo.get_opened(&key).await? else {
+        return Ok(false);
+    };
+    let sp = spool.clone();
+    let n = name.clone();
+    tokio::task::spawn_blocking(move || sp.put(&n, &data))
+        .await
+        .map_err(|e| FetchError::Write(name.clone(), std::io::Error::other(e)))?
+        .map_err(|e| FetchError::Write(name, e))?;
+    Ok(true)
+}
+
+/// How read-ahead runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Prefetch {
+    /// Segments kept ready after the one recovery asked for last.
+    pub count: usize,
+    /// Parallel downloads.
+    pub workers: usize,
+    /// Quit after this long without a new request from recovery.
+    pub idle: Duration,
+    /// How often to look for a new request once the window is full.
+    pub poll: Duration,
+}
+
+/// Keeps the spool filled with the `count` segments after the one recovery asked for last
+/// (`.wanted`, or `first` until a wal-fetch writes it), `workers` downloads at a time, lowest
+/// first. A segment the archive lacks (its end, for now) is asked for again after a second.
+/// Returns how many segments were spooled, once recovery has asked for nothing new for `idle`.
 pub async fn prefetch(
     repo: &Repository,
     spool: &Spool,
-    name: &str,
-    count: usize,
-    workers: usize,
+    first: &str,
+    opts: Prefetch,
     seg_size: u64,
 ) -> Result<usize, FetchError> {
-    let window = window_after(name, count, seg_size);
-    let names: Vec<String> = window.iter().map(|s| s.name(seg_size)).collect();
-    spool.prune_except(&names);
-    let results: Vec<Result<bool, FetchError>> = futures::stream::iter(window.into_iter().zip(names.clone()))
-        .map(|(seg, n)| async move {
-            if spool.has(&n) {
-                return Ok(true);
+    let mut wanted = spool.wanted().unwrap_or_else(|| first.to_string());
+    let mut last_change = Instant::now();
+    let mut inflight: JoinSet<(String, Result<bool, FetchError>)> = JoinSet::new();
+    let mut busy: HashSet<String> = HashSet::new();
+    let mut retry_at: HashMap<String, Instant> = HashMap::new();
+    let mut window_names: Vec<String> = Vec::new();
+    let mut spooled = 0usize;
+    loop {
+        let now_wanted = spool.wanted().unwrap_or_else(|| wanted.clone());
+        if now_wanted != wanted || window_names.is_empty() {
+            if now_wanted != wanted {
+                last_change = Instant::now();
             }
-            let key = repo.wal_key(&WalFile::Segment(seg), seg_size);
-            let Some(data) = repo.get_opened(&key).await? else {
-                return Ok(false);
-            };
-            let sp = spool.clone();
-            let n2 = n.clone();
-            tokio::task::spawn_blocking(move || sp.put(&n2, &data))
-                .await
-                .map_err(|e| FetchError::Write(n.clone(), std::io::Error::other(e)))?
-                .map_err(|e| FetchError::Write(n, e))?;
-            Ok(true)
-        })
-        .buffered(workers.max(1))
-        .collect()
-        .await;
-    let mut spooled = 0;
-    for r in results {
-        match r {
-            Ok(true) => spooled += 1,
-            Ok(false) => break,
-            Err(e) => return Err(e),
+            wanted = now_wanted;
+            let window = window_after(&wanted, opts.count, seg_size);
+            window_names = window.iter().map(|s| s.name(seg_size)).collect();
+            // Files before the window were consumed or skipped: recovery never asks back.
+            spool.prune_except(&window_names);
+            if window_names.is_empty() {
+                return Ok(spooled);
+            }
+        }
+        // Start the lowest missing segments first: recovery needs them soonest.
+        let now = Instant::now();
+        for seg in window_after(&wanted, opts.count, seg_size) {
+            if inflight.len() >= opts.workers.max(1) {
+                break;
+            }
+            let name = seg.name(seg_size);
+            if busy.contains(&name) || spool.has(&name) || retry_at.get(&name).is_some_and(|t| *t > now) {
+                continue;
+            }
+            busy.insert(name.clone());
+            let (repo, spool) = (repo.clone(), spool.clone());
+            inflight.spawn(async move {
+                let r = spool_one(&repo, &spool, seg, seg_size).await;
+                (name, r)
+            });
+        }
+        if inflight.is_empty() {
+            if last_change.elapsed() >= opts.idle {
+                return Ok(spooled);
+            }
+            tokio::time::sleep(opts.poll).await;
+            continue;
+        }
+        let done = tokio::select! {
+            d = inflight.join_next() => d,
+            _ = tokio::time::sleep(opts.poll) => None,
+        };
+        if let Some(Ok((name, r))) = done {
+            busy.remove(&name);
+            match r {
+                Ok(true) => {
+                    spooled += 1;
+                    retry_at.remove(&name);
+                    // Recovery may have moved past it while it downloaded.
+                    if !window_names.contains(&name) {
+                        spool.prune_except(&window_names);
+                    }
+                }
+                Ok(false) => {
+                    retry_at.insert(name, Instant::now() + Duration::from_secs(1));
+                }
+                Err(e) => {
+                    // wal-fetch reads it directly and reports the error where recovery sees it.
+                    tracing::warn!(file = %name, error = %e, "read-ahead failed");
+                    retry_at.insert(name, Instant::now() + Duration::from_secs(1));
+                }
+            }
         }
     }
-    Ok(spooled)
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! Archiving one WAL file: validate, seal, store without overwriting, acknowledge.
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::catalog::cluster::{self, ClusterRecord};
-use crate::catalog::wal_index;
-use crate::repo::{sha256_hex, RepoError, Repository};
-use crate::store::PutOutcome;
+use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
+use crate::codec::{CodecError, Sealer};
+use crate::repo::{HashingWriter, RepoError, Repository};
+use crate::store::{PutOutcome, Staged};
 use crate::wal::header;
 use crate::wal::name::{WalFile, DEFAULT_SEGMENT_SIZE};
 
@@ -74,9 +76,102 @@ pub struct Archiver {
     sealed_bytes: std::sync::atomic::AtomicU64,
 }
 
-/// Reads the file at `path`.
-fn read_file(path: &Path) -> Result<Vec<u8>, PushError> {
-    std::fs::read(path).map_err(|e| PushError::Read(path.display().to_string(), e))
+/// Bytes read per step while a file streams through the sealer: whole pages for any WAL
+/// page size, and small enough that many parallel pushes stay within a few MiB each.
+const PIECE: usize = 256 << 10;
+
+/// Where pushed bytes come from; opened again to hash them when a name is already taken.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Memory(Bytes),
+}
+
+impl Source {
+    /// Opens the bytes and tells their length.
+    fn open(&self) -> std::io::Result<(Box<dyn Read + Send>, u64)> {
+        match self {
+            Source::File(p) => {
+                let f = std::fs::File::open(p)?;
+                let len = f.metadata()?.len();
+                Ok((Box::new(f), len))
+            }
+            Source::Memory(b) => Ok((Box::new(std::io::Cursor::new(b.clone())), b.len() as u64)),
+        }
+    }
+
+    /// Hex SHA-256 of the bytes.
+    fn digest(&self) -> std::io::Result<String> {
+        let (mut r, _) = self.open()?;
+        let mut w = HashingWriter::default();
+        std::io::copy(&mut r, &mut w)?;
+        Ok(w.finish())
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// An opened source with its first piece read.
+struct Opened {
+    reader: Box<dyn Read + Send>,
+    first: Vec<u8>,
+    len: u64,
+}
+
+/// What streaming a file into the store produced.
+struct Streamed {
+    staged: Staged,
+    index: Option<SegmentIndex>,
+    sealed_bytes: u64,
+}
+
+/// Streams the rest of `src` through the sealer into `staged`, walking a segment's records
+/// on the way; nothing holds more than one piece of the file.
+fn seal_stream(
+    repo: &Repository,
+    key: &str,
+    mut src: Opened,
+    staged: Staged,
+    mut index: Option<IndexBuilder>,
+) -> Result<Streamed, RepoError> {
+    let io_err = |e| RepoError::from(CodecError::Io(key.to_string(), e));
+    let (keyring, level) = repo.sealing();
+    let mut sealer = Sealer::new(keyring, key, level, staged)?;
+    let mut buf = std::mem::take(&mut src.first);
+    let mut total = 0u64;
+    loop {
+        if buf.is_empty() {
+            break;
+        }
+        total += buf.len() as u64;
+        if let Some(ix) = index.as_mut() {
+            ix.feed(&buf);
+        }
+        sealer.write_all(&buf).map_err(io_err)?;
+        buf.resize(PIECE, 0);
+        let n = read_full(&mut src.reader, &mut buf).map_err(io_err)?;
+        buf.truncate(n);
+    }
+    if total != src.len {
+        return Err(io_err(std::io::Error::other(format!(
+            "the file changed while it was read ({} bytes at open, {total} read)",
+            src.len
+        ))));
+    }
+    let (staged, stats) = sealer.finish()?;
+    Ok(Streamed { staged, index: index.map(IndexBuilder::finish), sealed_bytes: stats.sealed_bytes })
 }
 
 impl Archiver {
@@ -122,22 +217,34 @@ impl Archiver {
     /// Archives the file at `path` (a segment, .partial, .history or .backup file).
     pub async fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-        let p = path.to_path_buf();
-        let data = tokio::task::spawn_blocking(move || read_file(&p))
-            .await
-            .map_err(|e| PushError::Read(file_name.clone(), std::io::Error::other(e)))??;
-        self.push_bytes(&file_name, Bytes::from(data)).await
+        self.push_source(&file_name, Source::File(path.to_path_buf())).await
     }
 
     /// Archives `data` as the WAL file `file_name`.
     pub async fn push_bytes(&self, file_name: &str, data: Bytes) -> Result<PushOutcome, PushError> {
+        self.push_source(file_name, Source::Memory(data)).await
+    }
+
+    async fn push_source(&self, file_name: &str, src: Source) -> Result<PushOutcome, PushError> {
+        let read_err = |e| PushError::Read(file_name.to_string(), e);
+        let s = src.clone();
+        let opened = blocking(move || {
+            let (mut reader, len) = s.open()?;
+            let mut first = vec![0u8; PIECE];
+            let n = read_full(&mut reader, &mut first)?;
+            first.truncate(n);
+            Ok(Opened { reader, first, len })
+        })
+        .await
+        .map_err(read_err)?;
+
         let is_segment_like = file_name.len() == 24 || file_name.ends_with(".partial");
         let seg_size = if is_segment_like {
-            let h = header::parse(&data).map_err(|e| PushError::Header(file_name.to_string(), e))?;
+            let h = header::parse(&opened.first).map_err(|e| PushError::Header(file_name.to_string(), e))?;
             let seg_size = u64::from(h.segment_size);
             crate::wal::name::check_segment_size(seg_size)?;
-            if data.len() as u64 != seg_size {
-                return Err(PushError::Length(file_name.to_string(), data.len() as u64, seg_size));
+            if opened.len != seg_size {
+                return Err(PushError::Length(file_name.to_string(), opened.len, seg_size));
             }
             self.check_identity(file_name, h.system_identifier, seg_size).await?;
             seg_size
@@ -146,36 +253,43 @@ impl Archiver {
         };
         let file = WalFile::parse(file_name, seg_size)?;
         let key = self.repo.wal_key(&file, seg_size);
-        if let WalFile::Segment(seg) = file {
+        if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_some() {
+            return self.compare_existing(file_name, &key, &src).await;
+        }
+
+        let index = match file {
+            WalFile::Segment(seg) => Some((seg, IndexBuilder::new(seg, seg_size))),
+            _ => None,
+        };
+        let segment = index.as_ref().map(|(seg, _)| *seg);
+        let staged = self.repo.store().stage(&key).map_err(RepoError::from)?;
+        let (repo, k) = (self.repo.clone(), key.clone());
+        let streamed =
+            tokio::task::spawn_blocking(move || seal_stream(&repo, &k, opened, staged, index.map(|(_, ix)| ix)))
+                .await
+                .map_err(|e| read_err(std::io::Error::other(e)))??;
+
+        if let (Some(seg), Some(idx)) = (segment, &streamed.index) {
             // The commit-time summary goes first: a summary without its segment is harmless,
             // a segment without its summary would hide commit times from `window`.
-            let d = data.clone();
-            let idx = tokio::task::spawn_blocking(move || wal_index::summarize(&d, seg, seg_size))
-                .await
-                .map_err(|e| PushError::Read(file_name.to_string(), std::io::Error::other(e)))?;
             if let Some(e) = &idx.error {
                 tracing::warn!(file = %file_name, error = %e, "cannot read commit times from segment; archiving it anyway");
             }
-            wal_index::save(&self.repo, seg, seg_size, &idx).await?;
+            wal_index::save(&self.repo, seg, seg_size, idx).await?;
         }
-
-        if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_some() {
-            return self.compare_existing(file_name, &key, &data).await;
-        }
-        let sealed = self.repo.seal(&key, data.clone()).await?;
-        let sealed_len = sealed.len() as u64;
-        match self.repo.store().put_if_absent(&key, sealed).await.map_err(RepoError::from)? {
+        match self.repo.store().commit_if_absent(&key, streamed.staged).await.map_err(RepoError::from)? {
             PutOutcome::Created => {
-                self.sealed_bytes.fetch_add(sealed_len, std::sync::atomic::Ordering::Relaxed);
+                self.sealed_bytes.fetch_add(streamed.sealed_bytes, std::sync::atomic::Ordering::Relaxed);
                 Ok(PushOutcome::Stored)
             }
             // Lost a race with another pusher (the daemon): same bytes is success.
-            PutOutcome::Exists => self.compare_existing(file_name, &key, &data).await,
+            PutOutcome::Exists => self.compare_existing(file_name, &key, &src).await,
         }
     }
 
-    async fn compare_existing(&self, name: &str, key: &str, data: &[u8]) -> Result<PushOutcome, PushError> {
-        let local = sha256_hex(data);
+    async fn compare_existing(&self, name: &str, key: &str, src: &Source) -> Result<PushOutcome, PushError> {
+        let s = src.clone();
+        let local = blocking(move || s.digest()).await.map_err(|e| PushError::Read(name.to_string(), e))?;
         let archived = self.repo.digest_of(key).await?.unwrap_or_default();
         if archived == local {
             Ok(PushOutcome::AlreadyArchived)
@@ -183,6 +297,11 @@ impl Archiver {
             Err(PushError::Conflict { name: name.to_string(), archived, local })
         }
     }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(std::io::Error::other)?
 }
 
 /// Refuses to archive a cluster restored from `cluster` under the same handle: its new

@@ -108,6 +108,13 @@ pub enum WalParseError {
         /// Length of the bytes given.
         actual: u64,
     },
+    /// A segment was fed in pieces that are not whole pages (or without `begin_segment`).
+    PieceMisaligned {
+        /// Offset of the piece in the segment.
+        offset: u64,
+        /// Its length.
+        len: usize,
+    },
     /// A page header does not carry the PG15 magic.
     BadPageMagic {
         /// LSN of the page.
@@ -255,6 +262,9 @@ impl fmt::Display for WalParseError {
             ),
             E::SegmentLength { expected, actual } => {
                 write!(f, "WAL segment is {actual} bytes, expected {expected}")
+            }
+            E::PieceMisaligned { offset, len } => {
+                write!(f, "WAL segment fed in a piece of {len} bytes at offset {offset}: pieces must be whole pages")
             }
             E::BadPageMagic { page_lsn, magic } => write!(
                 f,
@@ -895,6 +905,19 @@ pub struct WalReader {
     latest_tli: u32,
     expect_overwrite: Option<u64>,
     ended_at: Option<u64>,
+    walk: Option<SegWalk>,
+}
+
+/// Progress through a segment fed in pieces.
+#[derive(Debug)]
+struct SegWalk {
+    /// Start LSN, once the first page was read.
+    seg_start: Option<u64>,
+    /// Bytes of the segment fed so far.
+    fed: usize,
+    out: FeedOutcome,
+    /// A switch record or the end of WAL was reached: the rest is padding.
+    finished: bool,
 }
 
 impl WalReader {
@@ -911,6 +934,7 @@ impl WalReader {
             latest_tli: 0,
             expect_overwrite: None,
             ended_at: None,
+            walk: None,
         })
     }
 
@@ -987,31 +1011,113 @@ impl WalReader {
         if seg.len() as u64 != self.seg_size {
             return Err(WalParseError::SegmentLength { expected: self.seg_size, actual: seg.len() as u64 });
         }
+        self.begin_segment()?;
+        self.feed_pages(seg, &mut on_record)?;
+        self.finish_segment()
+    }
+
+    /// Starts a segment to be fed in pieces with [`WalReader::feed_pages`] and ended with
+    /// [`WalReader::finish_segment`] (a caller streaming a file never holds all of it).
+    pub fn begin_segment(&mut self) -> Result<(), WalParseError> {
         if let Some(end_lsn) = self.ended_at {
             return Err(WalParseError::PastEndOfWal { end_lsn });
         }
-        let mut out = FeedOutcome {
-            segment_start_lsn: self.next_segment,
-            records: 0,
-            stop: StopReason::SegmentEnd,
-            overwritten: Vec::new(),
-        };
+        self.walk = Some(SegWalk {
+            seg_start: None,
+            fed: 0,
+            out: FeedOutcome {
+                segment_start_lsn: self.next_segment,
+                records: 0,
+                stop: StopReason::SegmentEnd,
+                overwritten: Vec::new(),
+            },
+            finished: false,
+        });
+        Ok(())
+    }
 
+    /// Feeds the next piece of the segment begun with [`WalReader::begin_segment`].
+    ///
+    /// Pieces are whole pages (any multiple of 64 KiB always is); once a switch record or the
+    /// end of WAL is reached the rest of the segment is only counted.
+    pub fn feed_pages<F>(&mut self, piece: &[u8], mut on_record: F) -> Result<(), WalParseError>
+    where
+        F: FnMut(&WalRecord<'_>),
+    {
+        let mut walk = self.walk.take().ok_or(WalParseError::PieceMisaligned { offset: 0, len: piece.len() })?;
+        let base = walk.fed;
+        if (base + piece.len()) as u64 > self.seg_size {
+            return Err(WalParseError::SegmentLength { expected: self.seg_size, actual: (base + piece.len()) as u64 });
+        }
+        walk.fed += piece.len();
+        if !walk.finished {
+            self.walk_pages(&mut walk, base, piece, &mut on_record)?;
+        }
+        self.walk = Some(walk);
+        Ok(())
+    }
+
+    /// Ends the segment fed in pieces; all of it must have been fed.
+    pub fn finish_segment(&mut self) -> Result<FeedOutcome, WalParseError> {
+        let walk = self.walk.take().ok_or(WalParseError::SegmentLength { expected: self.seg_size, actual: 0 })?;
+        if walk.fed as u64 != self.seg_size {
+            return Err(WalParseError::SegmentLength { expected: self.seg_size, actual: walk.fed as u64 });
+        }
+        if !walk.finished {
+            if let Some(start) = walk.seg_start {
+                self.next_segment = Some(start + self.seg_size);
+            }
+        }
+        Ok(walk.out)
+    }
+
+    /// Walks the pages of `piece`, which starts `base` bytes into the segment.
+    fn walk_pages<F>(
+        &mut self,
+        walk: &mut SegWalk,
+        base: usize,
+        piece: &[u8],
+        on_record: &mut F,
+    ) -> Result<(), WalParseError>
+    where
+        F: FnMut(&WalRecord<'_>),
+    {
+        let seg = piece;
         // The first page's long header fixes the page size and the segment's address.
-        let seg_start = match self.check_first_page(seg)? {
-            Ok(start) => start,
-            Err(stop) => return Ok(self.end_of_wal_reached(out, stop)),
-        };
-        out.segment_start_lsn = Some(seg_start);
+        if base == 0 {
+            if seg.len() < SIZE_OF_LONG_PHD {
+                return Err(WalParseError::PieceMisaligned { offset: 0, len: seg.len() });
+            }
+            match self.check_first_page(seg)? {
+                Ok(start) => {
+                    walk.seg_start = Some(start);
+                    walk.out.segment_start_lsn = Some(start);
+                }
+                Err(stop) => {
+                    self.end_of_wal_reached(&mut walk.out, stop);
+                    walk.finished = true;
+                    return Ok(());
+                }
+            }
+        }
         let page_size = self.page_size.unwrap_or(8192);
+        let seg_start = match walk.seg_start {
+            Some(s) if base.is_multiple_of(page_size) && seg.len().is_multiple_of(page_size) => s,
+            _ => return Err(WalParseError::PieceMisaligned { offset: base as u64, len: seg.len() }),
+        };
+        let out = &mut walk.out;
 
         let mut page_off = 0usize;
         while page_off < seg.len() {
-            let page_lsn = seg_start + page_off as u64;
+            let page_lsn = seg_start + (base + page_off) as u64;
             let page_end = page_off + page_size;
-            let (info, rem_len, hsize) = match self.check_page(seg, page_off, page_lsn)? {
+            let (info, rem_len, hsize) = match self.check_page(seg, page_off, base + page_off, page_lsn)? {
                 PageCheck::Valid { info, rem_len, size } => (info, rem_len, size),
-                PageCheck::End(stop) => return Ok(self.end_of_wal_reached(out, stop)),
+                PageCheck::End(stop) => {
+                    self.end_of_wal_reached(out, stop);
+                    walk.finished = true;
+                    return Ok(());
+                }
             };
             let data_start = page_off + hsize;
             let mut off = data_start;
@@ -1064,10 +1170,12 @@ impl WalReader {
                             continue;
                         }
                         let end_lsn = page_lsn + (hsize + take) as u64;
-                        let switched = self.complete(p.lsn, end_lsn, &p.buf, &mut on_record)?;
+                        let switched = self.complete(p.lsn, end_lsn, &p.buf, on_record)?;
                         out.records += 1;
                         if let Some(lsn) = switched {
-                            return Ok(self.switch_reached(out, seg_start, lsn));
+                            self.switch_reached(out, seg_start, lsn);
+                            walk.finished = true;
+                            return Ok(());
                         }
                         off = data_start + align8(take as u64) as usize;
                     }
@@ -1082,12 +1190,14 @@ impl WalReader {
             // Records starting on this page. `off` is MAXALIGNed and so is the
             // page end, so at least xl_tot_len is always on this page.
             while off < page_end {
-                let lsn = seg_start + off as u64;
+                let lsn = seg_start + (base + off) as u64;
                 let tot_len = le_u32(seg, off).unwrap_or(0);
                 if tot_len == 0 {
                     // Pages are zeroed when initialised, so a zero length is
                     // where PostgreSQL stopped writing.
-                    return Ok(self.end_of_wal_reached(out, StopReason::ZeroTail { lsn }));
+                    self.end_of_wal_reached(out, StopReason::ZeroTail { lsn });
+                    walk.finished = true;
+                    return Ok(());
                 }
                 if (tot_len as usize) < SIZE_OF_XLOG_RECORD {
                     return Err(WalParseError::InvalidRecordLength { lsn, len: tot_len });
@@ -1100,10 +1210,12 @@ impl WalReader {
                 }
                 if tot_len as usize <= avail {
                     let rec = &seg[off..off + tot_len as usize];
-                    let switched = self.complete(lsn, lsn + u64::from(tot_len), rec, &mut on_record)?;
+                    let switched = self.complete(lsn, lsn + u64::from(tot_len), rec, on_record)?;
                     out.records += 1;
                     if let Some(lsn) = switched {
-                        return Ok(self.switch_reached(out, seg_start, lsn));
+                        self.switch_reached(out, seg_start, lsn);
+                        walk.finished = true;
+                        return Ok(());
                     }
                     off = align8((off + tot_len as usize) as u64) as usize;
                 } else {
@@ -1114,8 +1226,7 @@ impl WalReader {
             }
             page_off = page_end;
         }
-        self.next_segment = Some(seg_start + self.seg_size);
-        Ok(out)
+        Ok(())
     }
 
     /// Validate the first page's long header and find the segment's start LSN.
@@ -1174,7 +1285,13 @@ impl WalReader {
     }
 
     /// Validate a page header (`XLogReaderValidatePageHeader`).
-    fn check_page(&mut self, seg: &[u8], page_off: usize, page_lsn: u64) -> Result<PageCheck, WalParseError> {
+    fn check_page(
+        &mut self,
+        seg: &[u8],
+        page_off: usize,
+        seg_off: usize,
+        page_lsn: u64,
+    ) -> Result<PageCheck, WalParseError> {
         let head = seg
             .get(page_off..page_off + SIZE_OF_SHORT_PHD)
             .ok_or(WalParseError::SegmentLength { expected: self.seg_size, actual: seg.len() as u64 })?;
@@ -1201,7 +1318,7 @@ impl WalReader {
         }
         let size = if info & XLP_LONG_HEADER != 0 {
             SIZE_OF_LONG_PHD
-        } else if page_off == 0 {
+        } else if seg_off == 0 {
             return Err(WalParseError::MissingLongHeader { page_lsn });
         } else {
             SIZE_OF_SHORT_PHD
@@ -1287,15 +1404,14 @@ impl WalReader {
     }
 
     /// The rest of the segment after a switch record is padding; resume at the next segment.
-    fn switch_reached(&mut self, mut out: FeedOutcome, seg_start: u64, lsn: u64) -> FeedOutcome {
+    fn switch_reached(&mut self, out: &mut FeedOutcome, seg_start: u64, lsn: u64) {
         self.state = State::AtRecord;
         self.next_segment = Some(seg_start + self.seg_size);
         out.stop = StopReason::Switch { lsn };
-        out
     }
 
     /// Record that the WAL ends here; any pending record stays visible as incomplete.
-    fn end_of_wal_reached(&mut self, mut out: FeedOutcome, stop: StopReason) -> FeedOutcome {
+    fn end_of_wal_reached(&mut self, out: &mut FeedOutcome, stop: StopReason) {
         self.ended_at = Some(match stop {
             StopReason::ZeroTail { lsn } => lsn,
             StopReason::ZeroPage { page_lsn } => page_lsn.unwrap_or(0),
@@ -1304,7 +1420,6 @@ impl WalReader {
             StopReason::SegmentEnd | StopReason::Switch { .. } => 0,
         });
         out.stop = stop;
-        out
     }
 }
 
@@ -1350,38 +1465,73 @@ pub fn summarize_segment_at(
     summarize_with(WalReader::starting_at(wal_segment_size, segment_start_lsn)?, bytes)
 }
 
-fn summarize_with(mut reader: WalReader, bytes: &[u8]) -> Result<SegmentSummary, WalParseError> {
-    let mut xact_ends = Vec::new();
-    let mut first_err = None;
-    let out = reader.feed_segment(bytes, |rec| match xact_end_from_record(rec) {
-        Ok(Some(end)) => xact_ends.push(end),
-        Ok(None) => {}
-        Err(e) => {
-            first_err.get_or_insert(e);
+fn summarize_with(reader: WalReader, bytes: &[u8]) -> Result<SegmentSummary, WalParseError> {
+    if bytes.len() as u64 != reader.seg_size {
+        return Err(WalParseError::SegmentLength { expected: reader.seg_size, actual: bytes.len() as u64 });
+    }
+    let mut s = SegmentSummarizer::new(reader)?;
+    s.feed(bytes)?;
+    s.finish()
+}
+
+/// Summarizes one segment fed in whole-page pieces (see [`WalReader::feed_pages`]).
+#[derive(Debug)]
+pub struct SegmentSummarizer {
+    reader: WalReader,
+    xact_ends: Vec<XactEnd>,
+    first_err: Option<WalParseError>,
+}
+
+impl SegmentSummarizer {
+    /// A summarizer for the segment starting at `segment_start_lsn`.
+    pub fn starting_at(wal_segment_size: u64, segment_start_lsn: u64) -> Result<Self, WalParseError> {
+        Self::new(WalReader::starting_at(wal_segment_size, segment_start_lsn)?)
+    }
+
+    fn new(mut reader: WalReader) -> Result<Self, WalParseError> {
+        reader.begin_segment()?;
+        Ok(SegmentSummarizer { reader, xact_ends: Vec::new(), first_err: None })
+    }
+
+    /// Feeds the next whole pages of the segment.
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), WalParseError> {
+        let (ends, first_err) = (&mut self.xact_ends, &mut self.first_err);
+        self.reader.feed_pages(piece, |rec| match xact_end_from_record(rec) {
+            Ok(Some(end)) => ends.push(end),
+            Ok(None) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        })
+    }
+
+    /// The summary, once the whole segment was fed.
+    pub fn finish(mut self) -> Result<SegmentSummary, WalParseError> {
+        let out = self.reader.finish_segment()?;
+        if let Some(e) = self.first_err {
+            return Err(e);
         }
-    })?;
-    if let Some(e) = first_err {
-        return Err(e);
+        let mut xact_ends = self.xact_ends;
+        // Only a record that may continue into the next segment is reported
+        // (pending_xact_end refuses one torn by the end of WAL).
+        if let Some(end) = self.reader.pending_xact_end() {
+            xact_ends.push(end);
+        }
+        let commits = xact_ends.iter().filter(|e| e.kind.is_commit()).map(|e| e.time_us);
+        let first_commit_us = commits.clone().min();
+        let last_commit_us = commits.max();
+        Ok(SegmentSummary {
+            first_commit_us,
+            last_commit_us,
+            xact_ends,
+            records: out.records,
+            last_record_end_lsn: self.reader.last_record_end_lsn(),
+            segment_start_lsn: out.segment_start_lsn,
+            stop: out.stop,
+            incomplete: self.reader.pending_record(),
+            overwritten: out.overwritten,
+        })
     }
-    // Only a record that may continue into the next segment is reported
-    // (pending_xact_end refuses one torn by the end of WAL).
-    if let Some(end) = reader.pending_xact_end() {
-        xact_ends.push(end);
-    }
-    let commits = xact_ends.iter().filter(|e| e.kind.is_commit()).map(|e| e.time_us);
-    let first_commit_us = commits.clone().min();
-    let last_commit_us = commits.max();
-    Ok(SegmentSummary {
-        first_commit_us,
-        last_commit_us,
-        xact_ends,
-        records: out.records,
-        last_record_end_lsn: reader.last_record_end_lsn(),
-        segment_start_lsn: out.segment_start_lsn,
-        stop: out.stop,
-        incomplete: reader.pending_record(),
-        overwritten: out.overwritten,
-    })
 }
 
 #[cfg(test)]
@@ -2099,6 +2249,75 @@ mod tests {
         let (out1, recs) = collect(&mut r, b.segment(1));
         assert_eq!(recs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![c]);
         assert_eq!(out1.stop, StopReason::ZeroTail { lsn: b.pos });
+    }
+
+    /// Feeds `seg` to `reader` in `piece`-byte pieces, collecting records as [`collect`] does.
+    fn collect_in_pieces(reader: &mut WalReader, seg: &[u8], piece: usize) -> (FeedOutcome, Collected) {
+        let mut recs = Vec::new();
+        reader.begin_segment().unwrap();
+        for p in seg.chunks(piece) {
+            reader.feed_pages(p, |r| recs.push((r.lsn, r.xl_rmid, r.xl_info, r.main_data.to_vec()))).unwrap();
+        }
+        (reader.finish_segment().unwrap(), recs)
+    }
+
+    #[test]
+    fn feeding_in_pieces_walks_exactly_as_whole_segments() {
+        // Records across pages and segments, a switch with garbage after it, then a zero tail.
+        let mut b = WalBuilder::new(3);
+        b.commit(1, 11);
+        b.add(0, 0, 21, &[], &vec![0x5Au8; (SEG + SEG / 3) as usize]);
+        b.commit(2, 22);
+        b.add(0, 0, 21, &[], &vec![7u8; 3 * PAGE + 100]);
+        b.add(0, XLOG_SWITCH, RM_XLOG_ID, &[], &[]);
+        let i = b.idx(b.pos);
+        b.buf[i..i + 64].fill(0xEE);
+        assert!(b.pos < START + 2 * SEG, "the switch is in segment 1");
+        b.pos = START + 2 * SEG;
+        b.commit(3, 33);
+        for piece in [PAGE, 2 * PAGE, 64 << 10, 3 * PAGE, SEG as usize] {
+            let mut whole = WalReader::new(SEG).unwrap();
+            let mut pieces = WalReader::new(SEG).unwrap();
+            for n in 0..3 {
+                let expected = collect(&mut whole, b.segment(n));
+                assert_eq!(collect_in_pieces(&mut pieces, b.segment(n), piece), expected, "segment {n}, piece {piece}");
+                assert_eq!(pieces.next_segment_lsn(), whole.next_segment_lsn());
+                assert_eq!(pieces.pending_record(), whole.pending_record());
+                let mut sum = SegmentSummarizer::starting_at(SEG, START + n as u64 * SEG).unwrap();
+                b.segment(n).chunks(piece).for_each(|p| sum.feed(p).unwrap());
+                assert_eq!(sum.finish(), summarize_segment_at(b.segment(n), SEG, START + n as u64 * SEG));
+            }
+            assert_eq!(pieces.end_of_wal(), whole.end_of_wal());
+        }
+    }
+
+    #[test]
+    fn pieces_must_be_whole_pages_and_cover_the_segment() {
+        let mut b = WalBuilder::new(1);
+        b.add(0, 0, 21, &[], &vec![1u8; 5 * PAGE]);
+        b.commit(1, 1);
+        let seg = b.segment(0);
+        let mut r = WalReader::new(SEG).unwrap();
+        assert_eq!(r.feed_pages(&seg[..PAGE], |_| {}), Err(WalParseError::PieceMisaligned { offset: 0, len: PAGE }));
+        r.begin_segment().unwrap();
+        assert_eq!(r.feed_pages(&seg[..100], |_| {}), Err(WalParseError::PieceMisaligned { offset: 0, len: 100 }));
+        r.begin_segment().unwrap();
+        r.feed_pages(&seg[..PAGE], |_| {}).unwrap();
+        assert_eq!(
+            r.feed_pages(&seg[PAGE..PAGE + 10], |_| {}),
+            Err(WalParseError::PieceMisaligned { offset: PAGE as u64, len: 10 })
+        );
+        let mut r = WalReader::new(SEG).unwrap();
+        r.begin_segment().unwrap();
+        r.feed_pages(&seg[..4 * PAGE], |_| {}).unwrap();
+        assert_eq!(r.finish_segment(), Err(WalParseError::SegmentLength { expected: SEG, actual: 4 * PAGE as u64 }));
+        let mut r = WalReader::new(SEG).unwrap();
+        r.begin_segment().unwrap();
+        r.feed_pages(seg, |_| {}).unwrap();
+        assert_eq!(
+            r.feed_pages(&seg[..PAGE], |_| {}),
+            Err(WalParseError::SegmentLength { expected: SEG, actual: SEG + PAGE as u64 })
+        );
     }
 
     #[test]
