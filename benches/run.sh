@@ -91,10 +91,14 @@ fake_datadir() {
 # Times each command line of stdin the way PostgreSQL's archiver and startup process run
 # archive_command / restore_command: as postgres, in directory $1, through `/bin/sh -c`.
 # Prints one duration (us) per line. One setpriv starts the timer; no per-call wrapper.
+# With $2, that file is removed before each call, as the startup process removes
+# RECOVERYXLOG before it runs restore_command (RestoreArchivedFile).
 cat > "$BENCH/time_calls.py" <<'EOF'
-import subprocess, sys, time
+import os, subprocess, sys, time
 for line in sys.stdin:
     line = line.strip()
+    if len(sys.argv) > 2 and os.path.exists(sys.argv[2]):
+        os.unlink(sys.argv[2])
     t0 = time.perf_counter_ns()
     rc = subprocess.call(["/bin/sh", "-c", line], cwd=sys.argv[1], stdout=subprocess.DEVNULL)
     t1 = time.perf_counter_ns()
@@ -103,8 +107,8 @@ for line in sys.stdin:
         sys.exit(1)
     print((t1 - t0) // 1000, flush=True)
 EOF
-time_calls() {
-  setpriv --reuid postgres --regid postgres --init-groups python3 "$BENCH/time_calls.py" "$1" 2>>"$BENCH/errors.log" ||
+time_calls() { # dir [file to remove before each call]
+  setpriv --reuid postgres --regid postgres --init-groups /usr/bin/python3 "$BENCH/time_calls.py" "$@" 2>>"$BENCH/errors.log" ||
     { echo "a timed call failed: see $BENCH/errors.log" >&2; tail -3 "$BENCH/errors.log" >&2; exit 1; }
 }
 
@@ -268,7 +272,7 @@ say "fetch$tag: tidemark (prefetch)"
 fdir=$BENCH/fetch; rm -rf "$fdir"; mkdir -p "$fdir"; chown postgres:postgres "$fdir"
 rm -rf "$tmw/spool"
 t0=$(date +%s%N)
-for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-fetch $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/tm-fetch.us"
+for s in "${segs[@]}"; do echo "$TM --config $tmw/tidemark.toml wal-fetch $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" "$fdir/RECOVERYXLOG" > "$BENCH/tm-fetch.us"
 t1=$(date +%s%N)
 read -r _ tmf_p50 tmf_p99 < <(stats "$BENCH/tm-fetch.us")
 tm_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
@@ -276,7 +280,7 @@ tm_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")
 say "fetch: pgBackRest (async archive-get)"
 rm -rf "$pbw/spool"/*
 t0=$(date +%s%N)
-for s in "${segs[@]}"; do echo "$PB archive-get $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" > "$BENCH/pb-fetch.us"
+for s in "${segs[@]}"; do echo "$PB archive-get $s $fdir/RECOVERYXLOG"; done | time_calls "$fdir" "$fdir/RECOVERYXLOG" > "$BENCH/pb-fetch.us"
 t1=$(date +%s%N)
 read -r _ pbf_p50 pbf_p99 < <(stats "$BENCH/pb-fetch.us")
 pb_fetch_mbs=$(mbs "$corpus_mb" "$t0" "$t1")

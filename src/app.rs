@@ -404,11 +404,21 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
     let began = std::time::Instant::now();
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
     let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let write_err = |e| fetch::FetchError::Write(dest.display().to_string(), e);
     // The spool only ever holds segments; taking one needs neither keyring nor store.
-    let from_spool =
-        is_segment && spool.take(name, dest).map_err(|e| fetch::FetchError::Write(dest.display().to_string(), e))?;
+    let mut from_spool = is_segment && spool.take(name, dest).map_err(write_err)?;
     if is_segment && cfg.fetch.prefetch > 0 {
-        keep_reading_ahead(cli, &spool, name);
+        let running = spool.prefetcher_running();
+        // Read-ahead that is running gets this one first, so wait for it rather than download
+        // it twice; a first call reads it directly while read-ahead starts on the next ones.
+        let wanted = fetch::Wanted { name: name.to_string(), taken: from_spool || !running };
+        if let Err(e) = spool.set_wanted(&wanted) {
+            tracing::warn!(error = %e, "cannot record the requested segment for read-ahead");
+        } else if !running {
+            start_prefetcher(cli, &spool, name);
+        } else if !from_spool && spool.await_spooled(name, Duration::from_secs(60)).await {
+            from_spool = spool.take(name, dest).map_err(write_err)?;
+        }
     }
     if from_spool {
         tracing::info!(file = %name, outcome = ?FetchOutcome::FromSpool, "wal-fetch");
@@ -430,23 +440,18 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
     Ok(0)
 }
 
-/// Tells read-ahead which segment recovery asked for, starting it unless it is running.
-fn keep_reading_ahead(cli: &Cli, spool: &Spool, name: &str) {
-    if let Err(e) = spool.set_wanted(name) {
-        tracing::warn!(error = %e, "cannot record the requested segment for read-ahead");
-        return;
-    }
-    if !spool.prefetcher_running() {
-        start_prefetcher(cli, name);
-    }
-}
-
 /// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
-fn start_prefetcher(cli: &Cli, name: &str) {
+fn start_prefetcher(cli: &Cli, spool: &Spool, name: &str) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
         return;
     };
+    // Its warnings go to a log in the spool: PostgreSQL never shows a detached child's stderr.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.dir().join("prefetch.log"))
+        .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from);
     let mut cmd = std::process::Command::new(exe);
     if let Some(c) = &cli.config {
         cmd.arg("--config").arg(c);
@@ -455,7 +460,7 @@ fn start_prefetcher(cli: &Cli, name: &str) {
         .arg(name)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .process_group(0);
     if let Err(e) = cmd.spawn() {
         tracing::warn!(error = %e, "cannot start read-ahead");

@@ -150,9 +150,12 @@ fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
     std::fs::remove_file(&dest).unwrap();
     let other_ring = out.path().join("other-keyring");
     assert!(s.run(&["keygen", "--out", other_ring.to_str().unwrap()]).status.success());
+    // Its own spool: read-ahead started by the calls above may have spooled S1 already
+    // (verified with the right keyring), and a spooled segment is served without the keyring.
     let o =
         s.tm.cmd(&["wal-fetch", S1, dest.to_str().unwrap()])
             .env("TIDEMARK_ENCRYPTION_KEYRING", &other_ring)
+            .env("TIDEMARK_FETCH_SPOOL_DIR", out.path().join("spool-other"))
             .output()
             .unwrap();
     assert_eq!(o.status.code(), Some(126));

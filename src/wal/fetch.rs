@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::catalog::cluster;
+use crate::codec;
 use crate::repo::{RepoError, Repository};
 use crate::wal::name::{Segment, WalFile, DEFAULT_SEGMENT_SIZE};
 
@@ -73,15 +74,50 @@ impl Spool {
         write_atomic(&self.path(name), data, SPOOL_TMP)
     }
 
-    /// Records the segment recovery asked for last; read-ahead keeps the window after it.
-    pub fn set_wanted(&self, name: &str) -> std::io::Result<()> {
+    /// Records the segment recovery asked for last; read-ahead keeps the window from it.
+    pub fn set_wanted(&self, w: &Wanted) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        write_atomic(&self.dir.join(WANTED), name.as_bytes(), SPOOL_TMP)
+        let text = if w.taken { format!("{} taken", w.name) } else { w.name.clone() };
+        write_atomic(&self.dir.join(WANTED), text.as_bytes(), SPOOL_TMP)
     }
 
     /// The segment recovery asked for last, if recorded.
-    pub fn wanted(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join(WANTED)).ok().map(|s| s.trim().to_string())
+    pub fn wanted(&self) -> Option<Wanted> {
+        let text = std::fs::read_to_string(self.dir.join(WANTED)).ok()?;
+        let mut words = text.split_whitespace();
+        let name = words.next()?.to_string();
+        Some(Wanted { name, taken: words.next() == Some("taken") })
+    }
+
+    /// Notes that read-ahead could not spool `name` (`none`: not archived; `error`: failed),
+    /// so a wal-fetch waiting for it reads the archive itself instead.
+    fn mark(&self, name: &str, what: &str) {
+        let _ = std::fs::write(self.dir.join(format!("{name}.{what}")), b"");
+    }
+
+    fn unmark(&self, name: &str) {
+        for what in ["none", "error"] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{name}.{what}")));
+        }
+    }
+
+    /// Waits while a running read-ahead works on `name`; true once it is spooled, false when
+    /// read-ahead could not get it, stopped running, or `timeout` passed.
+    pub async fn await_spooled(&self, name: &str, timeout: Duration) -> bool {
+        let began = Instant::now();
+        let mut checks = 0u32;
+        loop {
+            if self.has(name) {
+                return true;
+            }
+            let marked = ["none", "error"].iter().any(|w| self.dir.join(format!("{name}.{w}")).exists());
+            checks += 1;
+            // The lock check costs an open; every 50th round (about 100 ms) is enough.
+            if marked || began.elapsed() >= timeout || (checks % 50 == 0 && !self.prefetcher_running()) {
+                return self.has(name);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// The lock a running read-ahead process holds.
@@ -116,14 +152,19 @@ impl Spool {
         }
     }
 
-    /// Removes spooled segments outside `keep` (names sorted as PostgreSQL sorts them).
+    /// Removes spooled segments (and their marks) outside `keep`; files being written stay.
     pub fn prune_except(&self, keep: &[String]) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || keep.contains(&name) {
+            let segment = match name.split_once('.') {
+                None => name.as_str(),
+                Some((seg, "none" | "error")) => seg,
+                Some(_) => continue,
+            };
+            if segment.len() != 24 || keep.iter().any(|k| k == segment) {
                 continue;
             }
             let _ = std::fs::remove_file(e.path());
@@ -170,15 +211,40 @@ pub async fn fetch(
         return Ok(FetchOutcome::FromSpool);
     }
     let key = repo.wal_key(&file, seg_size);
-    let Some(data) = repo.get_opened(&key).await? else {
-        return Ok(FetchOutcome::NotArchived);
+    Ok(if fetch_to(repo, &key, dest, ".tidemark.").await? { FetchOutcome::Fetched } else { FetchOutcome::NotArchived })
+}
+
+/// Reads the object `key` and writes its plaintext to `dest` atomically, streaming it through
+/// the opener (no whole-file buffer); false when the object is absent.
+async fn fetch_to(repo: &Repository, key: &str, dest: &Path, tmp_tag: &str) -> Result<bool, FetchError> {
+    let Some(sealed) = repo.store().get_bytes(key).await.map_err(RepoError::from)? else {
+        return Ok(false);
     };
-    let d = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || write_atomic(&d, &data, ".tidemark."))
+    let (repo, key, dest, tag) = (repo.clone(), key.to_string(), dest.to_path_buf(), tmp_tag.to_string());
+    let d = dest.display().to_string();
+    tokio::task::spawn_blocking(move || open_into(&repo, &key, &sealed, &dest, &tag))
         .await
-        .map_err(|e| FetchError::Write(dest_s.clone(), std::io::Error::other(e)))?
-        .map_err(|e| FetchError::Write(dest_s, e))?;
-    Ok(FetchOutcome::Fetched)
+        .map_err(|e| FetchError::Write(d, std::io::Error::other(e)))??;
+    Ok(true)
+}
+
+/// Opens `sealed` into a temp file beside `dest`, then renames it there; on any failure
+/// (damaged object, wrong key, full disk) `dest` is untouched and the temp file removed.
+fn open_into(repo: &Repository, key: &str, sealed: &[u8], dest: &Path, tmp_tag: &str) -> Result<(), FetchError> {
+    let write_err = |e| FetchError::Write(dest.display().to_string(), e);
+    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+    let tmp = dir.join(format!("{base}{tmp_tag}{}", hex::encode(rand::random::<[u8; 6]>())));
+    let res = (|| {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(write_err)?);
+        codec::open(repo.sealing().0, key, sealed, &mut out).map_err(RepoError::from)?;
+        out.flush().map_err(write_err)?;
+        std::fs::rename(&tmp, dest).map_err(write_err)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
 }
 
 /// The `count` segments after `name` (the read-ahead window).
@@ -197,18 +263,32 @@ pub fn window_after(name: &str, count: usize, seg_size: u64) -> Vec<Segment> {
 
 /// Downloads one segment into the spool; false when the archive does not have it.
 async fn spool_one(repo: &Repository, spool: &Spool, seg: Segment, seg_size: u64) -> Result<bool, FetchError> {
-    let name = seg.name(seg_size);
     let key = repo.wal_key(&WalFile::Segment(seg), seg_size);
-    let Some(data) = repo.get_opened(&key).await? else {
-        return Ok(false);
-    };
-    let sp = spool.clone();
-    let n = name.clone();
-    tokio::task::spawn_blocking(move || sp.put(&n, &data))
-        .await
-        .map_err(|e| FetchError::Write(name.clone(), std::io::Error::other(e)))?
-        .map_err(|e| FetchError::Write(name, e))?;
-    Ok(true)
+    std::fs::create_dir_all(spool.dir()).map_err(|e| FetchError::Write(spool.dir().display().to_string(), e))?;
+    fetch_to(repo, &key, &spool.path(&seg.name(seg_size)), SPOOL_TMP).await
+}
+
+/// The segment recovery asked for last: still needed, or already taken from the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// Segment file name.
+    pub name: String,
+    /// Taken from the spool (read-ahead starts after it) rather than awaited (starts at it).
+    pub taken: bool,
+}
+
+impl Wanted {
+    /// The segments read-ahead keeps ready: this one unless taken, then `count` after it.
+    pub fn window(&self, count: usize, seg_size: u64) -> Vec<Segment> {
+        let mut out = Vec::with_capacity(count + 1);
+        if !self.taken {
+            if let Ok(WalFile::Segment(seg)) = WalFile::parse(&self.name, seg_size) {
+                out.push(seg);
+            }
+        }
+        out.extend(window_after(&self.name, count, seg_size));
+        out
+    }
 }
 
 /// How read-ahead runs.
@@ -235,7 +315,7 @@ pub async fn prefetch(
     opts: Prefetch,
     seg_size: u64,
 ) -> Result<usize, FetchError> {
-    let mut wanted = spool.wanted().unwrap_or_else(|| first.to_string());
+    let mut wanted = spool.wanted().unwrap_or_else(|| Wanted { name: first.to_string(), taken: true });
     let mut last_change = Instant::now();
     let mut inflight: JoinSet<(String, Result<bool, FetchError>)> = JoinSet::new();
     let mut busy: HashSet<String> = HashSet::new();
@@ -249,8 +329,7 @@ pub async fn prefetch(
                 last_change = Instant::now();
             }
             wanted = now_wanted;
-            let window = window_after(&wanted, opts.count, seg_size);
-            window_names = window.iter().map(|s| s.name(seg_size)).collect();
+            window_names = wanted.window(opts.count, seg_size).iter().map(|s| s.name(seg_size)).collect();
             // Files before the window were consumed or skipped: recovery never asks back.
             spool.prune_except(&window_names);
             if window_names.is_empty() {
@@ -259,7 +338,7 @@ pub async fn prefetch(
         }
         // Start the lowest missing segments first: recovery needs them soonest.
         let now = Instant::now();
-        for seg in window_after(&wanted, opts.count, seg_size) {
+        for seg in wanted.window(opts.count, seg_size) {
             if inflight.len() >= opts.workers.max(1) {
                 break;
             }
@@ -291,17 +370,20 @@ pub async fn prefetch(
                 Ok(true) => {
                     spooled += 1;
                     retry_at.remove(&name);
+                    spool.unmark(&name);
                     // Recovery may have moved past it while it downloaded.
                     if !window_names.contains(&name) {
                         spool.prune_except(&window_names);
                     }
                 }
                 Ok(false) => {
+                    spool.mark(&name, "none");
                     retry_at.insert(name, Instant::now() + Duration::from_secs(1));
                 }
                 Err(e) => {
                     // wal-fetch reads it directly and reports the error where recovery sees it.
                     tracing::warn!(file = %name, error = %e, "read-ahead failed");
+                    spool.mark(&name, "error");
                     retry_at.insert(name, Instant::now() + Duration::from_secs(1));
                 }
             }
@@ -322,6 +404,48 @@ mod tests {
     }
 
     #[test]
+    fn wanted_window_starts_at_an_awaited_segment_and_after_a_taken_one() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(d.path(), "c");
+        assert_eq!(sp.wanted(), None);
+        let names = |w: &Wanted| -> Vec<String> {
+            w.window(2, DEFAULT_SEGMENT_SIZE).iter().map(|s| s.name(DEFAULT_SEGMENT_SIZE)).collect()
+        };
+        for taken in [false, true] {
+            let w = Wanted { name: "0000000100000000000000FF".into(), taken };
+            sp.set_wanted(&w).unwrap();
+            assert_eq!(sp.wanted(), Some(w.clone()));
+            let mut expected = vec!["000000010000000100000000", "000000010000000100000001"];
+            if !taken {
+                expected.insert(0, "0000000100000000000000FF");
+            }
+            assert_eq!(names(&w), expected);
+        }
+        assert!(names(&Wanted { name: "00000002.history".into(), taken: false }).is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_for_read_ahead_ends_on_delivery_or_a_mark() {
+        let d = tempfile::tempdir().unwrap();
+        let sp = Spool::new(d.path(), "c");
+        let lock = sp.lock_file().unwrap();
+        lock.try_lock().unwrap();
+        assert!(sp.prefetcher_running());
+        let n = "000000010000000000000001";
+        sp.put(n, b"x").unwrap();
+        assert!(sp.await_spooled(n, Duration::from_secs(60)).await);
+        sp.mark("000000010000000000000002", "none");
+        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)).await);
+        sp.unmark("000000010000000000000002");
+        sp.mark("000000010000000000000002", "error");
+        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)).await);
+        // Read-ahead that stops running is not waited for.
+        drop(lock);
+        assert!(!sp.prefetcher_running());
+        assert!(!sp.await_spooled("000000010000000000000003", Duration::from_secs(60)).await);
+    }
+
+    #[test]
     fn spool_take_moves_and_misses_cleanly() {
         let d = tempfile::tempdir().unwrap();
         let sp = Spool::new(d.path(), "c");
@@ -332,8 +456,12 @@ mod tests {
         assert!(!sp.take("000000010000000000000001", &dest).unwrap());
         sp.put("000000010000000000000002", b"x").unwrap();
         sp.put("000000010000000000000003", b"y").unwrap();
+        sp.mark("000000010000000000000002", "none");
+        std::fs::write(sp.dir().join("000000010000000000000004.tmp.abc"), b"being written").unwrap();
         sp.prune_except(&["000000010000000000000003".to_string()]);
         assert!(!sp.has("000000010000000000000002"));
+        assert!(!sp.dir().join("000000010000000000000002.none").exists());
         assert!(sp.has("000000010000000000000003"));
+        assert!(sp.dir().join("000000010000000000000004.tmp.abc").exists());
     }
 }
