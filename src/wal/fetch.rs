@@ -113,7 +113,7 @@ impl Spool {
             let marked = ["none", "error"].iter().any(|w| self.dir.join(format!("{name}.{w}")).exists());
             checks += 1;
             // The lock check costs an open; every 50th round (about 100 ms) is enough.
-            if marked || began.elapsed() >= timeout || (checks % 50 == 0 && !self.prefetcher_running()) {
+            if marked || began.elapsed() >= timeout || (checks.is_multiple_of(50) && !self.prefetcher_running()) {
                 return self.has(name);
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
