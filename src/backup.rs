@@ -50,7 +50,8 @@ pub async fn wait_for_wal(
     let last = Segment::containing(timeline, Lsn(stop.0.saturating_sub(1).max(start.0)), seg_size);
     let began = Instant::now();
     let mut next = first;
-    let mut delay = Duration::from_millis(100);
+    // Short first waits: the archiver is usually pushing the last segment right now.
+    let mut delay = Duration::from_millis(10);
     while next <= last {
         let key = repo.wal_key(&WalFile::Segment(next), seg_size);
         if repo.store().head(&key).await?.is_some() {
@@ -64,7 +65,7 @@ pub async fn wait_for_wal(
             );
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        delay = (delay * 3 / 2).min(Duration::from_secs(2));
     }
     Ok(())
 }

@@ -233,6 +233,14 @@ impl Repository {
         self.put_sealed(key, Bytes::from(data)).await
     }
 
+    /// Stores a JSON document, sealed, unless an object exists under `key`.
+    pub async fn put_json_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<(), RepoError> {
+        let data = serde_json::to_vec_pretty(value).map_err(|e| RepoError::Json(key.to_string(), e.to_string()))?;
+        let sealed = self.seal(key, Bytes::from(data)).await?;
+        self.store.put_if_absent(key, sealed).await?;
+        Ok(())
+    }
+
     /// Reads a sealed JSON document; `None` when absent.
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, RepoError> {
         let Some(plain) = self.get_opened(key).await? else {

@@ -54,7 +54,12 @@ pub struct Part {
     pub file_offset: u64,
     /// Length.
     pub len: u64,
-    /// SHA-256 of this part's bytes.
+    /// CRC-32C of this part's bytes (backups since 2026-11): catches a part written to the
+    /// wrong place; the bundle's AEAD tags already catch damage and tampering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
+    /// SHA-256 of this part's bytes (older backups).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
 }
 

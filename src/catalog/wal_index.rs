@@ -69,9 +69,10 @@ impl IndexBuilder {
     }
 }
 
-/// Stores a segment's summary.
+/// Stores a segment's summary unless one is stored: the first summary stays, so pushing a
+/// different file under an archived name (refused later, at the segment) cannot replace it.
 pub async fn save(repo: &Repository, seg: Segment, seg_size: u64, idx: &SegmentIndex) -> Result<(), RepoError> {
-    repo.put_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size)), idx).await
+    repo.put_json_if_absent(&repo.wal_index_key(seg.timeline, &seg.name(seg_size)), idx).await
 }
 
 /// Timelines present in the archive.

@@ -115,12 +115,14 @@ impl Session {
         Ok(lsn.parse()?)
     }
 
-    /// Stops the backup, waiting until PostgreSQL has archived the WAL it needs.
+    /// Stops the backup (PostgreSQL still switches to a new segment). It does not wait for
+    /// the archiver: PostgreSQL re-checks only once a second, so the caller waits for the
+    /// stop segment in the repository instead (`backup::wait_for_wal`).
     pub async fn backup_stop(&self) -> anyhow::Result<StopResult> {
         let sql = if self.version >= 150000 {
-            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(true)"
+            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
         } else {
-            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, true)"
+            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
         };
         let row = self.client.query_one(sql, &[]).await.context("stopping the backup")?;
         let lsn: String = row.get(0);

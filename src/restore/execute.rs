@@ -122,6 +122,28 @@ pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> Stri
     c
 }
 
+/// The running checksum of the part being written: CRC-32C, or SHA-256 for older backups.
+enum PartCheck {
+    Crc(u32),
+    Sha(Sha256),
+}
+
+impl PartCheck {
+    fn for_part(part: Option<&Part>) -> PartCheck {
+        match part {
+            Some(p) if p.crc32c.is_none() && !p.sha256.is_empty() => PartCheck::Sha(Sha256::new()),
+            _ => PartCheck::Crc(0),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            PartCheck::Crc(c) => *c = crc32c::crc32c_append(*c, data),
+            PartCheck::Sha(h) => h.update(data),
+        }
+    }
+}
+
 /// Receives a bundle's plaintext in order and writes each part where it belongs,
 /// checking each part's SHA-256.
 struct PartSink {
@@ -129,7 +151,7 @@ struct PartSink {
     idx: usize,
     pos: u64,
     file: Option<std::fs::File>,
-    hasher: Sha256,
+    check: PartCheck,
     bundle: String,
     error: Option<String>,
     /// Only check checksums; write nothing (verify --deep).
@@ -165,7 +187,7 @@ impl Write for PartSink {
             if let Some(f) = &self.file {
                 f.write_all_at(&buf[..n], part.file_offset + within)?;
             }
-            self.hasher.update(&buf[..n]);
+            self.check.update(&buf[..n]);
             self.pos += n as u64;
             buf = &buf[n..];
             if within + n as u64 == part.len {
@@ -182,14 +204,23 @@ impl Write for PartSink {
 
 impl PartSink {
     fn finish_part(&mut self, rel: &str, part: &Part) -> std::io::Result<()> {
-        let got = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        let check = std::mem::replace(&mut self.check, PartCheck::for_part(self.parts.get(self.idx + 1).map(|p| &p.2)));
         self.file = None;
         self.idx += 1;
-        if got != part.sha256 {
-            return Err(self.fail(format!(
-                "{rel}: checksum mismatch in bundle {} (expected sha256 {}, got {got})",
-                self.bundle, part.sha256
-            )));
+        let (ok, expected, got) = match check {
+            PartCheck::Crc(crc) => (
+                part.crc32c == Some(crc),
+                part.crc32c.map_or_else(|| "a checksum".to_string(), |c| format!("crc32c {c:08x}")),
+                format!("{crc:08x}"),
+            ),
+            PartCheck::Sha(h) => {
+                let got = hex::encode(h.finalize());
+                (got == part.sha256, format!("sha256 {}", part.sha256), got)
+            }
+        };
+        if !ok {
+            return Err(self
+                .fail(format!("{rel}: checksum mismatch in bundle {} (expected {expected}, got {got})", self.bundle)));
         }
         Ok(())
     }
@@ -225,16 +256,8 @@ async fn restore_bundle(
     let ring = repo.keyring().clone();
     let plain = m.bundles[n].plain_bytes;
     tokio::task::spawn_blocking(move || {
-        let mut sink = PartSink {
-            parts,
-            idx: 0,
-            pos: 0,
-            file: None,
-            hasher: Sha256::new(),
-            bundle: name.clone(),
-            error: None,
-            dry,
-        };
+        let check = PartCheck::for_part(parts.first().map(|p| &p.2));
+        let mut sink = PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: name.clone(), error: None, dry };
         let res = sink
             .finish_empty()
             .map_err(|e| e.to_string())
@@ -594,6 +617,47 @@ mod tests {
         assert_eq!(r.timeline, Some(2));
         assert_eq!(r.last_transaction.as_deref(), Some("2026-11-26 06:00:00.25+00"));
         assert!(r.stopped.unwrap().starts_with("recovery stopping before commit"));
+    }
+
+    fn part(offset: u64, data: &[u8], crc: bool) -> Part {
+        Part {
+            bundle: 0,
+            offset,
+            file_offset: 0,
+            len: data.len() as u64,
+            crc32c: crc.then(|| crc32c::crc32c(data)),
+            sha256: if crc { String::new() } else { hex::encode(Sha256::digest(data)) },
+        }
+    }
+
+    fn sink(parts: Vec<(PathBuf, String, Part)>) -> PartSink {
+        let check = PartCheck::for_part(parts.first().map(|p| &p.2));
+        PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: "b000000".into(), error: None, dry: false }
+    }
+
+    #[test]
+    fn parts_are_checked_by_crc32c_or_by_the_sha256_older_backups_carry() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        // A new (CRC-32C) part followed by an old (SHA-256) one, written in odd-sized writes.
+        let mut s = sink(vec![
+            (a.clone(), "a".into(), part(0, b"first file", true)),
+            (b.clone(), "b".into(), part(10, b"second", false)),
+        ]);
+        for piece in b"first filesecond".chunks(3) {
+            s.write_all(piece).unwrap();
+        }
+        assert_eq!(s.idx, 2);
+        assert_eq!(std::fs::read(&a).unwrap(), b"first file");
+        assert_eq!(std::fs::read(&b).unwrap(), b"second");
+
+        for crc in [true, false] {
+            let mut s = sink(vec![(d.path().join("c"), "c".into(), part(0, b"expected", crc))]);
+            assert!(s.write_all(b"damaged!").is_err());
+            let e = s.error.unwrap();
+            assert!(e.contains("c: checksum mismatch in bundle b000000"), "{e}");
+            assert!(e.contains(if crc { "crc32c" } else { "sha256" }), "{e}");
+        }
     }
 
     #[test]

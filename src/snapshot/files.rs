@@ -3,18 +3,18 @@
 //! `workers × bundle size` whatever the database size.
 
 use std::collections::HashSet;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
 use crate::catalog::backup::{bundle_key, Bundle, EntryKind, FileEntry, Part};
+use crate::codec::{SealStats, Sealer};
 use crate::repo::Repository;
+use crate::store::{PutOutcome, Staged};
 
 /// Directories whose contents a base backup leaves out (PostgreSQL's basebackup.c list).
 const EXCLUDE_DIR_CONTENTS: &[&str] =
@@ -229,17 +229,32 @@ pub fn pack(sizes: &[(usize, u64)], bundle_bytes: u64) -> Vec<Vec<Piece>> {
     bundles
 }
 
-/// The result of copying a bundle: plaintext and the parts it holds.
-struct Filled {
-    data: Vec<u8>,
+/// Bytes read per step while a bundle streams through the sealer.
+const READ_STEP: usize = 1 << 20;
+
+/// A bundle sealed into its staged object, with the parts it holds.
+struct Sealed {
+    staged: Staged,
     parts: Vec<(usize, Part)>,
+    stats: SealStats,
 }
 
-/// Reads a bundle's pieces from disk (a file that shrank gives fewer bytes; one that
-/// vanished gives none: WAL replay recreates both).
-fn fill(items: &[Item], pieces: &[Piece], bundle: usize, cap: u64) -> anyhow::Result<Filled> {
-    let mut data = Vec::with_capacity(cap as usize);
+/// Streams a bundle's pieces from disk through the sealer into `staged`, one read step at a
+/// time (a file that shrank gives fewer bytes; one that vanished gives none: WAL replay
+/// recreates both).
+fn seal_bundle(
+    repo: &Repository,
+    key: &str,
+    items: &[Item],
+    pieces: &[Piece],
+    bundle: usize,
+    staged: Staged,
+) -> anyhow::Result<Sealed> {
+    let (keyring, level) = repo.sealing();
+    let mut sealer = Sealer::new(keyring, key, level, staged)?;
     let mut parts = Vec::with_capacity(pieces.len());
+    let mut buf = vec![0u8; READ_STEP];
+    let mut offset = 0u64;
     for p in pieces {
         let src = &items[p.item].source;
         let mut f = match std::fs::File::open(src) {
@@ -248,13 +263,27 @@ fn fill(items: &[Item], pieces: &[Piece], bundle: usize, cap: u64) -> anyhow::Re
             Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
         };
         f.seek(SeekFrom::Start(p.file_offset))?;
-        let start = data.len();
-        f.take(p.len).read_to_end(&mut data).with_context(|| format!("reading {}", src.display()))?;
-        let got = (data.len() - start) as u64;
-        let sha = hex::encode(Sha256::digest(&data[start..]));
-        parts.push((p.item, Part { bundle, offset: start as u64, file_offset: p.file_offset, len: got, sha256: sha }));
+        let mut f = f.take(p.len);
+        let (mut got, mut crc) = (0u64, 0u32);
+        loop {
+            let n = match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
+            };
+            crc = crc32c::crc32c_append(crc, &buf[..n]);
+            sealer.write_all(&buf[..n]).with_context(|| format!("sealing {key}"))?;
+            got += n as u64;
+        }
+        parts.push((
+            p.item,
+            Part { bundle, offset, file_offset: p.file_offset, len: got, crc32c: Some(crc), sha256: String::new() },
+        ));
+        offset += got;
     }
-    Ok(Filled { data, parts })
+    let (staged, stats) = sealer.finish()?;
+    Ok(Sealed { staged, parts, stats })
 }
 
 /// A stored bundle and the parts it holds (item index, part).
@@ -286,15 +315,18 @@ pub async fn capture(
             let shared = shared.clone();
             let progress = progress.clone();
             async move {
-                let filled = tokio::task::spawn_blocking(move || fill(&shared, &pieces, n, bundle_bytes)).await??;
                 let name = format!("b{n:06}");
                 let key = bundle_key(repo, id, &name);
-                let plain = filled.data.len() as u64;
-                let sealed = repo.seal(&key, Bytes::from(filled.data)).await?;
-                let stored = sealed.len() as u64;
-                repo.store().put(&key, sealed).await?;
-                progress(plain);
-                Ok((Bundle { name, plain_bytes: plain, stored_bytes: stored }, filled.parts))
+                let staged = repo.store().stage(&key)?;
+                let (r, k) = (repo.clone(), key.clone());
+                let sealed =
+                    tokio::task::spawn_blocking(move || seal_bundle(&r, &k, &shared, &pieces, n, staged)).await??;
+                if repo.store().commit_if_absent(&key, sealed.staged).await? == PutOutcome::Exists {
+                    anyhow::bail!("{key} already exists in the repository: backup ids are never reused");
+                }
+                progress(sealed.stats.plain_bytes);
+                let b = Bundle { name, plain_bytes: sealed.stats.plain_bytes, stored_bytes: sealed.stats.sealed_bytes };
+                Ok((b, sealed.parts))
             }
         })
         .buffered(workers.max(1))
@@ -311,11 +343,6 @@ pub async fn capture(
     for it in items.iter_mut().filter(|i| i.entry.kind == EntryKind::File) {
         it.entry.parts.sort_by_key(|p| p.file_offset);
         it.entry.size = it.entry.parts.iter().map(|p| p.len).sum();
-        it.entry.sha256 = match it.entry.parts.as_slice() {
-            [] => hex::encode(Sha256::digest(b"")),
-            [one] => one.sha256.clone(),
-            _ => String::new(),
-        };
     }
     Ok(bundles)
 }

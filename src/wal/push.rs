@@ -253,10 +253,8 @@ impl Archiver {
         };
         let file = WalFile::parse(file_name, seg_size)?;
         let key = self.repo.wal_key(&file, seg_size);
-        if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_some() {
-            return self.compare_existing(file_name, &key, &src).await;
-        }
-
+        // No existence check first: the conditional commit below is one (a HEAD would cost an
+        // extra request per segment on S3); an already archived file only costs a wasted seal.
         let index = match file {
             WalFile::Segment(seg) => Some((seg, IndexBuilder::new(seg, seg_size))),
             _ => None,
