@@ -52,6 +52,8 @@ fn push_is_idempotent_and_refuses_different_bytes() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("Stored"), "{}", stderr(&o));
     let stored = std::fs::read(s.object("c1", S1)).unwrap();
+    let index = s.repo.path().join(format!("clusters/c1/wal-index/00000001/{S1}"));
+    let summary = std::fs::read(&index).unwrap();
     let o = s.run(&["wal-push", p.to_str().unwrap()]);
     assert!(o.status.success() && stderr(&o).contains("AlreadyArchived"), "{}", stderr(&o));
 
@@ -63,6 +65,8 @@ fn push_is_idempotent_and_refuses_different_bytes() {
     let e = stderr(&o);
     assert!(e.contains(&original) && e.contains(&changed), "error must name both digests: {e}");
     assert_eq!(std::fs::read(s.object("c1", S1)).unwrap(), stored, "archive was modified");
+    // Sealing draws a fresh salt, so a rewritten summary would differ byte for byte.
+    assert_eq!(std::fs::read(&index).unwrap(), summary, "the segment's commit-time summary was replaced");
 }
 
 #[test]
