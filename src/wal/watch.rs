@@ -37,7 +37,9 @@ pub fn watch(data_dir: &Path) -> notify::Result<ReadyWatch> {
     let dir = data_dir.join("pg_wal").join("archive_status");
     let (tx, rx) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        // Opening and reading the directory are events too, and every scan reads it: waking
+        // on those would rescan in a loop.
+        if res.is_ok_and(|ev| !matches!(ev.kind, notify::EventKind::Access(_))) {
             // A full channel already holds a wake-up; the scan that follows sees every file.
             let _ = tx.try_send(());
         }
@@ -74,6 +76,13 @@ mod tests {
         std::fs::create_dir_all(&st).unwrap();
         let mut w = watch(d.path()).unwrap();
         std::fs::write(st.join("000000010000000000000001.ready"), b"").unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), w.changes.recv()).await.unwrap().unwrap();
+        // Drain the burst, then list the directory as a scan does: that alone wakes nothing.
+        let quiet = std::time::Duration::from_millis(300);
+        while tokio::time::timeout(quiet, w.changes.recv()).await.is_ok() {}
+        assert_eq!(ready_files(&st).unwrap().len(), 1);
+        assert!(tokio::time::timeout(quiet, w.changes.recv()).await.is_err(), "listing the directory woke the scan");
+        std::fs::rename(st.join("000000010000000000000001.ready"), st.join("000000010000000000000001.done")).unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(10), w.changes.recv()).await.unwrap().unwrap();
     }
 }
