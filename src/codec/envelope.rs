@@ -1,4 +1,5 @@
-//! The sealed object format: zstd, then a streaming AES-256-GCM envelope.
+//! The sealed object format: zstd (one or more concatenated frames), then a streaming
+//! AES-256-GCM envelope.
 //!
 //! Layout (all integers big-endian):
 //! ```text
