@@ -333,7 +333,7 @@ if [ "${SKIP_BACKUP:-0}" != 1 ]; then
   db_mb=$(du -sm "$src/base" | cut -f1)
   say "backup: $db_mb MB database"
   # Both tools read the database from the page cache: warm it before each backup.
-  warm() { find "$src/base" "$src/global" -type f -exec cat {} + >/dev/null; }
+  warm() { find "$src/base" "$src/global" -type f -exec cat {} + >/dev/null; sync; }
   start_src
   tm_conf "$src" "$tmw/repo-backup"
   warm
@@ -356,10 +356,13 @@ if [ "${SKIP_BACKUP:-0}" != 1 ]; then
 
   say "restore"
   rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces" "$BENCH/r-pb"
+  # Each restore starts with no dirty pages left by earlier steps to be written back.
+  sync
   t0=$(date +%s%N)
   "$TM" --config "$tmw/tidemark.toml" restore --latest --target-dir "$BENCH/r-tm" >/dev/null
   t1=$(date +%s%N); tm_r=$(mbs "$db_mb" "$t0" "$t1")
   mkdir -p "$BENCH/r-pb"; chown postgres:postgres "$BENCH/r-pb"; chmod 700 "$BENCH/r-pb"
+  sync
   t0=$(date +%s%N)
   runuser -u postgres -- $PB --pg1-path="$BENCH/r-pb" restore >/dev/null
   t1=$(date +%s%N); pb_r=$(mbs "$db_mb" "$t0" "$t1")

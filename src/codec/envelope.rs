@@ -154,7 +154,7 @@ pub fn seal<R: Read, W: Write>(
 /// which keeps zstd on its fast single-buffer match finder (a streaming window that wraps
 /// around sends it to the slower two-segment one: about a third slower on WAL). Frames are
 /// concatenated, which every zstd decoder reads as one stream.
-const FRAME: usize = 2 << 20;
+const FRAME: usize = 1 << 20;
 
 /// A streaming sealer: write the plaintext to it, then [`Sealer::finish`] (a caller that
 /// streams a file holds about one frame of it, not the whole file).
