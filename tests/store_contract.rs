@@ -112,6 +112,12 @@ async fn s3_store_meets_the_contract() {
     let s = store::open("s3://contract/some/prefix", &opts).await.unwrap();
     assert_eq!(s.describe(), "s3://contract/some/prefix");
     contract(s).await;
+
+    // A service error reads as what S3 said, not as the SDK's dump of the raw response.
+    let missing = store::open("s3://no-such-bucket/p", &opts).await.unwrap();
+    let e = missing.get_bytes("x").await.unwrap_err().to_string();
+    assert!(e.contains("get x failed: NoSuchBucket: The specified bucket does not exist"), "{e}");
+    assert!(!e.contains("Response {") && e.len() < 300, "{e}");
 }
 
 #[tokio::test]

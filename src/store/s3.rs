@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -64,12 +64,23 @@ impl S3Store {
         }
     }
 
-    fn err<E: std::error::Error + 'static>(&self, op: &'static str, key: &str, e: E) -> StoreError {
+    fn err<E: std::error::Error + ProvideErrorMetadata + 'static>(
+        &self,
+        op: &'static str,
+        key: &str,
+        e: E,
+    ) -> StoreError {
+        // A service error says what S3 said (its code and message); the SDK's full chain
+        // would append the raw response. Connection failures and timeouts keep the chain.
+        let what = match e.code() {
+            Some(code) => format!("{code}: {}", e.message().unwrap_or("(no message)")),
+            None => DisplayErrorContext(&e).to_string(),
+        };
         StoreError::Backend {
             store: self.describe(),
             op,
             key: key.to_string(),
-            msg: format!("{}; check the endpoint, credentials and that the bucket exists", DisplayErrorContext(e)),
+            msg: format!("{what}; check the endpoint, credentials and that the bucket exists"),
         }
     }
 
