@@ -154,8 +154,9 @@ impl ReadAhead {
             let mut st = lock(&self.state);
             st.stats.ready = names.len() as u64;
             // Files PostgreSQL has since marked .done need no answer any more.
-            st.done.retain(|n, _| names.contains(n));
-            st.backoff.retain(|n, _| names.contains(n));
+            let ready: std::collections::HashSet<&String> = names.iter().collect();
+            st.done.retain(|n, _| ready.contains(n));
+            st.backoff.retain(|n, _| ready.contains(n));
             names
                 .into_iter()
                 .filter(|n| {

@@ -44,6 +44,8 @@ pub struct Spool {
 }
 
 const SPOOL_TMP: &str = ".tmp.";
+/// A temp file in the spool older than this belongs to no running download.
+pub const STALE_TEMP: Duration = Duration::from_secs(600);
 /// Spool file holding the last segment name recovery asked for.
 const WANTED: &str = ".wanted";
 
@@ -152,7 +154,8 @@ impl Spool {
         }
     }
 
-    /// Removes spooled segments (and their marks) outside `keep`; files being written stay.
+    /// Removes spooled segments (and their marks) outside `keep`. Files being written stay,
+    /// unless they are older than [`STALE_TEMP`] (left by a read-ahead that was killed).
     pub fn prune_except(&self, keep: &[String]) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return;
@@ -162,6 +165,13 @@ impl Spool {
             let segment = match name.split_once('.') {
                 None => name.as_str(),
                 Some((seg, "none" | "error")) => seg,
+                Some((_, rest)) if rest.starts_with(&SPOOL_TMP[1..]) => {
+                    let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    if age.is_some_and(|a| a > STALE_TEMP) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                    continue;
+                }
                 Some(_) => continue,
             };
             if segment.len() != 24 || keep.iter().any(|k| k == segment) {
@@ -458,10 +468,16 @@ mod tests {
         sp.put("000000010000000000000003", b"y").unwrap();
         sp.mark("000000010000000000000002", "none");
         std::fs::write(sp.dir().join("000000010000000000000004.tmp.abc"), b"being written").unwrap();
+        let stale = sp.dir().join("000000010000000000000005.tmp.def");
+        std::fs::File::create(&stale)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - STALE_TEMP - Duration::from_secs(1))
+            .unwrap();
         sp.prune_except(&["000000010000000000000003".to_string()]);
         assert!(!sp.has("000000010000000000000002"));
         assert!(!sp.dir().join("000000010000000000000002.none").exists());
         assert!(sp.has("000000010000000000000003"));
         assert!(sp.dir().join("000000010000000000000004.tmp.abc").exists());
+        assert!(!stale.exists(), "a temp file no download is writing any more is removed");
     }
 }
