@@ -12,8 +12,9 @@ use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
 use crate::repo::Repository;
 use crate::restore::plan::{rfc3339, Target};
-use crate::wal::fetch::{self, FetchOutcome, Spool};
+use crate::wal::fetch::{self, FetchOutcome};
 use crate::wal::push::Archiver;
+use crate::wal::spool::{Spool, Wanted};
 
 /// A failure with the exit code it maps to.
 #[derive(Debug)]
@@ -411,7 +412,7 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
         let running = spool.prefetcher_running();
         // Read-ahead that is running gets this one first, so wait for it rather than download
         // it twice; a first call reads it directly while read-ahead starts on the next ones.
-        let wanted = fetch::Wanted { name: name.to_string(), taken: from_spool || !running };
+        let wanted = Wanted { name: name.to_string(), taken: from_spool || !running };
         if let Err(e) = spool.set_wanted(&wanted) {
             tracing::warn!(error = %e, "cannot record the requested segment for read-ahead");
         } else if !running {

@@ -5,4 +5,5 @@ pub mod header;
 pub mod name;
 pub mod push;
 pub mod record;
+pub mod spool;
 pub mod watch;
