@@ -426,7 +426,7 @@ async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u
     } else {
         let repo = Repository::open(cfg).await?;
         let seg_size = cached_segment_size(&repo, &spool).await?;
-        let outcome = fetch::fetch(&repo, &spool, name, dest, seg_size).await?;
+        let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
         tracing::info!(file = %name, ?outcome, "wal-fetch");
         if outcome == FetchOutcome::NotArchived {
             eprintln!("tidemark: {name} is not in the archive ({})", repo.store().describe());

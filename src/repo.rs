@@ -41,11 +41,6 @@ pub struct Repository {
     ec2_endpoint: Option<String>,
 }
 
-/// Plaintext digest of an object as hex SHA-256.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// Reads everything from `r` while hashing it; returns (bytes read, hex digest).
 pub struct HashingReader<R> {
     inner: R,

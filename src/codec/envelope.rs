@@ -320,7 +320,7 @@ fn read_header<R: Read>(keyring: &Keyring, object_key: &str, r: &mut R) -> Resul
 }
 
 /// Reads until `buf` is full or EOF; returns bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {

@@ -12,6 +12,7 @@ use anyhow::Context;
 use futures::StreamExt;
 
 use crate::catalog::backup::{bundle_key, Bundle, EntryKind, FileEntry, Part};
+use crate::codec::envelope::read_full;
 use crate::codec::{SealStats, Sealer};
 use crate::repo::Repository;
 use crate::store::{PutOutcome, Staged};
@@ -266,12 +267,10 @@ fn seal_bundle(
         let mut f = f.take(p.len);
         let (mut got, mut crc) = (0u64, 0u32);
         loop {
-            let n = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", src.display())),
-            };
+            let n = read_full(&mut f, &mut buf).with_context(|| format!("reading {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             sealer.write_all(&buf[..n]).with_context(|| format!("sealing {key}"))?;
             got += n as u64;

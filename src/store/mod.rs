@@ -133,13 +133,6 @@ impl std::io::Write for Staged {
         }
     }
 
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Staged::Memory(v) => v.write_all(buf),
-            Staged::File(f) => f.file().write_all(buf),
-        }
-    }
-
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }

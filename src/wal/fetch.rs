@@ -1,7 +1,6 @@
 //! Fetching WAL for recovery: spool first, then the archive; read-ahead fills the spool.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use crate::catalog::cluster;
 use crate::codec;
 use crate::repo::{RepoError, Repository};
 use crate::wal::name::{Segment, WalFile, DEFAULT_SEGMENT_SIZE};
-use crate::wal::spool::{Spool, Wanted, SPOOL_TMP};
+use crate::wal::spool::{write_atomic_with, Spool, Wanted, DEST_TMP, SPOOL_TMP};
 
 /// Result of a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,21 +42,11 @@ pub async fn segment_size(repo: &Repository) -> Result<u64, RepoError> {
     Ok(cluster::load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE))
 }
 
-/// Fetches `name` into `dest`, from the spool when read-ahead already has it.
-pub async fn fetch(
-    repo: &Repository,
-    spool: &Spool,
-    name: &str,
-    dest: &Path,
-    seg_size: u64,
-) -> Result<FetchOutcome, FetchError> {
+/// Fetches `name` from the archive into `dest` (`wal-fetch` looks in the spool first).
+pub async fn fetch(repo: &Repository, name: &str, dest: &Path, seg_size: u64) -> Result<FetchOutcome, FetchError> {
     let file = WalFile::parse(name, seg_size)?;
-    let dest_s = dest.display().to_string();
-    if file.is_segment() && spool.take(name, dest).map_err(|e| FetchError::Write(dest_s.clone(), e))? {
-        return Ok(FetchOutcome::FromSpool);
-    }
     let key = repo.wal_key(&file, seg_size);
-    Ok(if fetch_to(repo, &key, dest, ".tidemark.").await? { FetchOutcome::Fetched } else { FetchOutcome::NotArchived })
+    Ok(if fetch_to(repo, &key, dest, DEST_TMP).await? { FetchOutcome::Fetched } else { FetchOutcome::NotArchived })
 }
 
 /// Reads the object `key` and writes its plaintext to `dest` atomically, streaming it through
@@ -74,23 +63,13 @@ async fn fetch_to(repo: &Repository, key: &str, dest: &Path, tmp_tag: &str) -> R
     Ok(true)
 }
 
-/// Opens `sealed` into a temp file beside `dest`, then renames it there; on any failure
-/// (damaged object, wrong key, full disk) `dest` is untouched and the temp file removed.
+/// Opens `sealed` into `dest` atomically: on any failure (damaged object, wrong key, full
+/// disk) `dest` is untouched.
 fn open_into(repo: &Repository, key: &str, sealed: &[u8], dest: &Path, tmp_tag: &str) -> Result<(), FetchError> {
     let write_err = |e| FetchError::Write(dest.display().to_string(), e);
-    let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
-    let tmp = dir.join(format!("{base}{tmp_tag}{}", hex::encode(rand::random::<[u8; 6]>())));
-    let res = (|| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(write_err)?);
-        codec::open(repo.sealing().0, key, sealed, &mut out).map_err(RepoError::from)?;
-        out.flush().map_err(write_err)?;
-        std::fs::rename(&tmp, dest).map_err(write_err)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+    write_atomic_with(dest, tmp_tag, write_err, |out| {
+        codec::open(repo.sealing().0, key, sealed, out).map(drop).map_err(|e| RepoError::from(e).into())
+    })
 }
 
 /// Downloads one segment into the spool; false when the archive does not have it.
@@ -129,33 +108,35 @@ pub async fn prefetch(
     let mut inflight: JoinSet<(String, Result<bool, FetchError>)> = JoinSet::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut retry_at: HashMap<String, Instant> = HashMap::new();
+    let mut window: Vec<Segment> = Vec::new();
     let mut window_names: Vec<String> = Vec::new();
     let mut spooled = 0usize;
     loop {
         let now_wanted = spool.wanted().unwrap_or_else(|| wanted.clone());
-        if now_wanted != wanted || window_names.is_empty() {
+        if now_wanted != wanted || window.is_empty() {
             if now_wanted != wanted {
                 last_change = Instant::now();
             }
             wanted = now_wanted;
-            window_names = wanted.window(opts.count, seg_size).iter().map(|s| s.name(seg_size)).collect();
+            window = wanted.window(opts.count, seg_size);
+            window_names = window.iter().map(|s| s.name(seg_size)).collect();
             // Files before the window were consumed or skipped: recovery never asks back.
             spool.prune_except(&window_names);
-            if window_names.is_empty() {
+            if window.is_empty() {
                 return Ok(spooled);
             }
         }
         // Start the lowest missing segments first: recovery needs them soonest.
         let now = Instant::now();
-        for seg in wanted.window(opts.count, seg_size) {
+        for (&seg, name) in window.iter().zip(&window_names) {
             if inflight.len() >= opts.workers.max(1) {
                 break;
             }
-            let name = seg.name(seg_size);
-            if busy.contains(&name) || spool.has(&name) || retry_at.get(&name).is_some_and(|t| *t > now) {
+            if busy.contains(name) || spool.has(name) || retry_at.get(name).is_some_and(|t| *t > now) {
                 continue;
             }
             busy.insert(name.clone());
+            let name = name.clone();
             let (repo, spool) = (repo.clone(), spool.clone());
             inflight.spawn(async move {
                 let r = spool_one(&repo, &spool, seg, seg_size).await;

@@ -8,6 +8,7 @@ use tokio::sync::OnceCell;
 
 use crate::catalog::cluster::{self, ClusterRecord};
 use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
+use crate::codec::envelope::read_full;
 use crate::codec::{CodecError, Sealer};
 use crate::repo::{HashingWriter, RepoError, Repository};
 use crate::store::{PutOutcome, Staged};
@@ -109,20 +110,6 @@ impl Source {
     }
 }
 
-/// Reads until `buf` is full or the input ends; returns how much was read.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// An opened source with its first piece read.
 struct Opened {
     reader: Box<dyn Read + Send>,
@@ -151,10 +138,7 @@ fn seal_stream(
     let mut sealer = Sealer::new(keyring, key, level, staged)?;
     let mut buf = std::mem::take(&mut src.first);
     let mut total = 0u64;
-    loop {
-        if buf.is_empty() {
-            break;
-        }
+    while !buf.is_empty() {
         total += buf.len() as u64;
         if let Some(ix) = index.as_mut() {
             ix.feed(&buf);

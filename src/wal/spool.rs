@@ -18,6 +18,10 @@ pub(crate) const SPOOL_TMP: &str = ".tmp.";
 pub const STALE_TEMP: Duration = Duration::from_secs(600);
 /// Spool file holding the last segment name recovery asked for.
 const WANTED: &str = ".wanted";
+/// Suffixes of the marks read-ahead leaves for a segment it could not spool.
+const MARKS: [&str; 2] = ["none", "error"];
+/// Temp-name tag of a restore_command destination being written.
+pub(crate) const DEST_TMP: &str = ".tidemark.";
 
 impl Spool {
     /// The spool of one cluster under the configured spool directory.
@@ -39,7 +43,7 @@ impl Spool {
         self.path(name).is_file()
     }
 
-    /// Atomically adds a file to the spool. Not fsynced: the spool is a cache, and after a
+    /// Atomically adds a file to the spool (read-ahead itself streams into it). Not fsynced: the spool is a cache, and after a
     /// crash recovery asks again and a missing file is fetched from the archive.
     pub fn put(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
@@ -64,13 +68,17 @@ impl Spool {
     /// Notes that read-ahead could not spool `name` (`none`: not archived; `error`: failed),
     /// so a wal-fetch waiting for it reads the archive itself instead.
     pub(crate) fn mark(&self, name: &str, what: &str) {
-        let _ = std::fs::write(self.dir.join(format!("{name}.{what}")), b"");
+        let _ = std::fs::write(self.mark_path(name, what), b"");
     }
 
     pub(crate) fn unmark(&self, name: &str) {
-        for what in ["none", "error"] {
-            let _ = std::fs::remove_file(self.dir.join(format!("{name}.{what}")));
+        for what in MARKS {
+            let _ = std::fs::remove_file(self.mark_path(name, what));
         }
+    }
+
+    fn mark_path(&self, name: &str, what: &str) -> PathBuf {
+        self.dir.join(format!("{name}.{what}"))
     }
 
     /// Waits while a running read-ahead works on `name`; true once it is spooled, false when
@@ -82,7 +90,7 @@ impl Spool {
             if self.has(name) {
                 return true;
             }
-            let marked = ["none", "error"].iter().any(|w| self.dir.join(format!("{name}.{w}")).exists());
+            let marked = MARKS.iter().any(|w| self.mark_path(name, w).exists());
             checks += 1;
             // The lock check costs an open; every 50th round (about 100 ms) is enough.
             if marked || began.elapsed() >= timeout || (checks.is_multiple_of(50) && !self.prefetcher_running()) {
@@ -116,7 +124,7 @@ impl Spool {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
                     Err(e) => return Err(e),
                 };
-                write_atomic(dest, &data, ".tidemark.")?;
+                write_atomic(dest, &data, DEST_TMP)?;
                 let _ = std::fs::remove_file(&src);
                 Ok(true)
             }
@@ -134,7 +142,7 @@ impl Spool {
             let name = e.file_name().to_string_lossy().into_owned();
             let segment = match name.split_once('.') {
                 None => name.as_str(),
-                Some((seg, "none" | "error")) => seg,
+                Some((seg, mark)) if MARKS.contains(&mark) => seg,
                 Some((_, rest)) if rest.starts_with(&SPOOL_TMP[1..]) => {
                     let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
                     if age.is_some_and(|a| a > STALE_TEMP) {
@@ -158,13 +166,26 @@ impl Spool {
 /// a crash; a file PostgreSQL keeps (a standby's restored segment) it makes durable itself
 /// (`durable_rename` in `KeepFileRestoredFromArchive`).
 pub fn write_atomic(dest: &Path, data: &[u8], tmp_tag: &str) -> std::io::Result<()> {
+    write_atomic_with(dest, tmp_tag, |e| e, |out| out.write_all(data))
+}
+
+/// Like [`write_atomic`], with `fill` writing the content (buffered); `io_err` names the
+/// helper's own I/O failures in the caller's error type. On any failure `dest` is untouched
+/// and the temp file is removed.
+pub fn write_atomic_with<E>(
+    dest: &Path,
+    tmp_tag: &str,
+    io_err: impl Fn(std::io::Error) -> E,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), E>,
+) -> Result<(), E> {
     let dir = dest.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
     let tmp = dir.join(format!("{base}{tmp_tag}{}", hex::encode(rand::random::<[u8; 6]>())));
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        std::fs::rename(&tmp, dest)
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(&io_err)?);
+        fill(&mut out)?;
+        out.flush().map_err(&io_err)?;
+        std::fs::rename(&tmp, dest).map_err(&io_err)
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
