@@ -271,6 +271,8 @@ row "archive daemon peak RSS MiB, $WORKERS / 8 workers$tag" "$tm_rss / $tm_rss8"
 
 # ---------------------------------------------------------------- fetch
 say "fetch$tag: tidemark (prefetch)"
+# Back to $WORKERS: read-ahead runs archive.workers downloads, pgBackRest process-max.
+tm_conf "$BENCH/arch-tm2" "$tmw/repo2"
 fdir=$BENCH/fetch; rm -rf "$fdir"; mkdir -p "$fdir"; chown postgres:postgres "$fdir"
 rm -rf "$tmw/spool"
 t0=$(date +%s%N)
