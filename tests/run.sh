@@ -34,7 +34,17 @@ say "cargo fmt --check"
 cargo fmt --check
 
 say "building tests"
-cargo test --no-run --locked 2>&1 | tail -n 3
+# Debug info of the AWS SDKs is what fills a disk (see [profile.dev] in Cargo.toml); say
+# how much room the build had, and on failure show the compiler's own messages.
+df -h . | tail -n 1
+build_log=$(mktemp)
+if ! cargo test --no-run --locked >"$build_log" 2>&1; then
+  grep -v -E '^\s+(Compiling|Checking|Downloaded|Downloading) ' "$build_log" | tail -n 80
+  df -h . | tail -n 1
+  exit 1
+fi
+tail -n 3 "$build_log"
+rm -f "$build_log"
 
 say "running tests"
 cargo test --locked --no-fail-fast -- --test-threads=2
