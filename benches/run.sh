@@ -30,10 +30,10 @@ as_pg() { runuser -u postgres -- "$@"; }
 
 command -v pgbackrest >/dev/null || { say "installing pgBackRest"; apt-get update -q; apt-get install -y -q --no-install-recommends pgbackrest; }
 say "building tidemark (release)"
-cargo build --release -q
+cargo build --release --bins -q
 TM=$BENCH/bin/tidemark
 mkdir -p "$BENCH/bin"
-install -m 0755 target/release/tidemark "$TM"
+install -m 0755 target/release/tidemark target/release/tidemark-agent "$BENCH/bin/"
 chown postgres:postgres "$BENCH"
 
 # ---------------------------------------------------------------- corpus + database

@@ -2,87 +2,49 @@
 //!
 //! Exit codes: 0 ok; 1 operational failure (or `wal-fetch`: not archived); 2 usage/config.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::catalog::backup::{self as catalog_backup, BackupKind, Manifest};
 use crate::cli::{BackupAction, Cli, Command, Output, PolicyAction};
 use crate::codec::Keyring;
 use crate::config::Config;
-use crate::daemon::control::{self, ClientError, Request, Response};
+use crate::daemon::control::{self, Request, Response};
 use crate::repo::Repository;
 use crate::restore::plan::{rfc3339, Target};
 use crate::wal::fetch::{self, FetchOutcome};
 use crate::wal::push::Archiver;
-use crate::wal::spool::{Spool, Wanted};
+use crate::wal::spool::Spool;
 
-/// A failure with the exit code it maps to.
-#[derive(Debug)]
-pub struct Failure {
-    /// Process exit code.
-    pub code: u8,
-    /// What went wrong and what to do.
-    pub error: anyhow::Error,
-}
+pub use crate::failure::Failure;
+use crate::failure::{report, usage};
+use crate::per_file::{self, absolute, push_target};
 
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        let error: anyhow::Error = e.into();
-        let code = if error.downcast_ref::<crate::config::ConfigError>().is_some() { 2 } else { 1 };
-        Failure { code, error }
-    }
-}
-
-fn usage(msg: impl std::fmt::Display) -> Failure {
-    Failure { code: 2, error: anyhow::anyhow!("{msg}") }
-}
-
-/// Commands PostgreSQL calls once per file log only warnings by default (they land in its log).
-fn init_logging(cmd: &Command) {
-    let default = match cmd {
-        Command::WalPush { .. } | Command::WalFetch { .. } | Command::WalPrefetch { .. } => "warn",
-        _ => "info",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tidemark={default},warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
-}
-
-/// wal-fetch's exit code when recovery must abort rather than end (PostgreSQL: > 125).
-pub const FETCH_ABORT: u8 = 126;
-
-/// Entry point used by `main`: returns the exit code.
+/// The agent's entry point: returns the exit code.
 pub fn main(cli: Cli) -> u8 {
     if let Command::FreezeGuard { timeout_ms, mounts } = &cli.command {
         // No runtime, no logging setup: the guard must start and freeze fast.
         return crate::snapshot::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
     }
-    init_logging(&cli.command);
-    // PostgreSQL runs wal-push and wal-fetch once per file: a single-threaded runtime
-    // starts faster; everything else gets worker threads.
-    let mut builder = match cli.command {
-        Command::WalPush { .. } | Command::WalFetch { .. } => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tidemark: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    match rt.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(f) => {
-            eprintln!("tidemark: error: {:#}", f.error);
-            f.code
+    per_file::init_logging(&cli.command);
+    // The front end (`tidemark`) has done the local step when it hands a per-file command over.
+    if std::env::var_os(per_file::LOCAL_STEP_DONE).is_none() {
+        if let Some(code) = per_file::Call::from_cli(&cli).and_then(|call| per_file::local_step(&call)) {
+            return code;
         }
     }
+    let multi = !matches!(cli.command, Command::WalPush { .. } | Command::WalFetch { .. });
+    match runtime(multi) {
+        Ok(rt) => rt.block_on(run(cli)).unwrap_or_else(report),
+        Err(f) => report(f),
+    }
+}
+
+/// A tokio runtime: worker threads, or one thread for per-file commands.
+fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder =
+        if multi { tokio::runtime::Builder::new_multi_thread() } else { tokio::runtime::Builder::new_current_thread() };
+    builder.enable_all().build().map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}").into())
 }
 
 fn load_config(cli: &Cli) -> Result<Config, Failure> {
@@ -321,21 +283,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 .map_err(anyhow::Error::from)??;
             Ok(0)
         }
-        Command::WalPush { path } => wal_push(&load_config(&cli)?, path).await,
+        Command::WalPush { path } => wal_push_direct(&load_config(&cli)?, path).await,
         Command::WalFetch { name, dest } => {
-            // PostgreSQL reads exit 1 as "no more WAL" and ends recovery there, so any other
-            // failure (bad config, unreachable store, a damaged or foreign object) must abort
-            // recovery instead (> 125) or it would promote early and silently lose the tail.
+            let began = std::time::Instant::now();
             let res = match load_config(&cli) {
-                Ok(cfg) => wal_fetch(&cli, &cfg, name, dest).await,
+                Ok(cfg) => wal_fetch_from_archive(&cfg, name, dest).await.inspect(|code| {
+                    if *code == 0 {
+                        per_file::note_fetch_timing(&cfg, began);
+                    }
+                }),
                 Err(f) => Err(f),
             };
-            res.map_err(|f| Failure {
-                code: FETCH_ABORT,
-                error: f.error.context(format!(
-                    "cannot fetch {name}; recovery stops here (exit {FETCH_ABORT}) instead of ending early: fix the cause and start PostgreSQL again to resume"
-                )),
-            })
+            res.map_err(|f| per_file::fetch_abort(name, f))
         }
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
         Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
@@ -353,36 +312,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, Failure> {
-    if path.is_absolute() {
-        return Ok(path.to_path_buf());
-    }
-    let cwd = std::env::current_dir().map_err(|e| anyhow::anyhow!("cannot read the current directory: {e}"))?;
-    Ok(cwd.join(path))
-}
-
-/// `wal-push`: through the daemon when one answers, else directly.
-async fn wal_push(cfg: &Config, path: &Path) -> Result<u8, Failure> {
-    let path = absolute(path)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| usage(format!("{} has no file name", path.display())))?
-        .to_string();
-    crate::wal::push::refuse_restored_copy(&std::env::current_dir().unwrap_or_default(), &cfg.cluster)?;
-    let req = Request::Push { path: path.display().to_string() };
-    match control::call(&cfg.daemon.socket, &req, Duration::from_secs(600)).await {
-        Ok(Response::Pushed { outcome, read_ahead }) => {
-            tracing::info!(file = %name, ?outcome, read_ahead, "archived via daemon");
-            return Ok(0);
-        }
-        Ok(Response::Error { message }) => {
-            return Err(anyhow::anyhow!("daemon could not archive {name}: {message}").into())
-        }
-        Ok(other) => tracing::warn!(?other, "unexpected daemon answer; pushing directly"),
-        Err(ClientError::NoDaemon(..)) => {}
-        Err(e @ ClientError::Broken(..)) => tracing::warn!(error = %e, "pushing directly"),
-    }
+/// `wal-push`, second step: archive the file without a daemon.
+async fn wal_push_direct(cfg: &Config, path: &Path) -> Result<u8, Failure> {
+    let (path, name) = push_target(path)?;
     let repo = Repository::open(cfg).await?;
     let outcome = Archiver::new(repo).push(&path).await?;
     tracing::info!(file = %name, ?outcome, "archived directly");
@@ -400,72 +332,18 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
     Ok(n)
 }
 
-/// `wal-fetch`: exit 1 when the file is not archived.
-async fn wal_fetch(cli: &Cli, cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
-    let began = std::time::Instant::now();
+/// `wal-fetch`, second step: reads the file from the archive; exit 1 when it is not there.
+async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
-    let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
-    let write_err = |e| fetch::FetchError::Write(dest.display().to_string(), e);
-    // The spool only ever holds segments; taking one needs neither keyring nor store.
-    let mut from_spool = is_segment && spool.take(name, dest).map_err(write_err)?;
-    if is_segment && cfg.fetch.prefetch > 0 {
-        let running = spool.prefetcher_running();
-        // Read-ahead that is running gets this one first, so wait for it rather than download
-        // it twice; a first call reads it directly while read-ahead starts on the next ones.
-        let wanted = Wanted { name: name.to_string(), taken: from_spool || !running };
-        if let Err(e) = spool.set_wanted(&wanted) {
-            tracing::warn!(error = %e, "cannot record the requested segment for read-ahead");
-        } else if !running {
-            start_prefetcher(cli, &spool, name);
-        } else if !from_spool && spool.await_spooled(name, Duration::from_secs(60)).await {
-            from_spool = spool.take(name, dest).map_err(write_err)?;
-        }
-    }
-    if from_spool {
-        tracing::info!(file = %name, outcome = ?FetchOutcome::FromSpool, "wal-fetch");
-    } else {
-        let repo = Repository::open(cfg).await?;
-        let seg_size = cached_segment_size(&repo, &spool).await?;
-        let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
-        tracing::info!(file = %name, ?outcome, "wal-fetch");
-        if outcome == FetchOutcome::NotArchived {
-            eprintln!("tidemark: {name} is not in the archive ({})", repo.store().describe());
-            return Ok(1);
-        }
-    }
-    // Best effort: a local daemon keeps the fetch latency histogram; none is fine.
-    if cfg.daemon.socket.exists() {
-        let timing = Request::FetchTiming { seconds: began.elapsed().as_secs_f64() };
-        let _ = control::call(&cfg.daemon.socket, &timing, Duration::from_millis(200)).await;
+    let repo = Repository::open(cfg).await?;
+    let seg_size = cached_segment_size(&repo, &spool).await?;
+    let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
+    tracing::info!(file = %name, ?outcome, "wal-fetch");
+    if outcome == FetchOutcome::NotArchived {
+        eprintln!("tidemark: {name} is not in the archive ({})", repo.store().describe());
+        return Ok(1);
     }
     Ok(0)
-}
-
-/// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
-fn start_prefetcher(cli: &Cli, spool: &Spool, name: &str) {
-    use std::os::unix::process::CommandExt;
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    // Its warnings go to a log in the spool: PostgreSQL never shows a detached child's stderr.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spool.dir().join("prefetch.log"))
-        .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from);
-    let mut cmd = std::process::Command::new(exe);
-    if let Some(c) = &cli.config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.arg("wal-prefetch")
-        .arg(name)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .process_group(0);
-    if let Err(e) = cmd.spawn() {
-        tracing::warn!(error = %e, "cannot start read-ahead");
-    }
 }
 
 /// `wal-prefetch`: read-ahead that follows recovery until it goes quiet; exits at once when

@@ -266,7 +266,8 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
         let Some(rest) = name.strip_prefix("TIDEMARK_") else {
             continue;
         };
-        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT" | "FAILPOINT") {
+        // Not settings: read by the CLI, logging, tests, and the front end's hand-over.
+        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT" | "FAILPOINT" | "LOCAL_STEP_DONE") {
             continue;
         }
         let rest = rest.to_ascii_lowercase();
@@ -560,6 +561,7 @@ mod tests {
             ("TIDEMARK_REPOSITORY_URL".to_string(), "s3://b/p".to_string()),
             ("TIDEMARK_CLUSTER".to_string(), "x1".to_string()),
             ("TIDEMARK_CONFIG".to_string(), "/ignored".to_string()),
+            (crate::per_file::LOCAL_STEP_DONE.to_string(), "1".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let c = Config::from_toml("[archive]\nworkers = 2\n", "t", env.into_iter()).unwrap();

@@ -13,6 +13,8 @@ pub mod codec;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod failure;
+pub mod per_file;
 pub mod pg;
 pub mod repo;
 pub mod restore;

@@ -1,21 +1,59 @@
-//! tidemark binary: parse the command line, run it, map the outcome to an exit code.
+//! `tidemark`: the front end. PostgreSQL starts it once per WAL file, so it settles the
+//! common cases of `wal-push` (the daemon archives) and `wal-fetch` (read-ahead spooled the
+//! segment) itself. It links neither the AWS SDKs, whose relocations alone doubled a call's
+//! start-up, nor clap. Every other command, and those two when they need a store, it execs
+//! as `tidemark-agent`, which parses and explains the command line.
+//!
+//! It has no Rust `main`: std's start-up (the main thread's stack guard, found by reading
+//! /proc/self/maps, and its signal handlers) costs each call 50-100 us, and nothing below
+//! needs it. std still works: arguments come from its own init hook.
+#![no_main]
 
-use clap::Parser;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 
-fn main() -> std::process::ExitCode {
-    tune_malloc();
-    let cli = tidemark::cli::Cli::parse();
-    std::process::ExitCode::from(tidemark::app::main(cli))
+use tidemark::per_file::{self, Call};
+
+/// The C entry point (see the module note).
+#[no_mangle]
+pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+    // std's start-up would have done this: a closed stderr must be an error, not a kill.
+    // SAFETY: setting a signal to be ignored, before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    i32::from(front_end())
 }
 
-/// Keeps glibc from holding on to freed buffers: each thread that allocates gets its own
-/// arena by default (up to 8 per core), and the mmap threshold rises to the largest block
-/// ever freed, so parallel pushes leave tens of MiB per worker resident.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+fn front_end() -> u8 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let mut local_step_done = false;
+    if let Some(call) = Call::parse(&args, |k| std::env::var_os(k)) {
+        per_file::init_logging_at("warn");
+        if let Some(code) = per_file::local_step(&call) {
+            return code;
+        }
+        local_step_done = true;
     }
+    // Always the sibling, never this file, whatever this file is called: a renamed front end
+    // must fail to find the agent rather than exec itself.
+    let agent = match std::env::current_exe() {
+        Ok(me) if me.file_name().is_some_and(|n| n != per_file::AGENT) => me.with_file_name(per_file::AGENT),
+        Ok(me) => return cannot_run(&me.display().to_string(), &std::io::Error::other("that is this front end")),
+        Err(e) => return cannot_run(per_file::AGENT, &e),
+    };
+    let mut cmd = std::process::Command::new(&agent);
+    cmd.args(args.iter().skip(1));
+    if local_step_done {
+        cmd.env(per_file::LOCAL_STEP_DONE, "1");
+    }
+    let e = cmd.exec();
+    cannot_run(&agent.display().to_string(), &e)
+}
+
+/// 126 is the shell's "cannot execute", and for `wal-fetch` it aborts recovery rather than
+/// ending it early.
+fn cannot_run(agent: &str, e: &std::io::Error) -> u8 {
+    eprintln!(
+        "tidemark: error: cannot run {agent}: {e}; tidemark-agent must be installed beside tidemark (`cargo build --release` builds both)"
+    );
+    per_file::FETCH_ABORT
 }

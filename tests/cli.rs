@@ -180,6 +180,29 @@ fn keyring_must_be_private() {
 }
 
 #[test]
+fn front_end_hands_other_commands_to_the_agent_beside_it() {
+    // --version, --help and usage errors are the agent's, through the front end.
+    let o = common::run_cmd(common::bin(), &["--version"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.starts_with("tidemark "), "{out}{}", stderr(&o));
+    let o = common::run_cmd(common::bin(), &["wal-push"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("<PATH>"), "clap's usage message expected: {}", stderr(&o));
+    // Without the agent beside it the front end says what is missing and exits 126 (which
+    // also aborts recovery rather than ending it), whatever it is called, and never execs
+    // itself.
+    let d = tempfile::tempdir().unwrap();
+    for name in ["tidemark", "renamed", "tidemark-agent"] {
+        let lone = d.path().join(name);
+        std::fs::copy(common::bin(), &lone).unwrap();
+        let o = common::run_cmd(&lone, &["status"]);
+        assert_eq!(o.status.code(), Some(126), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("tidemark-agent must be installed beside tidemark"), "{name}: {}", stderr(&o));
+        std::fs::remove_file(&lone).unwrap();
+    }
+}
+
+#[test]
 fn config_errors_exit_2_and_name_the_field() {
     let s = setup("c6");
     let bad = s.wal.path().join("bad.toml");

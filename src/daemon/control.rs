@@ -4,8 +4,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
 
 use crate::wal::push::PushOutcome;
 
@@ -122,27 +120,47 @@ pub enum ClientError {
 
 /// Sends one request and waits up to `timeout` for the answer.
 pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let line = encode(req)?;
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || exchange(&socket, &line, timeout))
+        .await
+        .map_err(|e| ClientError::Broken(String::new(), format!("client task failed: {e}")))?
+}
+
+/// `call` without an async runtime: `wal-push` and `wal-fetch` run once per WAL file, and
+/// starting a runtime only to wait on one socket is a measurable part of each call.
+pub fn call_blocking(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    exchange(socket, &encode(req)?, timeout)
+}
+
+fn encode(req: &Request) -> Result<String, ClientError> {
+    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Broken(String::new(), e.to_string()))?;
+    line.push('\n');
+    Ok(line)
+}
+
+fn exchange(socket: &Path, line: &str, timeout: Duration) -> Result<Response, ClientError> {
+    use std::io::{BufRead, Write};
     let s = socket.display().to_string();
-    let stream = match tokio::time::timeout(Duration::from_millis(500), UnixStream::connect(socket)).await {
-        Ok(Ok(st)) => st,
-        Ok(Err(e)) => return Err(ClientError::NoDaemon(s, e)),
-        Err(_) => return Err(ClientError::NoDaemon(s, std::io::Error::other("connect timed out"))),
+    // A listening daemon accepts at once (the kernel queues the connection), so connect
+    // needs no timeout of its own: a missing or stale socket fails immediately.
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(socket).map_err(|e| ClientError::NoDaemon(s.clone(), e))?;
+    let broken = |e: std::io::Error| {
+        let msg = if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            format!("no answer within {timeout:?}")
+        } else {
+            e.to_string()
+        };
+        ClientError::Broken(s.clone(), msg)
     };
-    let exchange = async {
-        let (rd, mut wr) = stream.into_split();
-        let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
-        line.push('\n');
-        wr.write_all(line.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut resp = String::new();
-        BufReader::new(rd).read_line(&mut resp).await.map_err(|e| e.to_string())?;
-        if resp.is_empty() {
-            return Err("connection closed without an answer".to_string());
-        }
-        serde_json::from_str::<Response>(&resp).map_err(|e| format!("bad answer: {e}"))
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(ClientError::Broken(s, e)),
-        Err(_) => Err(ClientError::Broken(s, format!("no answer within {timeout:?}"))),
+    stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream.write_all(line.as_bytes()).map_err(broken)?;
+    let mut resp = String::new();
+    std::io::BufReader::new(&stream).read_line(&mut resp).map_err(broken)?;
+    if resp.is_empty() {
+        return Err(ClientError::Broken(s, "connection closed without an answer".to_string()));
     }
+    serde_json::from_str::<Response>(&resp).map_err(|e| ClientError::Broken(s, format!("bad answer: {e}")))
 }

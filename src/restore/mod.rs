@@ -147,7 +147,7 @@ pub async fn run_with(
     tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, "restore planned");
     let exe = match &req.exe {
         Some(e) => e.clone(),
-        None => std::env::current_exe().context("locating the tidemark binary")?,
+        None => crate::per_file::front_end_exe().context("locating the tidemark binary")?,
     };
     let spool = cfg.fetch.spool_dir.join(format!("restore-{}-{}", m.id, hex::encode(rand::random::<[u8; 3]>())));
     let mut restore_command = format!("TIDEMARK_FETCH_SPOOL_DIR={} {}", spool.display(), exe.display());

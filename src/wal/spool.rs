@@ -83,7 +83,7 @@ impl Spool {
 
     /// Waits while a running read-ahead works on `name`; true once it is spooled, false when
     /// read-ahead could not get it, stopped running, or `timeout` passed.
-    pub async fn await_spooled(&self, name: &str, timeout: Duration) -> bool {
+    pub fn await_spooled(&self, name: &str, timeout: Duration) -> bool {
         let began = Instant::now();
         let mut checks = 0u32;
         loop {
@@ -96,7 +96,7 @@ impl Spool {
             if marked || began.elapsed() >= timeout || (checks.is_multiple_of(50) && !self.prefetcher_running()) {
                 return self.has(name);
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 
@@ -264,8 +264,8 @@ mod tests {
         assert!(names(&Wanted { name: "00000002.history".into(), taken: false }).is_empty());
     }
 
-    #[tokio::test]
-    async fn waiting_for_read_ahead_ends_on_delivery_or_a_mark() {
+    #[test]
+    fn waiting_for_read_ahead_ends_on_delivery_or_a_mark() {
         let d = tempfile::tempdir().unwrap();
         let sp = Spool::new(d.path(), "c");
         let lock = sp.lock_file().unwrap();
@@ -273,16 +273,16 @@ mod tests {
         assert!(sp.prefetcher_running());
         let n = "000000010000000000000001";
         sp.put(n, b"x").unwrap();
-        assert!(sp.await_spooled(n, Duration::from_secs(60)).await);
+        assert!(sp.await_spooled(n, Duration::from_secs(60)));
         sp.mark("000000010000000000000002", "none");
-        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)).await);
+        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)));
         sp.unmark("000000010000000000000002");
         sp.mark("000000010000000000000002", "error");
-        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)).await);
+        assert!(!sp.await_spooled("000000010000000000000002", Duration::from_secs(60)));
         // Read-ahead that stops running is not waited for.
         drop(lock);
         assert!(!sp.prefetcher_running());
-        assert!(!sp.await_spooled("000000010000000000000003", Duration::from_secs(60)).await);
+        assert!(!sp.await_spooled("000000010000000000000003", Duration::from_secs(60)));
     }
 
     #[test]

@@ -74,32 +74,46 @@ pub fn chown_postgres(p: &Path) {
     run_ok(Command::new("chown").arg("-R").arg("postgres:postgres").arg(p));
 }
 
-/// The tidemark binary, copied where the postgres user can run it (the checkout may not be).
-/// One copy per build, shared by every test process, so runs do not pile up copies.
+/// The tidemark front end, copied with the agent beside it where the postgres user can run
+/// them (the checkout may not be). One copy per build, shared by every test process, so
+/// runs do not pile up copies.
 pub fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let src = Path::new(env!("CARGO_BIN_EXE_tidemark"));
-        let meta = std::fs::metadata(src).unwrap();
-        let stamp = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir = std::env::temp_dir().join("tidemark-test-bin");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let name = format!("tidemark-{}-{stamp}", meta.len());
-        let dst = dir.join(&name);
+        let srcs = [Path::new(env!("CARGO_BIN_EXE_tidemark")), Path::new(env!("CARGO_BIN_EXE_tidemark-agent"))];
+        let mut stamp = String::new();
+        for src in srcs {
+            let meta = std::fs::metadata(src).unwrap();
+            let t = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            stamp.push_str(&format!("-{}-{t}", meta.len()));
+        }
+        let root = std::env::temp_dir().join("tidemark-test-bin");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!("build{stamp}");
+        let dst = root.join(&name);
         if !dst.exists() {
-            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
-            std::fs::copy(src, &tmp).unwrap();
+            let tmp = root.join(format!(".{name}.{}", std::process::id()));
+            std::fs::create_dir_all(&tmp).unwrap();
             std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::rename(&tmp, &dst).unwrap();
+            for src in srcs {
+                let to = tmp.join(src.file_name().unwrap());
+                std::fs::copy(src, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            // Another test process may have published the same build meanwhile.
+            if std::fs::rename(&tmp, &dst).is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
             // Copies of older builds are no use to anyone.
-            for e in std::fs::read_dir(&dir).unwrap().flatten() {
-                if e.file_name().to_string_lossy().starts_with("tidemark-") && e.path() != dst {
-                    let _ = std::fs::remove_file(e.path());
+            for e in std::fs::read_dir(&root).unwrap().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if (n.starts_with("build-") || n.starts_with("tidemark-")) && e.path() != dst {
+                    let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
         }
-        dst
+        dst.join("tidemark")
     })
 }
 
