@@ -43,8 +43,8 @@ impl Spool {
         self.path(name).is_file()
     }
 
-    /// Atomically adds a file to the spool (read-ahead itself streams into it). Not fsynced: the spool is a cache, and after a
-    /// crash recovery asks again and a missing file is fetched from the archive.
+    /// Atomically adds a file to the spool, for tests (read-ahead streams into it instead).
+    #[cfg(test)]
     pub fn put(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         write_atomic(&self.path(name), data, SPOOL_TMP)
