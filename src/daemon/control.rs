@@ -120,21 +120,24 @@ pub enum ClientError {
 
 /// Sends one request and waits up to `timeout` for the answer.
 pub async fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let line = encode(req)?;
+    let line = encode(socket, req)?;
     let socket = socket.to_path_buf();
+    let s = socket.display().to_string();
     tokio::task::spawn_blocking(move || exchange(&socket, &line, timeout))
         .await
-        .map_err(|e| ClientError::Broken(String::new(), format!("client task failed: {e}")))?
+        .map_err(|e| ClientError::Broken(s, format!("client task failed: {e}")))?
 }
 
 /// `call` without an async runtime: `wal-push` and `wal-fetch` run once per WAL file, and
 /// starting a runtime only to wait on one socket is a measurable part of each call.
 pub fn call_blocking(socket: &Path, req: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    exchange(socket, &encode(req)?, timeout)
+    exchange(socket, &encode(socket, req)?, timeout)
 }
 
-fn encode(req: &Request) -> Result<String, ClientError> {
-    let mut line = serde_json::to_string(req).map_err(|e| ClientError::Broken(String::new(), e.to_string()))?;
+/// The request as one JSON line.
+fn encode(socket: &Path, req: &Request) -> Result<String, ClientError> {
+    let mut line = serde_json::to_string(req)
+        .map_err(|e| ClientError::Broken(socket.display().to_string(), format!("cannot encode the request: {e}")))?;
     line.push('\n');
     Ok(line)
 }
