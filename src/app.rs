@@ -142,8 +142,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             if let Some(t) = &r.last_transaction {
                                 println!("  last completed transaction at {t}");
                             }
+                            if let Some(l) = r.redo_done {
+                                println!(
+                                    "  replayed WAL up to the record at {l} (planned: {})",
+                                    report.must_reach.map_or_else(|| report.target.clone(), |w| w.to_string())
+                                );
+                            }
                         }
-                        None => println!("start it with: pg_ctl -D {} start", report.data_dir.display()),
+                        None => {
+                            if let Some(w) = report.must_reach {
+                                println!("recovery must replay WAL up to the record at {w} (its server log's \"redo done at\" must be at or past it)");
+                            }
+                            println!("start it with: pg_ctl -D {} start", report.data_dir.display())
+                        }
                     }
                 }
             }
@@ -197,8 +208,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     for t in &report.timelines {
                         let range =
                             format!("{} .. {}", t.first.as_deref().unwrap_or("-"), t.last.as_deref().unwrap_or("-"));
-                        if t.gaps.is_empty() {
+                        for b in &t.breaks {
+                            println!("timeline {}: WAL history breaks at {b}", t.timeline);
+                        }
+                        if t.gaps.is_empty() && t.breaks.is_empty() {
                             println!("timeline {}: WAL continuous {range}", t.timeline);
+                        } else if t.gaps.is_empty() {
+                            println!(
+                                "timeline {}: WAL {range} has no missing segment, but is not one history",
+                                t.timeline
+                            );
                         } else {
                             println!(
                                 "timeline {}: WAL {range} has {} missing segment(s): {}",
@@ -273,7 +292,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
                 Output::Text => print!("{}", crate::status::render(&st)),
             }
-            Ok(0)
+            Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
         Command::Demo => {
             let cfg = load_config(&cli)?;
@@ -316,7 +335,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
 async fn wal_push_direct(cfg: &Config, path: &Path) -> Result<u8, Failure> {
     let (path, name) = push_target(path)?;
     let repo = Repository::open(cfg).await?;
-    let outcome = Archiver::new(repo).push(&path).await?;
+    let outcome = Archiver::new(repo).only_from(&cfg.postgres.data_dir.join("pg_wal")).push(&path).await?;
     tracing::info!(file = %name, ?outcome, "archived directly");
     Ok(0)
 }

@@ -100,21 +100,14 @@ pub async fn create_with(
             info.data_directory
         );
     }
-    if let Some(rec) = cluster::load(repo).await? {
-        if rec.system_identifier != info.system_identifier.to_string() {
-            bail!(
-                "cluster '{}' in the repository has system identifier {} but this server has {}; give this database its own `cluster` handle",
-                rec.handle,
-                rec.system_identifier,
-                info.system_identifier
-            );
-        }
-    } else {
-        cluster::save(
-            repo,
-            &cluster::ClusterRecord::new(repo.cluster(), info.system_identifier, info.wal_segment_size),
-        )
-        .await?;
+    let rec = cluster::claim(repo, info.system_identifier, info.wal_segment_size).await?;
+    if rec.system_identifier != info.system_identifier.to_string() {
+        bail!(
+            "cluster '{}' in the repository has system identifier {} but this server has {}; give this database its own `cluster` handle",
+            rec.handle,
+            rec.system_identifier,
+            info.system_identifier
+        );
     }
 
     let mut id = backup::new_id(chrono::Utc::now());

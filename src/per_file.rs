@@ -188,7 +188,8 @@ pub fn push_target(path: &Path) -> Result<(PathBuf, String), Failure> {
 /// `None` means push directly.
 fn wal_push_via_daemon(cfg: &Config, path: &Path) -> Result<Option<u8>, Failure> {
     let (path, name) = push_target(path)?;
-    crate::wal::push::refuse_restored_copy(&std::env::current_dir().unwrap_or_default(), &cfg.cluster)?;
+    // The data directory whose pg_wal the file must be in (the push refuses any other).
+    crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let req = Request::Push { path: path.display().to_string() };
     match control::call_blocking(&cfg.daemon.socket, &req, Duration::from_secs(600)) {
         Ok(Response::Pushed { outcome, read_ahead }) => {

@@ -229,11 +229,10 @@ impl Repository {
     }
 
     /// Stores a JSON document, sealed, unless an object exists under `key`.
-    pub async fn put_json_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<(), RepoError> {
+    pub async fn put_json_if_absent<T: Serialize>(&self, key: &str, value: &T) -> Result<store::PutOutcome, RepoError> {
         let data = serde_json::to_vec_pretty(value).map_err(|e| RepoError::Json(key.to_string(), e.to_string()))?;
         let sealed = self.seal(key, Bytes::from(data)).await?;
-        self.store.put_if_absent(key, sealed).await?;
-        Ok(())
+        Ok(self.store.put_if_absent(key, sealed).await?)
     }
 
     /// Reads a sealed JSON document; `None` when absent.

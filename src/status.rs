@@ -60,6 +60,31 @@ pub struct Status {
     pub restorable_to: Option<String>,
     /// Daemon counters, when a daemon answers.
     pub daemon: Option<Stats>,
+    /// `ok`, or `critical` when something below is wrong.
+    pub verdict: &'static str,
+    /// What is wrong, each saying what to do.
+    pub problems: Vec<String>,
+}
+
+/// What the gathered parts say is wrong with the archive's integrity (pure).
+pub fn integrity_problems(daemon: Option<&Stats>, windows: &[(u32, crate::restore::plan::Window)]) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(d) = daemon.filter(|d| d.other_history > 0) {
+        out.push(format!(
+            "this server's WAL is another history than the archive's ({} push(es) refused): {}",
+            d.other_history,
+            d.other_history_error.as_deref().unwrap_or("see the daemon log")
+        ));
+    }
+    for (tli, w) in windows {
+        for b in w.ranges.iter().filter_map(|r| r.broken) {
+            out.push(format!(
+                "timeline {tli}: {b}; run `tidemark verify` and find the second server archiving under this handle"
+            ));
+        }
+    }
+    out.dedup();
+    out
 }
 
 /// The next daily run at `hh:mm` UTC strictly after `now` (pure).
@@ -128,10 +153,13 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
     let inputs = Inputs::load(repo).await?;
     let windows = inputs.windows();
     let daemon = match control::call(&cfg.daemon.socket, &Request::Stats, Duration::from_secs(5)).await {
-        Ok(Response::Stats(s)) => Some(s),
+        Ok(Response::Stats(s)) => Some(*s),
         _ => None,
     };
+    let problems = integrity_problems(daemon.as_ref(), &windows);
     Ok(Status {
+        verdict: if problems.is_empty() { "ok" } else { "critical" },
+        problems,
         cluster: repo.cluster().to_string(),
         repository: repo.store().describe(),
         archiving,
@@ -176,6 +204,10 @@ pub fn render(s: &Status) -> String {
             d.stored, d.already_archived, d.served_from_read_ahead, d.failures, d.ready
         )),
         None => out.push_str("daemon:      not running (wal-push archives directly)\n"),
+    }
+    out.push_str(&format!("verdict:     {}\n", s.verdict));
+    for p in &s.problems {
+        out.push_str(&format!("  CRITICAL: {p}\n"));
     }
     out
 }

@@ -19,13 +19,18 @@ struct Setup {
 fn setup(cluster: &str) -> Setup {
     let repo = tempfile::tempdir().unwrap();
     let wal = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(wal.path().join("pg_wal/archive_status")).unwrap();
     let tm = Tidemark::new(cluster, &Tidemark::fs_url(repo.path()), None, wal.path());
     Setup { tm, repo, wal }
 }
 
 impl Setup {
+    /// The configured data directory's pg_wal: the only place files are archived from.
+    fn pg_wal(&self) -> PathBuf {
+        self.wal.path().join("pg_wal")
+    }
     fn seg(&self, name: &str, sysid: u64, seed: u8) -> PathBuf {
-        let p = self.wal.path().join(name);
+        let p = self.pg_wal().join(name);
         std::fs::write(&p, fake_segment(sysid, seed)).unwrap();
         p
     }
@@ -167,6 +172,84 @@ fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
     assert!(!dest.exists());
 }
 
+/// Pushes `path` through the daemon's socket the way the front end does, returning the answer.
+fn push_via_socket(socket: &Path, path: &Path) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut c = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(c, "{}", serde_json::json!({"op": "push", "path": path.display().to_string()})).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn only_wal_from_pg_wal_is_archived_by_the_cli_and_the_socket() {
+    let mut s = setup("c9");
+    let archive = s.repo.path().join("clusters/c9/wal");
+    // A junk history file, a history whose parent timeline has no history, a symlink to the
+    // keyring under a history name, a segment outside pg_wal, a directory, a .backup file
+    // that is not one.
+    std::fs::write(s.pg_wal().join("00000002.history"), b"this is not a timeline history\n").unwrap();
+    std::fs::write(s.pg_wal().join("00000004.history"), b"1\t0/3000000\tx\n3\t0/5000000\tx\n").unwrap();
+    std::os::unix::fs::symlink(&s.tm.keyring, s.pg_wal().join("00000003.history")).unwrap();
+    let outside = s.wal.path().join(S2);
+    std::fs::write(&outside, fake_segment(7, 3)).unwrap();
+    std::fs::create_dir(s.pg_wal().join("000000010000000000000005")).unwrap();
+    std::fs::write(s.pg_wal().join("000000010000000000000001.00000028.backup"), b"hello").unwrap();
+    let escape = s.pg_wal().join("..").join(S2);
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (s.pg_wal().join("00000002.history"), "not a timeline history file"),
+        (s.pg_wal().join("00000004.history"), "parent timeline 3 has no history file"),
+        (s.pg_wal().join("00000003.history"), "symbolic link"),
+        (outside.clone(), "is not in"),
+        (escape.clone(), "is not in"),
+        (s.pg_wal().join("000000010000000000000005"), "not a regular file"),
+        (s.pg_wal().join("000000010000000000000001.00000028.backup"), "not a backup history file"),
+    ];
+    for (p, needle) in &cases {
+        let o = s.run(&["wal-push", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{}: {}", p.display(), stderr(&o));
+        assert!(stderr(&o).contains(needle), "{}: expected '{needle}': {}", p.display(), stderr(&o));
+    }
+    // The same through the daemon's socket, which a member of its group can reach.
+    common::chown_postgres(s.wal.path());
+    s.tm.start_daemon();
+    for (p, needle) in &cases {
+        let a = push_via_socket(&s.tm.socket, p);
+        let msg = a["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{}: expected an error with '{needle}': {a}", p.display());
+    }
+    let etc = push_via_socket(&s.tm.socket, Path::new("/etc/passwd"));
+    assert!(etc["message"].as_str().unwrap_or_default().contains("is not in"), "{etc}");
+    s.tm.stop_daemon();
+    // Nothing reached the archive; a real history file whose parent is timeline 1 does.
+    let stored: Vec<_> = walkdir(&archive);
+    assert!(stored.is_empty(), "archived: {stored:?}");
+    std::fs::write(s.pg_wal().join("00000002.history"), b"1\t0/3000158\tno recovery target specified\n").unwrap();
+    let o = s.run(&["wal-push", s.pg_wal().join("00000002.history").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A relative path resolves against the current directory, as PostgreSQL runs it.
+    let p = s.seg(S1, 7, 0);
+    let o = s.tm.cmd(&["wal-push", "pg_wal/000000010000000000000001"]).current_dir(s.wal.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.object("c9", S1).is_file() && p.is_file());
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn keyring_must_be_private() {
     let s = setup("c5");
@@ -246,7 +329,7 @@ fn serial_fetches_hit_the_read_ahead_spool() {
         }
         let o = s.run(&["wal-fetch", n, dest.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.wal.path().join(n)), "{n}");
+        assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.pg_wal().join(n)), "{n}");
         assert!(stderr(&o).contains("FromSpool"), "{n}: {}", stderr(&o));
     }
     let o = s.run(&["wal-fetch", "000000010000000000000007", dest.to_str().unwrap()]);
@@ -268,7 +351,8 @@ fn logs_never_contain_key_material_or_credentials() {
         .collect();
     assert_eq!(key_hex.len(), 1, "{ring}");
     let secret = "tidemarkSecretAccessKey0123456789";
-    let p = wal.path().join(S1);
+    std::fs::create_dir_all(wal.path().join("pg_wal")).unwrap();
+    let p = wal.path().join("pg_wal").join(S1);
     std::fs::write(&p, fake_segment(7, 1)).unwrap();
     let dest = wal.path().join("back");
     let mut logs = String::new();

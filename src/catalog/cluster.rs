@@ -44,9 +44,59 @@ pub async fn load(repo: &Repository) -> Result<Option<ClusterRecord>, RepoError>
     repo.get_json(&repo.cluster_key()).await
 }
 
-/// Writes the cluster record.
-pub async fn save(repo: &Repository, rec: &ClusterRecord) -> Result<(), RepoError> {
-    repo.put_json(&repo.cluster_key(), rec).await
+/// Why a handle cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// The repository failed.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// The record vanished between a refused create and the read after it.
+    #[error("cluster record {0} exists but cannot be read back; retry, and check the repository")]
+    Vanished(String),
+    /// An update would change who the handle belongs to.
+    #[error("cluster '{handle}' in the repository belongs to system identifier {stored}, not {new}; the record was left as it is")]
+    Identity {
+        /// Handle.
+        handle: String,
+        /// Identifier recorded.
+        stored: String,
+        /// Identifier of the update.
+        new: String,
+    },
+}
+
+/// The handle's record, created for this database if the handle is new. Creation is a
+/// put-if-absent (S3 `If-None-Match`, a link on the directory store), so when two new
+/// databases start on one handle at once exactly one record wins and both read it back:
+/// the loser's identity check then refuses it.
+pub async fn claim(
+    repo: &Repository,
+    system_identifier: u64,
+    wal_segment_size: u64,
+) -> Result<ClusterRecord, ClaimError> {
+    if let Some(r) = load(repo).await? {
+        return Ok(r);
+    }
+    let r = ClusterRecord::new(repo.cluster(), system_identifier, wal_segment_size);
+    match repo.put_json_if_absent(&repo.cluster_key(), &r).await? {
+        crate::store::PutOutcome::Created => Ok(r),
+        crate::store::PutOutcome::Exists => load(repo).await?.ok_or_else(|| ClaimError::Vanished(repo.cluster_key())),
+    }
+}
+
+/// Rewrites the record's state; refuses to change the handle's identity (system
+/// identifier, segment size), which only [`claim`] sets.
+pub async fn update(repo: &Repository, rec: &ClusterRecord) -> Result<(), ClaimError> {
+    if let Some(stored) = load(repo).await? {
+        if stored.system_identifier != rec.system_identifier || stored.wal_segment_size != rec.wal_segment_size {
+            return Err(ClaimError::Identity {
+                handle: stored.handle,
+                stored: stored.system_identifier,
+                new: rec.system_identifier.clone(),
+            });
+        }
+    }
+    Ok(repo.put_json(&repo.cluster_key(), rec).await?)
 }
 
 impl ClusterRecord {

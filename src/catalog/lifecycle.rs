@@ -19,7 +19,7 @@ async fn record(repo: &Repository) -> anyhow::Result<ClusterRecord> {
 pub async fn set_automatic(repo: &Repository, enabled: bool) -> anyhow::Result<ClusterRecord> {
     let mut rec = record(repo).await?;
     rec.automatic_backups = enabled;
-    cluster::save(repo, &rec).await?;
+    cluster::update(repo, &rec).await?;
     Ok(rec)
 }
 
@@ -56,7 +56,7 @@ pub async fn deprovision(cfg: &Config, repo: &Repository) -> anyhow::Result<Depr
     };
     rec.state = ClusterState::Deprovisioned;
     rec.deprovisioned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    cluster::save(repo, &rec).await?;
+    cluster::update(repo, &rec).await?;
     let mut purged = Vec::new();
     let mut kept = Vec::new();
     for m in backup::list(repo).await? {

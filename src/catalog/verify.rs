@@ -20,6 +20,9 @@ pub struct TimelineReport {
     pub last: Option<String>,
     /// Missing segments between them.
     pub gaps: Vec<String>,
+    /// Segment boundaries where the later segment does not continue the earlier ones'
+    /// history (another server archiving under this handle, or a planted segment).
+    pub breaks: Vec<String>,
 }
 
 /// One backup's check.
@@ -82,11 +85,17 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
                 gap_names.push(name(f));
             }
         }
+        let archive = wal_index::load_archive(repo, tli, seg_size, first.unwrap_or(0)).await?;
+        let breaks = crate::restore::plan::chain_breaks(&archive, first.unwrap_or(0))
+            .into_iter()
+            .map(|b| format!("{}: {b}", name(b.segment)))
+            .collect();
         timelines.push(TimelineReport {
             timeline: tli,
             first: first.map(name),
             last: have.last().map(|n| name(*n)),
             gaps: gap_names,
+            breaks,
         });
     }
     let mut backups = Vec::new();
@@ -112,7 +121,8 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         }
         backups.push(BackupReport { id: m.id.clone(), state: m.state, problems });
     }
-    let ok = timelines.iter().all(|t| t.gaps.is_empty()) && backups.iter().all(|b| b.problems.is_empty());
+    let ok = timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty())
+        && backups.iter().all(|b| b.problems.is_empty());
     Ok(Report { ok, timelines, backups })
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::repo::{RepoError, Repository};
-use crate::restore::plan::{Archive, SegmentCommits};
+use crate::restore::plan::{Archive, Join, SegmentCommits};
 use crate::wal::name::{timeline_hex, Segment};
 use crate::wal::record;
 
@@ -22,6 +22,32 @@ pub struct SegmentIndex {
     /// Why the segment could not be read, if it could not (archiving goes on regardless).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the join fields below were recorded (summaries before chain checks lack them).
+    #[serde(default)]
+    pub chain: bool,
+    /// The first record starting in the segment: (LSN, `xl_prev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_record: Option<(u64, u64)>,
+    /// LSN of the last record starting in the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_record_lsn: Option<u64>,
+    /// LSN just past the last complete record in the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_record_end: Option<u64>,
+    /// Start LSN of the last complete record in the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_complete_lsn: Option<u64>,
+}
+
+impl SegmentIndex {
+    /// How the segment joins the one before it (pure).
+    pub fn join(&self) -> Join {
+        match (self.chain && self.error.is_none(), self.first_record, self.last_record_lsn) {
+            (true, Some((_, prev)), Some(last)) => Join::Starts { prev, last },
+            (true, None, None) => Join::Continuation,
+            _ => Join::Unknown,
+        }
+    }
 }
 
 /// Summarizes a full segment's commit times (pure).
@@ -63,17 +89,32 @@ impl IndexBuilder {
                 last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
                 records: s.records,
                 error: None,
+                chain: true,
+                first_record: s.first_record,
+                last_record_lsn: s.last_record_lsn,
+                last_record_end: s.last_record_end_lsn,
+                last_complete_lsn: s.last_complete_lsn,
             },
             Err(e) => SegmentIndex { error: Some(e), ..SegmentIndex::default() },
         }
     }
 }
 
-/// Stores a segment's summary unless one is stored: the first summary stays, so pushing a
-/// different file under an archived name (refused later, at the segment) cannot replace it.
+/// Stores a segment's summary unless one is stored. Written only after the segment itself
+/// is archived with the same bytes, so a summary always describes the archived segment.
 pub async fn save(repo: &Repository, seg: Segment, seg_size: u64, idx: &SegmentIndex) -> Result<(), RepoError> {
-    repo.put_json_if_absent(&repo.wal_index_key(seg.timeline, &seg.name(seg_size)), idx).await
+    repo.put_json_if_absent(&repo.wal_index_key(seg.timeline, &seg.name(seg_size)), idx).await?;
+    Ok(())
 }
+
+/// Reads one segment's summary; `None` when it has none.
+pub async fn load(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Option<SegmentIndex>, RepoError> {
+    repo.get_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size))).await
+}
+
+/// Index reads in flight at once while loading an archive view: bounded, so open files and
+/// requests do not grow with the archive.
+const LOAD_IN_FLIGHT: usize = 32;
 
 /// Timelines present in the archive.
 pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
@@ -112,10 +153,19 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
             segments.contains_key(&s.number).then_some((s.number, m.key))
         })
         .collect();
-    let loaded = futures::future::try_join_all(keys.iter().map(|(_, k)| repo.get_json::<SegmentIndex>(k))).await?;
+    use futures::stream::{StreamExt, TryStreamExt};
+    let loaded: Vec<Option<SegmentIndex>> = futures::stream::iter(keys.iter().map(|(_, k)| repo.get_json(k)))
+        .buffered(LOAD_IN_FLIGHT)
+        .try_collect()
+        .await?;
     for ((n, _), idx) in keys.iter().zip(loaded) {
         if let (Some(idx), Some(c)) = (idx, segments.get_mut(n)) {
-            *c = SegmentCommits { first: idx.first_commit_us, last: idx.last_commit_us };
+            *c = SegmentCommits {
+                first: idx.first_commit_us,
+                last: idx.last_commit_us,
+                join: idx.join(),
+                last_complete: idx.last_complete_lsn.filter(|_| idx.error.is_none()),
+            };
         }
     }
     Ok(Archive { seg_size, segments })

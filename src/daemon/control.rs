@@ -55,6 +55,13 @@ pub struct Stats {
     /// `wal-fetch` durations reported by the fetching processes.
     #[serde(default)]
     pub fetch_seconds: Histogram,
+    /// Pushes refused because this server's WAL is another history than the archive's
+    /// (a different file under an archived name, or a segment that does not chain).
+    #[serde(default)]
+    pub other_history: u64,
+    /// The last such refusal (names both digests, or the LSNs that do not join).
+    #[serde(default)]
+    pub other_history_error: Option<String>,
 }
 
 /// Upper bounds (seconds) of the push latency histogram buckets.
@@ -97,7 +104,7 @@ pub enum Response {
         read_ahead: bool,
     },
     /// Counters.
-    Stats(Stats),
+    Stats(Box<Stats>),
     /// Noted (fetch timings).
     Noted,
     /// The request failed.

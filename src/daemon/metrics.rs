@@ -20,6 +20,11 @@ pub fn render(s: &Stats) -> String {
     counter("tidemark_wal_push_failures_total", "Failed push attempts.", s.failures);
     counter("tidemark_wal_bytes_shipped_total", "Plaintext WAL bytes stored.", s.bytes_stored);
     counter("tidemark_wal_bytes_stored_total", "Compressed, encrypted WAL bytes stored.", s.bytes_sealed);
+    counter(
+        "tidemark_wal_other_history_total",
+        "Pushes refused because this server's WAL is another history than the archive's.",
+        s.other_history,
+    );
     let _ = writeln!(
         o,
         "# HELP tidemark_archiver_requests_total archive_command calls answered by the daemon.\n# TYPE tidemark_archiver_requests_total counter\ntidemark_archiver_requests_total{{path=\"read_ahead\"}} {}\ntidemark_archiver_requests_total{{path=\"after_push\"}} {}",

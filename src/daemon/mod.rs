@@ -49,7 +49,7 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>) {
             Ok((outcome, read_ahead)) => Response::Pushed { outcome, read_ahead },
             Err(message) => Response::Error { message },
         },
-        Ok(Request::Stats) => Response::Stats(ra.stats()),
+        Ok(Request::Stats) => Response::Stats(Box::new(ra.stats())),
         Ok(Request::FetchTiming { seconds }) => {
             ra.record_fetch(seconds);
             Response::Noted
@@ -88,7 +88,7 @@ pub fn sd_notify(msg: &str) {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
-    let archiver = Arc::new(Archiver::new(repo.clone()));
+    let archiver = Arc::new(Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")));
     let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));
     let listener = bind(&cfg.daemon.socket).await?;
     let mut watch = watch::watch(&cfg.postgres.data_dir).with_context(|| {

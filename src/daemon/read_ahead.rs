@@ -42,7 +42,15 @@ struct State {
     done: HashMap<String, (Stamp, PushOutcome)>,
     /// Failed names: attempts so far and when to try again.
     backoff: HashMap<String, (u32, Instant)>,
+    /// Timelines this node holds another history of than the archive: push-ahead stops
+    /// pushing them (the archiver's own requests are still tried, and fail loudly).
+    fenced: std::collections::HashSet<u32>,
     stats: Stats,
+}
+
+/// The timeline of a WAL file name (its first 8 hex digits).
+fn timeline_of(name: &str) -> Option<u32> {
+    name.get(..8).and_then(|t| u32::from_str_radix(t, 16).ok())
 }
 
 /// The read-ahead engine for one data directory.
@@ -96,9 +104,9 @@ impl ReadAhead {
             let _permit = if priority { None } else { permits.acquire_owned().await.ok() };
             let began = Instant::now();
             let res = async {
-                let before = stamp(&path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-                let outcome = archiver.push(&path).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((before, outcome))
+                let before = stamp(&path).map_err(|e| (false, format!("cannot stat {}: {e}", path.display())))?;
+                let outcome = archiver.push(&path).await.map_err(|e| (e.is_other_history(), e.to_string()))?;
+                Ok::<_, (bool, String)>((before, outcome))
             }
             .await;
             let mut st = lock(&state);
@@ -121,7 +129,16 @@ impl ReadAhead {
                     tracing::info!(file = %n, ?outcome, "archived");
                     Ok((s, outcome))
                 }
-                Err(e) => {
+                Err((other_history, e)) => {
+                    if other_history {
+                        st.stats.other_history += 1;
+                        if let Some(tli) = timeline_of(&n) {
+                            if st.fenced.insert(tli) {
+                                tracing::error!(file = %n, timeline = tli, error = %e, "this server's WAL is another history than the archive's; push-ahead stops on this timeline");
+                            }
+                        }
+                        st.stats.other_history_error = Some(e.clone());
+                    }
                     st.stats.failures += 1;
                     st.stats.last_failure = Some(e.clone());
                     let attempts = st.backoff.get(&n).map_or(0, |b| b.0) + 1;
@@ -160,7 +177,8 @@ impl ReadAhead {
             names
                 .into_iter()
                 .filter(|n| {
-                    !st.done.contains_key(n)
+                    !timeline_of(n).is_some_and(|t| st.fenced.contains(&t))
+                        && !st.done.contains_key(n)
                         && !st.inflight.contains_key(n)
                         && st.backoff.get(n).is_none_or(|b| b.1 <= now)
                 })
@@ -176,8 +194,11 @@ impl ReadAhead {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         let in_pg_wal = path.parent().is_some_and(|p| same_dir(p, &self.pg_wal));
         if !in_pg_wal {
-            // Not ours to track (e.g. a manual push of some other file): push it directly.
-            return self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
+            // The socket is reachable by the daemon's group: a path outside pg_wal is never
+            // read (the archiver refuses it too; this names the reason without touching it).
+            return Err(crate::wal::push::check_in_wal_dir(path, &self.pg_wal)
+                .err()
+                .map_or_else(|| format!("{} is not in {}", path.display(), self.pg_wal.display()), |e| e.to_string()));
         }
         let current = stamp(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
         {

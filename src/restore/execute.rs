@@ -18,6 +18,7 @@ use crate::codec;
 use crate::pg::ctl;
 use crate::repo::Repository;
 use crate::restore::plan::{rfc3339, Target};
+use crate::wal::name::Lsn;
 
 /// Marker left in a directory whose restore did not finish.
 pub const INCOMPLETE_MARKER: &str = "TIDEMARK_RESTORE_INCOMPLETE";
@@ -63,6 +64,67 @@ pub fn check_target_dir(dir: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("checking {}", dir.display())),
     }
+}
+
+/// `p` with symlinks resolved as far as it exists, the rest appended as spelled (`..` and
+/// `.` in the missing part are refused by the callers' emptiness check anyway).
+fn resolve_lenient(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir().unwrap_or_default().join(p) };
+    let mut existing = abs.as_path();
+    let mut rest: Vec<&std::ffi::OsStr> = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            let mut out = c;
+            for part in rest.iter().rev() {
+                out.push(part);
+            }
+            return out;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// The source cluster's directories a restore must never write into: its data directory,
+/// a symlinked pg_wal, and every tablespace it links (resolved; absent on another host).
+pub fn source_dirs(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(root) = data_dir.canonicalize() else { return Vec::new() };
+    let mut out = vec![root.clone()];
+    if let Ok(w) = root.join("pg_wal").canonicalize() {
+        out.push(w);
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("pg_tblspc")) {
+        for e in entries.flatten() {
+            if let Ok(t) = e.path().canonicalize() {
+                out.push(t);
+            }
+        }
+    }
+    out
+}
+
+/// Refuses a target (or the tablespace directory beside it) inside, or holding, one of the
+/// source cluster's directories, however the path is spelled.
+pub fn check_not_in_source(target: &Path, source: &[PathBuf]) -> anyhow::Result<()> {
+    let t = resolve_lenient(target);
+    let ts = resolve_lenient(&tablespace_dir(target, 0).with_file_name(""));
+    for s in source {
+        for (what, p) in [("the target directory", &t), ("its tablespace directory", &ts)] {
+            if p.starts_with(s) || s.starts_with(p) {
+                bail!(
+                    "{what} {} is inside (or holds) the source cluster's {}: a restore always creates a separate cluster and never writes into the source; choose a directory outside it",
+                    p.display(),
+                    s.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where tablespace `oid` goes: beside the target directory, never at the source's location.
@@ -538,6 +600,8 @@ pub struct Reached {
     pub last_transaction: Option<String>,
     /// New timeline after promotion.
     pub timeline: Option<u32>,
+    /// Start of the last record replayed ("redo done at").
+    pub redo_done: Option<Lsn>,
 }
 
 fn parse_reached(log: &str) -> Reached {
@@ -550,12 +614,36 @@ fn parse_reached(log: &str) -> Reached {
             r.last_transaction =
                 Some(line[i + "last completed transaction was at log time ".len()..].trim().to_string());
         }
+        if let Some(i) = line.find("redo done at ") {
+            let rest = &line[i + "redo done at ".len()..];
+            r.redo_done = rest.split_whitespace().next().and_then(|l| l.parse().ok());
+        }
         if let Some(i) = line.find("selected new timeline ID: ") {
             let rest = &line[i + "selected new timeline ID: ".len()..];
             r.timeline = rest.split(|c: char| !c.is_ascii_digit()).next().and_then(|d| d.parse().ok());
         }
     }
     r
+}
+
+/// Stops a restored cluster (fast shutdown) and waits for it.
+pub fn stop(bin_dir: &Path, target_dir: &Path, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+    let mut c = ctl::command(bin_dir.join("pg_ctl"), owner);
+    c.arg("-D").arg(target_dir).args(["-m", "fast", "-w", "stop"]).current_dir(target_dir);
+    let out = c.output().context("running pg_ctl stop")?;
+    if !out.status.success() {
+        bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Marks a restored directory as not a usable cluster, saying why (best effort: the
+/// caller is already failing with the same message).
+pub fn mark_incomplete(dir: &Path, why: &str) {
+    let text = format!("{why}\nthis directory is not a usable cluster; remove it and restore again\n");
+    if let Err(e) = std::fs::write(dir.join(INCOMPLETE_MARKER), text) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot mark the restored directory incomplete");
+    }
 }
 
 /// Starts the restored cluster and waits until it has promoted; reports the point reached.
@@ -611,10 +699,40 @@ mod tests {
     }
 
     #[test]
+    fn targets_inside_the_source_are_refused_however_spelled() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let ts = d.path().join("ts1");
+        std::fs::create_dir_all(data.join("pg_tblspc")).unwrap();
+        std::fs::create_dir_all(&ts).unwrap();
+        std::os::unix::fs::symlink(&ts, data.join("pg_tblspc/16384")).unwrap();
+        std::os::unix::fs::symlink(&data, d.path().join("alias")).unwrap();
+        let src = source_dirs(&data);
+        assert_eq!(src.len(), 2, "the data directory and its tablespace: {src:?}");
+        for bad in [
+            data.join("x"),
+            data.join("new/deeper"),
+            d.path().join("alias/x"),
+            data.join("../data/x"),
+            ts.join("x"),
+            data.join("pg_tblspc/16384/x"),
+            d.path().to_path_buf(),
+        ] {
+            assert!(check_not_in_source(&bad, &src).is_err(), "{} accepted", bad.display());
+        }
+        assert!(check_not_in_source(&d.path().join("restored"), &src).is_ok());
+        assert!(check_not_in_source(&d.path().join("data2"), &src).is_ok(), "a name sharing a prefix is not inside");
+        assert!(source_dirs(&d.path().join("elsewhere")).is_empty(), "no source on this host: nothing to guard");
+    }
+
+    #[test]
     fn reads_the_point_reached_from_the_log() {
-        let log = "LOG:  recovery stopping before commit of transaction 750, time 2026-11-26 06:00:01.5+00\nLOG:  last completed transaction was at log time 2026-11-26 06:00:00.25+00\nLOG:  selected new timeline ID: 2\n";
+        let log = "LOG:  recovery stopping before commit of transaction 750, time 2026-11-26 06:00:01.5+00\nLOG:  redo done at 0/6024410 system usage: CPU: user: 0.00 s, system: 0.00 s, elapsed: 0.01 s\nLOG:  last completed transaction was at log time 2026-11-26 06:00:00.25+00\nLOG:  selected new timeline ID: 2\n";
         let r = parse_reached(log);
         assert_eq!(r.timeline, Some(2));
+        assert_eq!(r.redo_done, Some(Lsn(0x6024410)));
+        // PostgreSQL 13 ends the line at the LSN.
+        assert_eq!(parse_reached("LOG:  redo done at 1/A0\n").redo_done, Some(Lsn(0x1_0000_00A0)));
         assert_eq!(r.last_transaction.as_deref(), Some("2026-11-26 06:00:00.25+00"));
         assert!(r.stopped.unwrap().starts_with("recovery stopping before commit"));
     }

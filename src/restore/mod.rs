@@ -124,6 +124,8 @@ pub struct Report {
     pub volumes: Vec<crate::snapshot::ebs::Remounted>,
     /// WAL segments recovery reads.
     pub segments: u64,
+    /// For `--latest`: the record recovery must replay.
+    pub must_reach: Option<crate::wal::name::Lsn>,
     /// Point reached (with --start).
     pub reached: Option<execute::Reached>,
 }
@@ -142,9 +144,10 @@ pub async fn run_with(
     host: &dyn crate::snapshot::ebs::Host,
 ) -> anyhow::Result<Report> {
     execute::check_target_dir(&req.target_dir)?;
+    execute::check_not_in_source(&req.target_dir, &execute::source_dirs(&cfg.postgres.data_dir))?;
     let inputs = Inputs::load(repo).await?;
     let (m, p) = inputs.plan(req.target, req.backup.as_deref())?;
-    tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, "restore planned");
+    tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, must_reach = ?p.must_reach.map(|l| l.to_string()), "restore planned");
     let exe = match &req.exe {
         Some(e) => e.clone(),
         None => crate::per_file::front_end_exe().context("locating the tidemark binary")?,
@@ -192,6 +195,18 @@ pub async fn run_with(
         let r =
             tokio::task::spawn_blocking(move || execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600)))
                 .await??;
+        if let Err(e) = check_reached(&p, m.timeline, &r) {
+            // A cluster short of its target must not be mistaken for the restore asked for.
+            let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
+            let dir = data_dir.clone();
+            let stopped = tokio::task::spawn_blocking(move || execute::stop(&bin, &dir, owner)).await?;
+            let msg = format!("{e:#}");
+            execute::mark_incomplete(&data_dir, &format!("restore of backup {} FAILED: {msg}", m.id));
+            if let Err(s) = stopped {
+                return Err(e.context(format!("and stopping the restored server failed: {s:#}")));
+            }
+            return Err(e);
+        }
         reached = Some(r);
     }
     Ok(Report {
@@ -201,6 +216,39 @@ pub async fn run_with(
         data_dir,
         volumes,
         segments: p.last_segment - p.first_segment + 1,
+        must_reach: p.must_reach,
         reached,
     })
+}
+
+/// Whether recovery reached what the plan says it must (pure). Time and LSN targets end
+/// with PostgreSQL's own "recovery stopping" (it refuses to promote short of them); for
+/// `--latest`, replay must have applied the last complete archived record, unless recovery
+/// followed a newer timeline (then LSNs of the planned one do not compare).
+pub fn check_reached(p: &RestorePlan, timeline: u32, r: &execute::Reached) -> anyhow::Result<()> {
+    match p.target {
+        Target::Time(_) | Target::Lsn(_) => {
+            if r.stopped.is_none() {
+                anyhow::bail!(
+                    "recovery promoted without reaching its target {} (no \"recovery stopping\" in the server log); the restored cluster is not the one asked for",
+                    p.target
+                );
+            }
+        }
+        Target::Latest => {
+            let followed_newer = r.timeline.is_some_and(|t| t > timeline + 1);
+            if let (Some(want), false) = (p.must_reach, followed_newer) {
+                match r.redo_done {
+                    Some(got) if got >= want => {}
+                    got => anyhow::bail!(
+                        "recovery ended at {} but the archive holds WAL up to the record at {want} (segment {:X}): it stopped early, most likely at WAL of another history (run `tidemark verify`); planned {want}, reached {}",
+                        got.map_or("an unknown point".to_string(), |g| g.to_string()),
+                        p.last_segment,
+                        got.map_or("-".to_string(), |g| g.to_string())
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -39,13 +39,111 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Commit times found in one archived segment (unix microseconds).
+/// How an archived segment joins the WAL before it, from its push-time summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Join {
+    /// Not known (no summary, an unreadable segment, or a summary from before chain checks).
+    #[default]
+    Unknown,
+    /// No record starts in the segment: it only continues one begun earlier.
+    Continuation,
+    /// Records start in it.
+    Starts {
+        /// `xl_prev` of its first record: the last record that started before it.
+        prev: u64,
+        /// LSN of the last record that starts in it.
+        last: u64,
+    },
+}
+
+/// Commit times found in one archived segment (unix microseconds), and how it joins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SegmentCommits {
     /// Earliest commit time.
     pub first: Option<i64>,
     /// Latest commit time.
     pub last: Option<i64>,
+    /// Its join to the segment before.
+    pub join: Join,
+    /// Start LSN of the last complete record in it, when known.
+    pub last_complete: Option<u64>,
+}
+
+/// A segment that does not continue the history of the segments before it: written by
+/// another server with the same system identifier (a split brain), or planted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The segment that does not continue.
+    pub segment: u64,
+    /// Where its first record points back to.
+    pub found: u64,
+    /// The last record that started before it, in the archive.
+    pub expected: u64,
+}
+
+impl fmt::Display for ChainBreak {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "segment {:X} does not continue the archived history: its first record points back to {}, but the last record before it is at {}",
+            self.segment,
+            Lsn(self.found),
+            Lsn(self.expected)
+        )
+    }
+}
+
+/// Every archived segment boundary from segment `from` on where the later segment does not
+/// continue the earlier ones (pure). Gaps reset the walk; after a break the walk follows the
+/// segment that broke, so a run of foreign segments reports once, where it begins.
+pub fn chain_breaks(archive: &Archive, from: u64) -> Vec<ChainBreak> {
+    let mut out = Vec::new();
+    let mut last_start: Option<u64> = None;
+    let mut prev_n: Option<u64> = None;
+    for (&n, c) in archive.segments.range(from..) {
+        if prev_n.is_some_and(|p| p + 1 != n) {
+            last_start = None;
+        }
+        match c.join {
+            Join::Starts { prev, last } => {
+                if let Some(expected) = last_start.filter(|e| *e != prev) {
+                    out.push(ChainBreak { segment: n, found: prev, expected });
+                }
+                last_start = Some(last);
+            }
+            Join::Continuation => {}
+            Join::Unknown => last_start = None,
+        }
+        prev_n = Some(n);
+    }
+    out
+}
+
+/// Walks consecutive segments from `first`, following each one's join: the last segment
+/// of the unbroken run and, if the run ends at a segment that does not continue it, why.
+/// `None` when `first` is missing (pure).
+pub fn unbroken_run(archive: &Archive, first: u64) -> Option<(u64, Option<ChainBreak>)> {
+    let at = archive.segments.get(&first)?;
+    let mut n = first;
+    // The last record start seen, carried over segments of pure continuation.
+    let mut last_start = match at.join {
+        Join::Starts { last, .. } => Some(last),
+        _ => None,
+    };
+    while let Some(next) = archive.segments.get(&(n + 1)) {
+        match next.join {
+            Join::Starts { prev, last } => {
+                if let Some(expected) = last_start.filter(|e| *e != prev) {
+                    return Some((n, Some(ChainBreak { segment: n + 1, found: prev, expected })));
+                }
+                last_start = Some(last);
+            }
+            Join::Continuation => {}
+            Join::Unknown => last_start = None,
+        }
+        n += 1;
+    }
+    Some((n, None))
 }
 
 /// The archived segments of one timeline.
@@ -87,6 +185,8 @@ pub struct Range {
     pub to_lsn: Lsn,
     /// Last segment of the unbroken run.
     pub last_segment: u64,
+    /// The segment after the run, archived but not continuing it (another history).
+    pub broken: Option<ChainBreak>,
 }
 
 /// The restorable window: one range per usable backup, oldest first.
@@ -122,6 +222,9 @@ impl fmt::Display for Window {
             if let Some(t) = r.to_time {
                 write!(f, ", time {} .. {}", rfc3339(r.from_time), rfc3339(t))?;
             }
+            if let Some(b) = &r.broken {
+                write!(f, "; then the WAL breaks: {b}")?;
+            }
         }
         Ok(())
     }
@@ -138,6 +241,26 @@ pub struct RestorePlan {
     pub first_segment: u64,
     /// Last segment needed.
     pub last_segment: u64,
+    /// For `--latest`: the start of the last complete archived record, which recovery must
+    /// replay ("redo done at" at or past it) for the restore to have reached its target.
+    /// Time and LSN targets are checked by PostgreSQL itself (it refuses to promote short of
+    /// them).
+    pub must_reach: Option<Lsn>,
+}
+
+/// What recovery must replay for `--latest` (pure): the newest complete record the
+/// summaries of segments `first..=last` know; where the newest segment that has records has
+/// no usable summary (an unknown PostgreSQL major, an old summary), at least its start.
+fn latest_record(archive: &Archive, first: u64, last: u64) -> Option<Lsn> {
+    for (n, c) in archive.segments.range(first..=last).rev() {
+        if let Some(l) = c.last_complete {
+            return Some(Lsn(l));
+        }
+        if c.join == Join::Unknown {
+            return Some(Lsn(n * archive.seg_size));
+        }
+    }
+    None
 }
 
 /// Why there is no plan; each carries the window that does exist.
@@ -155,21 +278,12 @@ pub enum PlanError {
     /// Target falls in a gap of the archive.
     #[error("target {0} falls in a gap of the archived WAL (run `tidemark verify`)\n{1}")]
     InGap(Target, Window),
+    /// `--latest` over an archive whose WAL breaks into another history.
+    #[error("cannot restore --latest: {0}. The end of the archive is not one server's history (a second server archived under this handle, or a segment was planted): run `tidemark verify`, then restore to a point before the break with --target-time or --target-lsn, or move the foreign segments out of the archive\n{1}")]
+    ChainBroken(ChainBreak, Window),
     /// The requested backup does not exist, is not completed, or cannot reach the target.
     #[error("backup {0} cannot be used: {1}\n{2}")]
     BadBackup(String, String, Window),
-}
-
-/// The unbroken run of archived segments starting at `first`; `None` when `first` is missing.
-fn run_end(archive: &Archive, first: u64) -> Option<u64> {
-    let mut n = first;
-    if !archive.segments.contains_key(&n) {
-        return None;
-    }
-    while archive.segments.contains_key(&(n + 1)) {
-        n += 1;
-    }
-    Some(n)
 }
 
 fn us_to_time(us: i64) -> Option<DateTime<Utc>> {
@@ -182,7 +296,7 @@ pub fn range_of(b: &BackupPoint, archive: &Archive) -> Option<Range> {
     let start = Segment::containing(b.timeline, b.start_lsn, seg).number;
     // The stop LSN may sit exactly on a segment boundary: the last byte needed is just before it.
     let stop = Segment::containing(b.timeline, Lsn(b.stop_lsn.0.saturating_sub(1).max(b.start_lsn.0)), seg).number;
-    let end = run_end(archive, start)?;
+    let (end, broken) = unbroken_run(archive, start)?;
     if end < stop {
         return None;
     }
@@ -195,6 +309,7 @@ pub fn range_of(b: &BackupPoint, archive: &Archive) -> Option<Range> {
         from_lsn: b.stop_lsn,
         to_lsn: Lsn((end + 1) * seg),
         last_segment: end,
+        broken,
     })
 }
 
@@ -253,12 +368,17 @@ pub fn plan(
         if !reaches(target, &r) {
             return Err(PlanError::BadBackup(id.into(), format!("it cannot reach {target}"), w));
         }
+        if let (Target::Latest, Some(b)) = (target, r.broken) {
+            return Err(PlanError::ChainBroken(b, w));
+        }
         let first = Segment::containing(b.timeline, b.start_lsn, archive.seg_size).number;
+        let last = last_needed(target, &r, archive, b.timeline);
         return Ok(RestorePlan {
             backup: b.id.clone(),
             target,
             first_segment: first,
-            last_segment: last_needed(target, &r, archive, b.timeline),
+            last_segment: last,
+            must_reach: matches!(target, Target::Latest).then(|| latest_record(archive, first, last)).flatten(),
         });
     }
     if w.ranges.is_empty() {
@@ -280,13 +400,18 @@ pub fn plan(
         };
         return Err(err);
     };
+    if let (Target::Latest, Some(b)) = (target, r.broken) {
+        return Err(PlanError::ChainBroken(b, w));
+    }
     let b = backups.iter().find(|b| b.id == r.backup).expect("ranges come from backups");
     let first = Segment::containing(b.timeline, b.start_lsn, archive.seg_size).number;
+    let last = last_needed(target, r, archive, b.timeline);
     Ok(RestorePlan {
         backup: r.backup.clone(),
         target,
         first_segment: first,
-        last_segment: last_needed(target, r, archive, b.timeline),
+        last_segment: last,
+        must_reach: matches!(target, Target::Latest).then(|| latest_record(archive, first, last)).flatten(),
     })
 }
 
@@ -308,7 +433,15 @@ mod tests {
     fn archive(range: std::ops::RangeInclusive<u64>) -> Archive {
         let mut a = Archive { seg_size: SEG, segments: BTreeMap::new() };
         for n in range {
-            a.segments.insert(n, SegmentCommits { first: Some(us(n as i64 * 10)), last: Some(us(n as i64 * 10 + 5)) });
+            a.segments.insert(
+                n,
+                SegmentCommits {
+                    first: Some(us(n as i64 * 10)),
+                    last: Some(us(n as i64 * 10 + 5)),
+                    join: Join::Starts { prev: (n - 1) * 1000 + 500, last: n * 1000 + 500 },
+                    last_complete: Some(n * 1000 + 400),
+                },
+            );
         }
         a
     }
@@ -347,6 +480,27 @@ mod tests {
         assert_eq!(p.first_segment, 10);
         let p = plan(&bs, &a, Target::Latest, None).unwrap();
         assert_eq!((p.backup.as_str(), p.last_segment), ("b2", 20));
+        assert_eq!(p.must_reach, Some(Lsn(20_400)), "the last complete archived record");
+        assert_eq!(plan(&bs, &a, Target::Time(t(150)), None).unwrap().must_reach, None);
+    }
+
+    #[test]
+    fn latest_must_reach_the_newest_known_complete_record() {
+        let mut a = archive(2..=9);
+        // The last segment's summary knows no complete record (one long record, or unknown).
+        a.segments.get_mut(&9).unwrap().last_complete = None;
+        let p = plan(&[backup("b1", 2, 3, 31)], &a, Target::Latest, None).unwrap();
+        assert_eq!(p.must_reach, Some(Lsn(8_400)));
+        // An unreadable last segment: recovery must at least enter it.
+        a.segments.get_mut(&9).unwrap().join = Join::Unknown;
+        let p = plan(&[backup("b1", 2, 3, 31)], &a, Target::Latest, None).unwrap();
+        assert_eq!(p.must_reach, Some(Lsn(9 * SEG)));
+        // Known segments without a complete record (one record spanning them all): nothing.
+        for c in a.segments.values_mut() {
+            c.last_complete = None;
+            c.join = Join::Continuation;
+        }
+        assert_eq!(plan(&[backup("b1", 2, 3, 31)], &a, Target::Latest, Some("b1")).unwrap().must_reach, None);
     }
 
     #[test]
@@ -366,6 +520,69 @@ mod tests {
         assert!(plan(&bs, &a, Target::Time(t(95)), None).is_ok());
         // Exactly the stop time too.
         assert!(plan(&bs, &a, Target::Time(t(31)), None).is_ok());
+    }
+
+    #[test]
+    fn a_segment_of_another_history_ends_the_run_and_refuses_latest() {
+        let mut a = archive(2..=20);
+        // Segment 7 points back at a record segment 6 does not end with.
+        a.segments.get_mut(&7).unwrap().join = Join::Starts { prev: 6123, last: 7500 };
+        let bs = [backup("b1", 2, 3, 31)];
+        let w = window(&bs, &a);
+        assert_eq!(w.ranges[0].last_segment, 6);
+        assert_eq!(w.ranges[0].broken, Some(ChainBreak { segment: 7, found: 6123, expected: 6500 }));
+        assert!(w.to_string().contains("does not continue"), "{w}");
+        let e = plan(&bs, &a, Target::Latest, None).unwrap_err();
+        assert!(matches!(e, PlanError::ChainBroken(..)), "{e}");
+        assert!(e.to_string().contains("--target-time"), "{e}");
+        assert!(matches!(plan(&bs, &a, Target::Latest, Some("b1")), Err(PlanError::ChainBroken(..))));
+        // Before the break, time and LSN targets still plan; after it they are past the end.
+        assert_eq!(plan(&bs, &a, Target::Time(t(50)), None).unwrap().last_segment, 5);
+        assert!(plan(&bs, &a, Target::Lsn(Lsn(6 * SEG + 10)), None).is_ok());
+        assert!(matches!(plan(&bs, &a, Target::Time(t(80)), None), Err(PlanError::AfterEnd(..))));
+        // A newer backup taken after the break has a history of its own.
+        let bs2 = [backup("b1", 2, 3, 31), backup("b2", 10, 11, 111)];
+        assert_eq!(plan(&bs2, &a, Target::Latest, None).unwrap().backup, "b2");
+    }
+
+    #[test]
+    fn every_break_is_found_once_and_gaps_reset() {
+        let mut a = archive(2..=20);
+        assert!(chain_breaks(&a, 0).is_empty());
+        // A foreign run 7..=9 (consistent among itself), then the original history resumes
+        // at 10 (pointing at 9500, which the foreign 9 happens to end with too).
+        a.segments.get_mut(&7).unwrap().join = Join::Starts { prev: 6123, last: 7777 };
+        a.segments.get_mut(&8).unwrap().join = Join::Starts { prev: 7777, last: 8888 };
+        a.segments.get_mut(&9).unwrap().join = Join::Starts { prev: 8888, last: 9999 };
+        assert_eq!(
+            chain_breaks(&a, 0),
+            vec![
+                ChainBreak { segment: 7, found: 6123, expected: 6500 },
+                ChainBreak { segment: 10, found: 9500, expected: 9999 }
+            ]
+        );
+        assert_eq!(chain_breaks(&a, 8), vec![ChainBreak { segment: 10, found: 9500, expected: 9999 }]);
+        // A missing segment is a gap, not a break.
+        a.segments.remove(&9);
+        assert_eq!(chain_breaks(&a, 8), vec![]);
+    }
+
+    #[test]
+    fn joins_carry_over_continuations_and_unknowns_never_break() {
+        let mut a = archive(2..=9);
+        // Segment 5 is all continuation: 6 must point at 4's last record.
+        a.segments.get_mut(&5).unwrap().join = Join::Continuation;
+        a.segments.get_mut(&6).unwrap().join = Join::Starts { prev: 4500, last: 6500 };
+        assert_eq!(unbroken_run(&a, 2), Some((9, None)));
+        a.segments.get_mut(&6).unwrap().join = Join::Starts { prev: 5500, last: 6500 };
+        assert_eq!(unbroken_run(&a, 2), Some((5, Some(ChainBreak { segment: 6, found: 5500, expected: 4500 }))));
+        // Unknown joins (old summaries, unreadable segments) are not evidence of a break.
+        a.segments.get_mut(&5).unwrap().join = Join::Unknown;
+        assert_eq!(unbroken_run(&a, 2), Some((9, None)));
+        a.segments.get_mut(&6).unwrap().join = Join::Unknown;
+        a.segments.get_mut(&7).unwrap().join = Join::Starts { prev: 1, last: 7500 };
+        assert_eq!(unbroken_run(&a, 2), Some((9, None)));
+        assert_eq!(unbroken_run(&a, 1), None);
     }
 
     #[test]

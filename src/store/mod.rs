@@ -90,20 +90,55 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         self.put_if_absent(key, data).await
     }
 
-    /// Reads a whole object into memory; `None` when absent.
-    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        let Some(mut r) = self.get(key).await? else {
-            return Ok(None);
-        };
-        let mut buf = Vec::new();
-        r.read_to_end(&mut buf).await.map_err(|e| StoreError::Backend {
-            store: self.describe(),
-            op: "read",
-            key: key.to_string(),
-            msg: e.to_string(),
-        })?;
-        Ok(Some(Bytes::from(buf)))
+    /// Whether a failed request may succeed if sent again (S3: throttling, 5xx, resets;
+    /// never a refusal such as access denied). Default: no.
+    fn retryable(&self, _e: &StoreError) -> bool {
+        false
     }
+
+    /// Reads a whole object into memory; `None` when absent. Every repository read comes
+    /// here, so one policy covers them all: a request the store calls retryable, or a body
+    /// cut off mid-way (a reset, a truncated response), is read again with backoff.
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let err = match self.get(key).await {
+                Ok(None) => return Ok(None),
+                Ok(Some(mut r)) => {
+                    let mut buf = Vec::new();
+                    match r.read_to_end(&mut buf).await {
+                        Ok(_) => return Ok(Some(Bytes::from(buf))),
+                        Err(e) => StoreError::Backend {
+                            store: self.describe(),
+                            op: "read",
+                            key: key.to_string(),
+                            msg: e.to_string(),
+                        },
+                    }
+                }
+                Err(e) if self.retryable(&e) => e,
+                Err(e) => return Err(e),
+            };
+            if attempt >= READ_ATTEMPTS {
+                return Err(err);
+            }
+            let delay = read_backoff(attempt);
+            tracing::warn!(%key, attempt, error = %err, ?delay, "read failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Attempts per object read (see [`ObjectStore::get_bytes`]).
+pub const READ_ATTEMPTS: u32 = 5;
+
+/// Wait before read attempt `attempt + 1`: 100 ms, 400 ms, 1.6 s, 3.2 s, with jitter so
+/// parallel readers do not retry in step (pure apart from the random jitter).
+pub fn read_backoff(attempt: u32) -> std::time::Duration {
+    let base = (100u64 << (2 * attempt.saturating_sub(1).min(3))).min(3_200);
+    let jitter = rand::random::<u64>() % (base / 4 + 1);
+    std::time::Duration::from_millis(base + jitter)
 }
 
 /// An object's bytes on their way into a store (see [`ObjectStore::stage`]).
@@ -149,6 +184,20 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
         Err(StoreError::BadKey(key.to_string()))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_backoff_grows_and_is_bounded() {
+        for (attempt, lo, hi) in [(1, 100, 125), (2, 400, 500), (3, 1_600, 2_000), (4, 3_200, 4_000), (9, 3_200, 4_000)]
+        {
+            let d = read_backoff(attempt).as_millis() as u64;
+            assert!((lo..=hi).contains(&d), "attempt {attempt}: {d} ms");
+        }
     }
 }
 

@@ -194,6 +194,24 @@ impl ObjectStore for S3Store {
         }
     }
 
+    fn retryable(&self, e: &StoreError) -> bool {
+        // The SDK already retried throttling and 5xx within the request; what is left worth
+        // another try is a connection that failed or a response that broke, not a refusal.
+        const FINAL: [&str; 7] = [
+            "AccessDenied",
+            "NoSuchBucket",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+            "InvalidBucketName",
+            "AllAccessDisabled",
+            "InvalidObjectState",
+        ];
+        match e {
+            StoreError::Backend { msg, .. } => !FINAL.iter().any(|c| msg.starts_with(c)),
+            _ => false,
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let full = self.full(key)?;
         match self.client.head_object().bucket(&self.bucket).key(&full).send().await {

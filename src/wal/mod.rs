@@ -2,6 +2,7 @@
 
 pub mod fetch;
 pub mod header;
+pub mod history;
 pub mod name;
 pub mod push;
 pub mod record;

@@ -1,7 +1,10 @@
 //! Archiving one WAL file: validate, seal, store without overwriting, acknowledge.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
@@ -11,9 +14,10 @@ use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
 use crate::codec::envelope::read_full;
 use crate::codec::{CodecError, Sealer};
 use crate::repo::{HashingWriter, RepoError, Repository};
+use crate::restore::plan::Join;
 use crate::store::{PutOutcome, Staged};
-use crate::wal::header;
-use crate::wal::name::{WalFile, DEFAULT_SEGMENT_SIZE};
+use crate::wal::name::{Lsn, Segment, WalFile, DEFAULT_SEGMENT_SIZE};
+use crate::wal::{header, history};
 
 /// What happened to a pushed file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,9 +68,32 @@ pub enum PushError {
         /// Digest of the local file.
         local: String,
     },
+    /// A segment that does not continue the WAL archived next to it: another server with the
+    /// same system identifier (a copy of this one) is archiving under this handle.
+    #[error("{name}: does not continue the archived WAL: {detail}; the archive was left untouched. Two servers with the same system identifier are archiving under one handle (a copied data directory started, or a split brain): stop the one that is not the primary, or give it its own `cluster`")]
+    ChainBreak {
+        /// File name.
+        name: String,
+        /// Which boundary does not join, and the LSNs.
+        detail: String,
+    },
+    /// Not a file PostgreSQL's archiver would hand over: only WAL is archived.
+    #[error("{0}")]
+    NotWal(String),
+    /// The cluster record could not be claimed.
+    #[error(transparent)]
+    Claim(#[from] cluster::ClaimError),
     /// The repository failed.
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl PushError {
+    /// Whether this node holds another history than the archive's for this file (a conflict
+    /// under the name or a broken chain): pushing more of the same timeline would only spread it.
+    pub fn is_other_history(&self) -> bool {
+        matches!(self, PushError::Conflict { .. } | PushError::ChainBreak { .. })
+    }
 }
 
 /// Pushes WAL files of one cluster; caches the cluster record between pushes.
@@ -75,7 +102,15 @@ pub struct Archiver {
     repo: Repository,
     record: OnceCell<ClusterRecord>,
     sealed_bytes: std::sync::atomic::AtomicU64,
+    /// The only directory files are archived from (the cluster's `pg_wal`), when known.
+    wal_dir: Option<PathBuf>,
+    /// Summaries of segments this archiver stored or read, for the chain checks of their
+    /// neighbours (the daemon pushes consecutive segments, so most checks need no request).
+    summaries: Mutex<HashMap<(u32, u64), SegmentIndex>>,
 }
+
+/// Summaries kept for chain checks before the cache is emptied.
+const SUMMARY_CACHE: usize = 1024;
 
 /// Bytes read per step while a file streams through the sealer: whole pages for any WAL
 /// page size, and small enough that many parallel pushes stay within a few MiB each.
@@ -93,7 +128,8 @@ impl Source {
     fn open(&self) -> std::io::Result<(Box<dyn Read + Send>, u64)> {
         match self {
             Source::File(p) => {
-                let f = std::fs::File::open(p)?;
+                // Never through a symlink swapped in after the checks.
+                let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)?;
                 let len = f.metadata()?.len();
                 Ok((Box::new(f), len))
             }
@@ -161,7 +197,19 @@ fn seal_stream(
 impl Archiver {
     /// An archiver for the repository's cluster.
     pub fn new(repo: Repository) -> Archiver {
-        Archiver { repo, record: OnceCell::new(), sealed_bytes: std::sync::atomic::AtomicU64::new(0) }
+        Archiver {
+            repo,
+            record: OnceCell::new(),
+            sealed_bytes: std::sync::atomic::AtomicU64::new(0),
+            wal_dir: None,
+            summaries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Archives only regular files directly inside `pg_wal` (resolved: no symlink escapes).
+    pub fn only_from(mut self, pg_wal: &Path) -> Archiver {
+        self.wal_dir = Some(pg_wal.to_path_buf());
+        self
     }
 
     /// Compressed, encrypted bytes this archiver has stored.
@@ -176,17 +224,7 @@ impl Archiver {
 
     /// Checks the segment belongs to this handle, creating the record on first use.
     async fn check_identity(&self, name: &str, sysid: u64, seg_size: u64) -> Result<(), PushError> {
-        let rec = self
-            .record
-            .get_or_try_init(|| async {
-                if let Some(r) = cluster::load(&self.repo).await? {
-                    return Ok::<_, PushError>(r);
-                }
-                let r = ClusterRecord::new(self.repo.cluster(), sysid, seg_size);
-                cluster::save(&self.repo, &r).await?;
-                Ok(r)
-            })
-            .await?;
+        let rec = self.record.get_or_try_init(|| async { cluster::claim(&self.repo, sysid, seg_size).await }).await?;
         if rec.system_identifier != sysid.to_string() {
             return Err(PushError::WrongSystem {
                 name: name.to_string(),
@@ -201,6 +239,11 @@ impl Archiver {
     /// Archives the file at `path` (a segment, .partial, .history or .backup file).
     pub async fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if let Some(dir) = &self.wal_dir {
+            check_in_wal_dir(path, dir)?;
+        } else {
+            check_regular(path)?;
+        }
         self.push_source(&file_name, Source::File(path.to_path_buf())).await
     }
 
@@ -236,6 +279,7 @@ impl Archiver {
             self.record.get().map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE)
         };
         let file = WalFile::parse(file_name, seg_size)?;
+        self.check_small_file(file_name, &file, &opened.first, opened.len, seg_size).await?;
         let key = self.repo.wal_key(&file, seg_size);
         // No existence check first: the conditional commit below is one (a HEAD would cost an
         // extra request per segment on S3); an already archived file only costs a wasted seal.
@@ -252,20 +296,119 @@ impl Archiver {
                 .map_err(|e| read_err(std::io::Error::other(e)))??;
 
         if let (Some(seg), Some(idx)) = (segment, &streamed.index) {
-            // The commit-time summary goes first: a summary without its segment is harmless,
-            // a segment without its summary would hide commit times from `window`.
             if let Some(e) = &idx.error {
                 tracing::warn!(file = %file_name, error = %e, "cannot read commit times from segment; archiving it anyway");
             }
-            wal_index::save(&self.repo, seg, seg_size, idx).await?;
+            self.check_chain(file_name, seg, seg_size, idx).await?;
         }
-        match self.repo.store().commit_if_absent(&key, streamed.staged).await.map_err(RepoError::from)? {
+        let outcome = match self.repo.store().commit_if_absent(&key, streamed.staged).await.map_err(RepoError::from)? {
             PutOutcome::Created => {
                 self.sealed_bytes.fetch_add(streamed.sealed_bytes, std::sync::atomic::Ordering::Relaxed);
-                Ok(PushOutcome::Stored)
+                PushOutcome::Stored
             }
             // Lost a race with another pusher (the daemon): same bytes is success.
-            PutOutcome::Exists => self.compare_existing(file_name, &key, &src).await,
+            PutOutcome::Exists => self.compare_existing(file_name, &key, &src).await?,
+        };
+        if let (Some(seg), Some(idx)) = (segment, streamed.index) {
+            // The summary goes after the segment, and only from a pusher whose bytes are the
+            // archived ones, so it always describes the archived segment. A crash in between
+            // leaves it missing until PostgreSQL pushes the file again (it retries until this
+            // call succeeds), which writes it then.
+            wal_index::save(&self.repo, seg, seg_size, &idx).await?;
+            self.remember(seg, idx);
+        }
+        Ok(outcome)
+    }
+
+    /// A cached or stored summary of segment `seg`.
+    async fn summary(&self, seg: Segment, seg_size: u64) -> Result<Option<SegmentIndex>, PushError> {
+        if let Some(s) = lock(&self.summaries).get(&(seg.timeline, seg.number)) {
+            return Ok(Some(s.clone()));
+        }
+        let found = wal_index::load(&self.repo, seg, seg_size).await?;
+        if let Some(s) = &found {
+            self.remember(seg, s.clone());
+        }
+        Ok(found)
+    }
+
+    fn remember(&self, seg: Segment, idx: SegmentIndex) {
+        let mut m = lock(&self.summaries);
+        if m.len() >= SUMMARY_CACHE {
+            m.clear();
+        }
+        m.insert((seg.timeline, seg.number), idx);
+    }
+
+    /// Refuses a segment that does not join the archived segments on either side of it: its
+    /// first record must point back at the predecessor's last record, and the successor's
+    /// first record at its own last one.
+    async fn check_chain(&self, name: &str, seg: Segment, seg_size: u64, idx: &SegmentIndex) -> Result<(), PushError> {
+        let mine = idx.join();
+        let Join::Starts { prev, last } = mine else { return Ok(()) };
+        let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
+        if seg.number > 0 {
+            let before = Segment { timeline: seg.timeline, number: seg.number - 1 };
+            if let Some(Join::Starts { last: expected, .. }) = self.summary(before, seg_size).await?.map(|s| s.join()) {
+                if expected != prev {
+                    return Err(brk(format!(
+                        "its first record points back to {}, but the archived {} ends with a record at {}",
+                        Lsn(prev),
+                        before.name(seg_size),
+                        Lsn(expected)
+                    )));
+                }
+            }
+        }
+        let after = seg.next();
+        if let Some(Join::Starts { prev: found, .. }) = self.summary(after, seg_size).await?.map(|s| s.join()) {
+            if found != last {
+                return Err(brk(format!(
+                    "its last record is at {}, but the archived {} points back to {}",
+                    Lsn(last),
+                    after.name(seg_size),
+                    Lsn(found)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// History and backup history files are small: they are checked whole before sealing.
+    async fn check_small_file(
+        &self,
+        name: &str,
+        file: &WalFile,
+        first: &[u8],
+        len: u64,
+        seg_size: u64,
+    ) -> Result<(), PushError> {
+        let refuse = |why: String| PushError::NotWal(format!("{name}: {why}; not archived"));
+        match *file {
+            WalFile::History(tli) => {
+                if (first.len() as u64) < len {
+                    return Err(refuse(format!("{len} bytes is not a timeline history file")));
+                }
+                let ancestors = history::parse_history(first, tli)
+                    .map_err(|e| refuse(format!("not a timeline history file PostgreSQL can read ({e})")))?;
+                // The parent's own history must already be archived (timeline 1 has none), or
+                // recovery could never follow this one.
+                let parent = ancestors.last().map_or(1, |a| a.timeline);
+                if parent > 1 {
+                    let key = self.repo.wal_key(&WalFile::History(parent), seg_size);
+                    if self.repo.store().head(&key).await.map_err(RepoError::from)?.is_none() {
+                        return Err(refuse(format!("its parent timeline {parent} has no history file in the archive")));
+                    }
+                }
+                Ok(())
+            }
+            WalFile::BackupLabel(..) => {
+                if (first.len() as u64) < len {
+                    return Err(refuse(format!("{len} bytes is not a backup history file")));
+                }
+                history::check_backup_file(first).map_err(|e| refuse(format!("not a backup history file ({e})")))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -279,6 +422,48 @@ impl Archiver {
             Err(PushError::Conflict { name: name.to_string(), archived, local })
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The cache holds only copies of stored summaries: a poisoned one is still valid.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses anything but a regular file (a symlink could point at any file the pusher can
+/// read, such as the keyring).
+fn check_regular(path: &Path) -> Result<(), PushError> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| PushError::Read(path.display().to_string(), e))?;
+    if meta.file_type().is_symlink() {
+        return Err(PushError::NotWal(format!(
+            "{} is a symbolic link; only files PostgreSQL writes in pg_wal are archived",
+            path.display()
+        )));
+    }
+    if !meta.is_file() {
+        return Err(PushError::NotWal(format!(
+            "{} is not a regular file; only WAL files are archived",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a file that is not a regular file directly inside `pg_wal`, however spelled.
+pub fn check_in_wal_dir(path: &Path, pg_wal: &Path) -> Result<(), PushError> {
+    check_regular(path)?;
+    let outside = || {
+        PushError::NotWal(format!(
+            "{} is not in {}: only files in the configured cluster's pg_wal are archived (postgres.data_dir names the data directory)",
+            path.display(),
+            pg_wal.display()
+        ))
+    };
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (Ok(dir), Ok(want)) = (parent.canonicalize(), pg_wal.canonicalize()) else { return Err(outside()) };
+    if dir != want {
+        return Err(outside());
+    }
+    Ok(())
 }
 
 /// Runs blocking file work off the async threads.

@@ -982,6 +982,14 @@ impl WalReader {
         }
     }
 
+    /// `xl_prev` of the unfinished record, once its fixed header is present.
+    pub fn pending_record_prev(&self) -> Option<u64> {
+        match &self.state {
+            State::Pending(p) => RecordHeader::parse(&p.buf).map(|h| h.prev),
+            _ => None,
+        }
+    }
+
     /// Unverified commit/abort from the unfinished record, if its header and `xact_time` are present.
     pub fn pending_xact_end(&self) -> Option<XactEnd> {
         // A record cut off by the end of WAL is a torn write that never
@@ -1448,6 +1456,14 @@ pub struct SegmentSummary {
     pub incomplete: Option<IncompleteRecord>,
     /// Records abandoned because of `XLP_FIRST_IS_OVERWRITE_CONTRECORD`.
     pub overwritten: Vec<u64>,
+    /// Where this segment joins the one before: the first record that starts in it (LSN,
+    /// `xl_prev`), complete or continuing into the next segment.
+    pub first_record: Option<(u64, u64)>,
+    /// LSN of the last record that starts in this segment (the next segment's first record
+    /// must point back at it).
+    pub last_record_lsn: Option<u64>,
+    /// LSN of the last complete record that starts in this segment.
+    pub last_complete_lsn: Option<u64>,
 }
 
 /// Walk one segment file's bytes (segment_size = its length, normally 16 MiB; must be a power of two between 1 MiB and 1 GiB).
@@ -1480,6 +1496,10 @@ pub struct SegmentSummarizer {
     reader: WalReader,
     xact_ends: Vec<XactEnd>,
     first_err: Option<WalParseError>,
+    /// First complete record (LSN, `xl_prev`).
+    first: Option<(u64, u64)>,
+    /// Last complete record's LSN.
+    last: Option<u64>,
 }
 
 impl SegmentSummarizer {
@@ -1490,17 +1510,22 @@ impl SegmentSummarizer {
 
     fn new(mut reader: WalReader) -> Result<Self, WalParseError> {
         reader.begin_segment()?;
-        Ok(SegmentSummarizer { reader, xact_ends: Vec::new(), first_err: None })
+        Ok(SegmentSummarizer { reader, xact_ends: Vec::new(), first_err: None, first: None, last: None })
     }
 
     /// Feeds the next whole pages of the segment.
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), WalParseError> {
         let (ends, first_err) = (&mut self.xact_ends, &mut self.first_err);
-        self.reader.feed_pages(piece, |rec| match xact_end_from_record(rec) {
-            Ok(Some(end)) => ends.push(end),
-            Ok(None) => {}
-            Err(e) => {
-                first_err.get_or_insert(e);
+        let (first, last) = (&mut self.first, &mut self.last);
+        self.reader.feed_pages(piece, |rec| {
+            first.get_or_insert((rec.lsn, rec.xl_prev));
+            *last = Some(rec.lsn);
+            match xact_end_from_record(rec) {
+                Ok(Some(end)) => ends.push(end),
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         })
     }
@@ -1520,6 +1545,11 @@ impl SegmentSummarizer {
         let commits = xact_ends.iter().filter(|e| e.kind.is_commit()).map(|e| e.time_us);
         let first_commit_us = commits.clone().min();
         let last_commit_us = commits.max();
+        // A record still open at the segment's end started here (the walk skips the
+        // continuation of one begun in the previous segment).
+        let pending = self.reader.pending_record().map(|p| p.lsn);
+        let first_record = self.first.or_else(|| Some((pending?, self.reader.pending_record_prev()?)));
+        let last_record_lsn = pending.or(self.last);
         Ok(SegmentSummary {
             first_commit_us,
             last_commit_us,
@@ -1530,6 +1560,9 @@ impl SegmentSummarizer {
             stop: out.stop,
             incomplete: self.reader.pending_record(),
             overwritten: out.overwritten,
+            first_record,
+            last_record_lsn,
+            last_complete_lsn: self.last,
         })
     }
 }
@@ -2156,6 +2189,20 @@ mod tests {
         let s0 = summarize_segment(b.segment(0), SEG).unwrap();
         assert_eq!(s0.records, 1);
         assert_eq!(s0.incomplete.map(|i| i.lsn), Some(huge));
+
+        // Where each segment joins its predecessor: the first record starting in it points
+        // back at the last record starting before it (a segment of pure continuation has none).
+        assert_eq!(s0.first_record, Some((c0, START - 200)));
+        assert_eq!(s0.last_record_lsn, Some(huge), "an open record at the end is the last start");
+        assert_eq!((s1.first_record, s1.last_record_lsn), (None, None));
+        assert_eq!(s2.first_record, Some((c1, huge)));
+        assert_eq!(s2.last_record_lsn, Some(straddle));
+        assert_eq!(s3.first_record, Some((c3, straddle)));
+        assert_eq!(s3.last_record_lsn, Some(c3));
+        assert_eq!(
+            (s0.last_complete_lsn, s2.last_complete_lsn, s3.last_complete_lsn),
+            (Some(c0), Some(filler), Some(c3))
+        );
     }
 
     #[test]
@@ -2249,6 +2296,9 @@ mod tests {
         let (out1, recs) = collect(&mut r, b.segment(1));
         assert_eq!(recs.iter().map(|x| x.0).collect::<Vec<_>>(), vec![c]);
         assert_eq!(out1.stop, StopReason::ZeroTail { lsn: b.pos });
+        // The segment after a switch joins at the switch record.
+        assert_eq!(summarize_segment(b.segment(0), SEG).unwrap().last_record_lsn, Some(sw));
+        assert_eq!(summarize_segment(b.segment(1), SEG).unwrap().first_record, Some((c, sw)));
     }
 
     /// Feeds `seg` to `reader` in `piece`-byte pieces, collecting records as [`collect`] does.

@@ -262,18 +262,45 @@ impl Pg {
 
     /// initdb a new cluster with its data directory at `data` (an empty dir or absent).
     pub fn init_at(data: Option<PathBuf>) -> Pg {
+        Self::init_with(data, &[])
+    }
+
+    /// initdb with extra arguments (e.g. `--wal-segsize=1`).
+    pub fn init_with(data: Option<PathBuf>, initdb_args: &[&str]) -> Pg {
         let dir = postgres_dir("pg");
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let sock = dir.path().join("sock");
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(&sock);
-        run_ok(as_postgres(pg_bin().join("initdb")).args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data));
+        run_ok(
+            as_postgres(pg_bin().join("initdb"))
+                .args(["-A", "trust", "-U", "postgres"])
+                .args(initdb_args)
+                .arg("-D")
+                .arg(&data),
+        );
         let port = free_port();
         let pg = Pg { dir, data, sock, port, running: false };
         pg.conf(&format!(
             "port = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nfsync = off\nshared_buffers = 64MB\n",
             pg.sock.display()
         ));
+        pg
+    }
+
+    /// A cold copy of this (stopped) server's data directory, as a server of its own: same
+    /// system identifier and history so far, its own port and socket.
+    pub fn cold_copy(&self) -> Pg {
+        assert!(!self.running, "a cold copy needs the server stopped");
+        let dir = postgres_dir("pgcopy");
+        let data = dir.path().join("data");
+        run_ok(Command::new("cp").arg("-a").arg(&self.data).arg(&data));
+        let sock = dir.path().join("sock");
+        std::fs::create_dir_all(&sock).unwrap();
+        chown_postgres(dir.path());
+        let port = free_port();
+        let pg = Pg { dir, data, sock, port, running: false };
+        pg.conf(&format!("port = {port}\nunix_socket_directories = '{}'\n", pg.sock.display()));
         pg
     }
 
@@ -532,6 +559,14 @@ impl Tidemark {
     pub fn daemon_stats(&self) -> serde_json::Value {
         let out = run_ok(&mut self.cmd(&["daemon-stats"]));
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// SIGKILL the daemon (no drain, no cleanup) and wait for it.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// SIGTERM the daemon and wait for it.

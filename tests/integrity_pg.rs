@@ -1,0 +1,289 @@
+//! One history per handle, against real PostgreSQL 15 and the fs store: a cold copy of a
+//! primary archiving under the same handle (split brain), two new databases racing for one
+//! fresh handle, a planted segment that does not chain, and restores that prove their end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use common::{Pg, Tidemark};
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+const CHECKSUM: &str =
+    "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || who, ',' order by id), '')) from t";
+
+/// A restored cluster, stopped on drop.
+struct Restored {
+    dir: PathBuf,
+    sock: PathBuf,
+    port: u16,
+}
+
+impl Restored {
+    fn sql(&self, sql: &str) -> String {
+        common::psql(&self.sock, self.port, sql)
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = common::as_postgres(common::pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-w", "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn restore_latest(tm: &Tidemark, pg: &Pg, dir: &Path) -> (Output, Restored) {
+    let port = common::free_port();
+    let o = tm
+        .cmd(&["restore", "--target-dir", dir.to_str().unwrap(), "--latest", "--start", "--port", &port.to_string()])
+        .output()
+        .unwrap();
+    (o, Restored { dir: dir.to_path_buf(), sock: pg.sock.clone(), port })
+}
+
+/// A server with 1 MiB segments archiving through `tm`'s config, with a daemon.
+fn server(handle: &str, url: &str) -> (Pg, Tidemark) {
+    let pg = Pg::init_with(None, &["--wal-segsize=1"]);
+    let mut tm = Tidemark::for_pg(handle, url, None, &pg);
+    // No automatic backup at daemon start: each server's WAL moves only when the test says.
+    tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+    pg.archive_to(&tm.config);
+    (pg, tm)
+}
+
+/// Inserts `n` rows tagged `who` and closes the segment.
+fn write_and_switch(pg: &Pg, who: &str, n: u32) {
+    pg.sql(&format!(
+        "insert into t select (select coalesce(max(id), 0) from t) + g, '{who}' from generate_series(1, {n}) g"
+    ));
+    pg.sql("select pg_switch_wal()");
+}
+
+fn archiver_failures(pg: &Pg) -> i64 {
+    pg.sql("select failed_count from pg_stat_archiver").parse().unwrap()
+}
+
+fn index_key(repo: &Path, handle: &str, seg: &str) -> PathBuf {
+    repo.join(format!("clusters/{handle}/wal-index/00000001/{seg}"))
+}
+
+#[test]
+fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
+    let repo = common::postgres_dir("repo");
+    let url = Tidemark::fs_url(repo.path());
+    for round in 0..5 {
+        let handle = format!("sb{round}");
+        let (mut primary, mut tm_p) = server(&handle, &url);
+        primary.start();
+        primary.sql("create table t(id int primary key, who text)");
+        write_and_switch(&primary, "both", 1000);
+        let o = tm_p.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+        assert!(o.status.success(), "backup: {}", stderr(&o));
+        primary.stop();
+        // The copy: same system identifier, same history so far, its own daemon and config
+        // under the same handle (the same repository and keyring).
+        let mut copy = primary.cold_copy();
+        let mut tm_c = Tidemark::for_pg(&handle, &url, None, &copy);
+        tm_c.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+        std::fs::copy(&tm_p.keyring, &tm_c.keyring).unwrap();
+        copy.archive_to(&tm_c.config);
+        primary.start();
+        copy.start();
+        tm_p.start_daemon();
+        tm_c.start_daemon();
+        // Whoever archives the first diverging segment wins; alternate who goes first.
+        let (winner, loser, tm_w, tm_l) =
+            if round % 2 == 0 { (&primary, &copy, &tm_p, &tm_c) } else { (&copy, &primary, &tm_c, &tm_p) };
+        let first = winner.sql("select pg_walfile_name(pg_current_wal_lsn())");
+        write_and_switch(winner, "winner", 500);
+        winner.wait_archived(&first, Duration::from_secs(60));
+        for _ in 0..4 {
+            write_and_switch(loser, "loser", 300);
+        }
+        write_and_switch(winner, "winner", 500);
+        winner.switch_wal_archived(Duration::from_secs(60));
+        common::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
+            archiver_failures(loser) > 0
+        });
+        let log = loser.log();
+        assert!(
+            log.contains("a different file is already archived under this name")
+                || log.contains("does not continue the archived WAL"),
+            "round {round}: the loser's archive_command must say why: {log}"
+        );
+        // The loser's daemon stopped pushing ahead on that timeline and says so.
+        let stats = tm_l.daemon_stats();
+        assert!(stats["other_history"].as_u64().unwrap_or(0) > 0, "round {round}: {stats}");
+        let st = tm_l.cmd(&["--output", "json", "status"]).output().unwrap();
+        assert_eq!(st.status.code(), Some(1), "round {round}: status of the loser must not be ok");
+        assert!(stdout(&st).contains("critical") && stdout(&st).contains("another history"), "{}", stdout(&st));
+        // One history: verify finds no break.
+        let v = tm_w.cmd(&["verify"]).output().unwrap();
+        assert!(v.status.success(), "round {round}: verify: {}{}", stdout(&v), stderr(&v));
+        let want = winner.sql(CHECKSUM);
+        let scratch = common::postgres_dir("restore");
+        if round == 0 {
+            planted_segment_is_caught(&repo, &handle, tm_w, tm_l, loser, &primary, &scratch);
+        }
+        // (The restored cluster keeps the backup's socket directory: the primary's.)
+        let (o, r) = restore_latest(tm_w, &primary, &scratch.path().join("latest"));
+        assert!(o.status.success(), "round {round}: restore: {}{}", stdout(&o), stderr(&o));
+        assert_eq!(r.sql(CHECKSUM), want, "round {round}: the restore must hold exactly the winner's rows");
+        assert_eq!(r.sql("select count(*) from t where who = 'loser'"), "0");
+        drop(r);
+        tm_p.stop_daemon();
+        tm_c.stop_daemon();
+    }
+}
+
+/// A segment of the loser's history planted in the archive (as a pusher without chain
+/// checks, or a crash window, could) makes verify fail and `--latest` refuse; without its
+/// summary the plan cannot see it, and the restore's end check fails instead.
+fn planted_segment_is_caught(
+    repo: &tempfile::TempDir,
+    handle: &str,
+    tm_w: &Tidemark,
+    tm_l: &Tidemark,
+    loser: &Pg,
+    backup_source: &Pg,
+    scratch: &tempfile::TempDir,
+) {
+    let wal_dir = repo.path().join(format!("clusters/{handle}/wal/00000001"));
+    let last = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+        .filter(|n| n.len() == 24)
+        .max()
+        .unwrap();
+    let next = format!("{}{:08X}", &last[..16], u32::from_str_radix(&last[16..], 16).unwrap() + 1);
+    let planted = loser.data.join("pg_wal").join(&next);
+    assert!(planted.is_file(), "the loser wrote {next}");
+    // Hide the predecessor's summary so the push cannot see the break, then plant.
+    let pred = index_key(repo.path(), handle, &last);
+    let hidden = pred.with_extension("hidden");
+    std::fs::rename(&pred, &hidden).unwrap();
+    let mut direct = tm_l.cmd_as_postgres(&["wal-push", planted.to_str().unwrap()]);
+    let o = direct.env("TIDEMARK_DAEMON_SOCKET", "/nonexistent/socket").output().unwrap();
+    assert!(o.status.success(), "planting {next}: {}", stderr(&o));
+    std::fs::rename(&hidden, &pred).unwrap();
+
+    let v = tm_w.cmd(&["verify"]).output().unwrap();
+    assert_eq!(v.status.code(), Some(1), "verify must fail: {}", stdout(&v));
+    assert!(stdout(&v).contains("history breaks") && stdout(&v).contains(&next), "{}", stdout(&v));
+    let o = tm_w
+        .cmd(&["restore", "--target-dir", scratch.path().join("p1").to_str().unwrap(), "--latest"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("cannot restore --latest") && stderr(&o).contains("does not continue"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!scratch.path().join("p1").exists(), "a refused plan writes nothing");
+
+    // Without the planted segment's summary the plan cannot tell; recovery stops at the
+    // break and the restore must not report success.
+    std::fs::remove_file(index_key(repo.path(), handle, &next)).unwrap();
+    let dir = scratch.path().join("p2");
+    let (o, r) = restore_latest(tm_w, backup_source, &dir);
+    assert_eq!(o.status.code(), Some(1), "a restore short of the archive's end must fail: {}", stdout(&o));
+    assert!(stderr(&o).contains("stopped early") && stderr(&o).contains("planned"), "{}", stderr(&o));
+    assert!(dir.join("TIDEMARK_RESTORE_INCOMPLETE").is_file(), "the directory must stay marked incomplete");
+    drop(r);
+    // The planted segment removed, the archive is one history again.
+    std::fs::remove_file(wal_dir.join(&next)).unwrap();
+    let v = tm_w.cmd(&["verify"]).output().unwrap();
+    assert!(v.status.success(), "{}", stdout(&v));
+}
+
+#[test]
+fn two_new_databases_racing_for_one_handle_leave_one_identity() {
+    let repo = common::postgres_dir("repo");
+    let url = Tidemark::fs_url(repo.path());
+    for round in 0..5 {
+        let handle = format!("race{round}");
+        let (mut a, tm_a) = server(&handle, &url);
+        let (mut b, tm_b) = server(&handle, &url);
+        std::fs::copy(&tm_a.keyring, &tm_b.keyring).unwrap();
+        a.start();
+        b.start();
+        // Both archive their first segment at the same moment, without daemons: two
+        // wal-push processes claim the fresh handle at once.
+        std::thread::scope(|s| {
+            s.spawn(|| a.sql("select pg_switch_wal()"));
+            s.spawn(|| b.sql("select pg_switch_wal()"));
+        });
+        let sysid = |pg: &Pg| {
+            let o = common::run_ok(std::process::Command::new(common::pg_bin().join("pg_controldata")).arg(&pg.data));
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Database system identifier:"))
+                .map(|v| v.trim().to_string())
+                .unwrap()
+        };
+        let (id_a, id_b) = (sysid(&a), sysid(&b));
+        common::wait_for("one server to archive", Duration::from_secs(60), || {
+            a.sql("select archived_count from pg_stat_archiver") != "0"
+                || b.sql("select archived_count from pg_stat_archiver") != "0"
+        });
+        let a_won = a.sql("select archived_count from pg_stat_archiver") != "0";
+        let (winner, loser, tm_w, win_id, lose_id) =
+            if a_won { (&a, &b, &tm_a, &id_a, &id_b) } else { (&b, &a, &tm_b, &id_b, &id_a) };
+        common::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
+            archiver_failures(loser) > 0
+        });
+        assert_eq!(loser.sql("select archived_count from pg_stat_archiver"), "0", "round {round}: both archived");
+        let log = loser.log();
+        assert!(log.contains("does not match cluster") && log.contains(win_id.as_str()), "round {round}: {log}");
+        // Every archived segment is the winner's: fetch each and read its system identifier.
+        let wal_dir = repo.path().join(format!("clusters/{handle}/wal/00000001"));
+        let names: Vec<String> = std::fs::read_dir(&wal_dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str().map(str::to_string))
+            .collect();
+        assert!(!names.is_empty());
+        for n in &names {
+            let dest = tm_w.dir.path().join("fetched");
+            let o = tm_w.cmd(&["wal-fetch", n, dest.to_str().unwrap()]).output().unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            let bytes = std::fs::read(&dest).unwrap();
+            let id = u64::from_le_bytes(bytes[24..32].try_into().unwrap()).to_string();
+            assert_eq!(&id, win_id, "round {round}: {n} is not the winner's");
+            assert_ne!(&id, lose_id);
+            std::fs::remove_file(&dest).unwrap();
+        }
+        if round == 0 {
+            // The winner's history restores; a target inside its data directory is refused.
+            winner.sql("create table t(id int primary key, who text)");
+            write_and_switch(winner, "winner", 200);
+            let o = tm_w.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+            assert!(o.status.success(), "backup: {}", stderr(&o));
+            write_and_switch(winner, "winner", 200);
+            winner.switch_wal_archived(Duration::from_secs(60));
+            let inside = winner.data.join("x");
+            let o = tm_w.cmd(&["restore", "--target-dir", inside.to_str().unwrap(), "--latest"]).output().unwrap();
+            assert_eq!(o.status.code(), Some(1));
+            assert!(stderr(&o).contains("inside (or holds) the source cluster"), "{}", stderr(&o));
+            assert!(!inside.exists(), "nothing may be written inside the source");
+            let scratch = common::postgres_dir("restore");
+            let (o, r) = restore_latest(tm_w, winner, &scratch.path().join("latest"));
+            assert!(o.status.success(), "restore: {}{}", stdout(&o), stderr(&o));
+            assert_eq!(r.sql(CHECKSUM), winner.sql(CHECKSUM));
+        }
+        a.stop();
+        b.stop();
+    }
+}
