@@ -14,7 +14,8 @@
 //!   `now` (UTC), whether or not they have backups. In each such month the newest live automatic backup is kept.
 //!   Example: now in 2026-05 and `monthly = 3` covers 2026-03, 2026-04 and 2026-05 only.
 //! * **yearly**: the same convention with calendar years: the N years up to and including `now`'s year.
-//! * **manual**: always kept, also when incomplete and after the cluster is deprovisioned (the user owns them).
+//! * **manual**: always kept, also while running and after the cluster is deprovisioned (the user owns them),
+//!   unless failed (below).
 //! * **final**: kept while `keep_final` is true, otherwise deleted, unless the PITR rule keeps it: a final backup
 //!   whose `cluster_deprovisioned` flag is still clear is live, and if it is the PITR base or in the PITR window it
 //!   is kept even with `keep_final = false` (the window must stay restorable, as for any other kind).
