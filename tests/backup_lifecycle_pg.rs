@@ -151,7 +151,10 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
     common::wait_for("the failed backup's purge", Duration::from_secs(120), || state_of(&tm, &id).is_none());
     assert!(!repo.path().join(format!("clusters/killed/backups/{id}/manifest.json")).exists());
     assert_eq!(state_of(&tm, &next).as_deref(), Some("completed"));
-    assert!(tm.daemon_log().contains(&format!("killed/{id}")), "{}", tm.daemon_log());
+    // The sweep's summary is logged after the purge has removed the record.
+    common::wait_for("the retention summary", Duration::from_secs(30), || {
+        tm.daemon_log().contains(&format!("killed/{id}"))
+    });
     tm.stop_daemon();
     pg.stop();
 }
