@@ -79,6 +79,97 @@ pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow
     create_with(cfg, repo, kind, None).await
 }
 
+/// Keeps a running backup's lease fresh: rewrites its (running) manifest with a new
+/// `heartbeat_at` every interval until stopped. Stops claiming it if the record is no longer
+/// this process's running backup (a sweep took it for abandoned).
+struct Heartbeat {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        // A backup future dropped midway (daemon shutdown) must not keep its lease alive.
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Heartbeat {
+    fn start(repo: &Repository, running: &Manifest, every: Duration) -> Heartbeat {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (repo, mut m, lost2) = (repo.clone(), running.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.changed() => break,
+                }
+                // The save below runs to the end even when stop is asked meanwhile, so no
+                // heartbeat lands after the final record.
+                let Some(mine) = m.lease.clone() else { break };
+                match backup::load(&repo, &m.id).await {
+                    Ok(Some(cur)) if backup::still_held(&cur, &mine) => {}
+                    Ok(_) => {
+                        tracing::warn!(backup = %m.id, "the running backup's record was taken over (marked failed or purged); its heartbeat stops");
+                        lost2.store(true, std::sync::atomic::Ordering::SeqCst);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(backup = %m.id, error = %format!("{e:#}"), "backup heartbeat: could not read the record; retrying");
+                        continue;
+                    }
+                }
+                if let Some(l) = m.lease.as_mut() {
+                    l.heartbeat_at = now_rfc3339();
+                }
+                if let Err(e) = backup::save(&repo, &m).await {
+                    tracing::warn!(backup = %m.id, error = %format!("{e:#}"), "backup heartbeat failed; retrying");
+                }
+            }
+        });
+        Heartbeat { stop, task: Some(task), lost }
+    }
+
+    /// Stops it; true when the record was taken over while running.
+    async fn stop(mut self) -> bool {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.task.take() {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "backup heartbeat task ended abnormally");
+            }
+        }
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Whether the stored record is still this running backup (a read error says yes: the
+/// final write then goes ahead as before leases).
+async fn still_ours(repo: &Repository, m: &Manifest) -> bool {
+    let Some(lease) = &m.lease else { return true };
+    match backup::load(repo, &m.id).await {
+        Ok(Some(cur)) => backup::still_held(&cur, lease),
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(backup = %m.id, error = %format!("{e:#}"), "could not re-read the backup's record before finishing it");
+            true
+        }
+    }
+}
+
+/// The sweep every backup runs first (abandoned backups marked failed, store leftovers
+/// removed); a failure only warns, the backup goes ahead.
+async fn sweep_first(repo: &Repository) {
+    match crate::catalog::policy::sweep(repo, chrono::Utc::now()).await {
+        Ok(s) if !s.is_empty() => {
+            tracing::info!(failed = ?s.failed, temp_files = s.leftovers.temp_files, dirs = s.leftovers.dirs, uploads = s.leftovers.uploads, "swept")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "sweep before the backup failed; going ahead"),
+    }
+}
+
 /// `create` with the freeze seam given (tests); `None` uses the freeze-guard process.
 pub async fn create_with(
     cfg: &Config,
@@ -86,6 +177,7 @@ pub async fn create_with(
     kind: BackupKind,
     freezer: Option<&dyn Freezer>,
 ) -> anyhow::Result<Manifest> {
+    sweep_first(repo).await;
     let session = Session::connect(&cfg.postgres.conninfo).await?;
     let info = session.info().await?;
     if info.archive_mode == "off" {
@@ -139,9 +231,11 @@ pub async fn create_with(
         bundles: Vec::new(),
         ebs: None,
         error: None,
+        lease: Some(backup::new_lease(chrono::Utc::now())),
     };
     backup::save(repo, &m).await?;
     tracing::info!(backup = %id, ?kind, "backup started");
+    let heartbeat = Heartbeat::start(repo, &m, backup::heartbeat_interval());
 
     let captured = match cfg.backup.provider.as_str() {
         "ebs" => match freezer {
@@ -165,6 +259,17 @@ pub async fn create_with(
         }
         Err(e) => Err(e),
     };
+    let lost = heartbeat.stop().await || !still_ours(repo, &m).await;
+    let res = match (lost, res) {
+        (true, Ok(())) => Err(anyhow::anyhow!(
+            "its record was marked failed while it ran (no heartbeat stored for over {}s: is the repository slow or unreachable?)",
+            backup::stale_limit().as_secs()
+        )),
+        (_, res) => res,
+    };
+    if let Some(l) = m.lease.as_mut() {
+        l.heartbeat_at = now_rfc3339();
+    }
     match res {
         Ok(()) => {
             m.state = BackupState::Completed;
@@ -198,7 +303,10 @@ async fn capture_files(
     let start = session.backup_start(&format!("tidemark {}", m.id)).await?;
     m.start_lsn = start;
     m.start_time = now_rfc3339();
-    let copied = copy(cfg, repo, m).await;
+    let copied = match crate::catalog::purge::failpoint_async("backup-copy").await {
+        Ok(()) => copy(cfg, repo, m).await,
+        Err(e) => Err(e),
+    };
     let stopped = session.backup_stop().await;
     copied?;
     Ok((start, stopped?))

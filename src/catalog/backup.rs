@@ -1,6 +1,9 @@
 //! Backup manifests: what a backup holds and where, stored at
 //! `clusters/<handle>/backups/<id>/manifest.json`.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::repo::{RepoError, Repository};
@@ -173,6 +176,22 @@ pub struct Manifest {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who is (or was) taking it, and when it last said so (absent in older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// The process taking a backup, and its last sign of life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Host name of the process.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Random per process, so a reused pid is not taken for the holder.
+    pub token: String,
+    /// Last heartbeat (RFC 3339).
+    pub heartbeat_at: String,
 }
 
 /// What an `ebs` backup captured: where the volumes were and the snapshot of each.
@@ -257,6 +276,152 @@ impl Manifest {
     }
 }
 
+impl Lease {
+    /// Whether both name the same holder (heartbeat times aside).
+    pub fn same_holder(&self, other: &Lease) -> bool {
+        (&self.host, self.pid, &self.token) == (&other.host, other.pid, &other.token)
+    }
+}
+
+/// Whether `cur` (a freshly read record) is still the running backup `lease` holds.
+pub fn still_held(cur: &Manifest, lease: &Lease) -> bool {
+    cur.state == BackupState::Running && cur.lease.as_ref().is_some_and(|l| l.same_holder(lease))
+}
+
+/// How long a minute of the backup timers (heartbeat, scheduler tick, retry backoff) is:
+/// 60 s, or `TDMK_TEST_MINUTE_MS` milliseconds (a hidden test knob, outside the
+/// `TIDEMARK_*` names the config reads so it is no setting).
+pub fn timer_minute() -> Duration {
+    std::env::var("TDMK_TEST_MINUTE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map_or(Duration::from_secs(60), Duration::from_millis)
+}
+
+/// How often a running backup refreshes its lease: every half minute.
+pub fn heartbeat_interval() -> Duration {
+    timer_minute() / 2
+}
+
+/// Heartbeats a running backup may miss before it counts as abandoned.
+pub const STALE_AFTER_BEATS: u32 = 5;
+
+/// How old a running backup's last heartbeat may be before it counts as abandoned.
+pub fn stale_limit() -> Duration {
+    heartbeat_interval() * STALE_AFTER_BEATS
+}
+
+fn parse_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+}
+
+/// Why a `running` backup is abandoned, or `None` while it may still be running (pure).
+/// `holder_gone` says its process is known to have exited (see [`holder_gone`]).
+pub fn stale_reason(m: &Manifest, now: DateTime<Utc>, limit: Duration, holder_gone: bool) -> Option<String> {
+    if m.state != BackupState::Running {
+        return None;
+    }
+    let limit_td = chrono::TimeDelta::from_std(limit).unwrap_or(chrono::TimeDelta::MAX);
+    let Some(lease) = &m.lease else {
+        // Written before leases existed: only its age can tell.
+        let started = parse_time(&m.start_time)?;
+        return (now - started > limit_td)
+            .then(|| format!("abandoned: running without a lease since {} (over {}s)", m.start_time, limit.as_secs()));
+    };
+    if holder_gone {
+        return Some(format!("abandoned: its process (pid {} on {}) is gone", lease.pid, lease.host));
+    }
+    let beat = parse_time(&lease.heartbeat_at).or_else(|| parse_time(&m.start_time))?;
+    (now - beat > limit_td).then(|| {
+        format!(
+            "abandoned: no heartbeat from pid {} on {} since {} (over {}s)",
+            lease.pid,
+            lease.host,
+            lease.heartbeat_at,
+            limit.as_secs()
+        )
+    })
+}
+
+/// This process as a lease holder: host name, pid and a random token.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Random, fixed for the life of the process.
+    pub token: String,
+}
+
+/// This process as a lease holder.
+pub fn this_process() -> &'static Holder {
+    static HOLDER: std::sync::OnceLock<Holder> = std::sync::OnceLock::new();
+    HOLDER.get_or_init(|| Holder {
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown".to_string()),
+        pid: std::process::id(),
+        token: hex::encode(rand::random::<[u8; 8]>()),
+    })
+}
+
+/// A fresh lease for this process, heartbeat now.
+pub fn new_lease(now: DateTime<Utc>) -> Lease {
+    let me = this_process();
+    Lease {
+        host: me.host.clone(),
+        pid: me.pid,
+        token: me.token.clone(),
+        heartbeat_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    }
+}
+
+/// Whether the lease's process is known to be gone: it ran on this host and its pid is not
+/// running, or is this process under another token (the pid was reused).
+pub fn holder_gone(lease: &Lease) -> bool {
+    let me = this_process();
+    if lease.host != me.host || me.host == "unknown" {
+        return false;
+    }
+    if lease.pid == me.pid {
+        return lease.token != me.token;
+    }
+    let Ok(pid) = libc::pid_t::try_from(lease.pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; pid > 0 names one process.
+    let rc = unsafe { libc::kill(pid, 0) };
+    // EPERM: it exists under another user.
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Marks the repository cluster's abandoned `running` backups `failed` (with the reason);
+/// returns their ids.
+pub async fn mark_stale(repo: &Repository, now: DateTime<Utc>, limit: Duration) -> Result<Vec<String>, RepoError> {
+    let mut marked = Vec::new();
+    for m in list(repo).await?.into_iter().filter(|m| m.state == BackupState::Running) {
+        let gone = m.lease.as_ref().is_some_and(holder_gone);
+        if stale_reason(&m, now, limit, gone).is_none() {
+            continue;
+        }
+        // Read again: it may have finished, or beaten, since the listing.
+        let Some(mut cur) = load(repo, &m.id).await? else { continue };
+        let gone = cur.lease.as_ref().is_some_and(holder_gone);
+        let Some(reason) = stale_reason(&cur, now, limit, gone) else { continue };
+        tracing::warn!(backup = %cur.id, cluster = %repo.cluster(), %reason, "marking an abandoned backup failed");
+        cur.state = BackupState::Failed;
+        cur.error = Some(reason);
+        save(repo, &cur).await?;
+        marked.push(cur.id);
+    }
+    Ok(marked)
+}
+
 /// The earliest start segment of the completed backups, per timeline (pure).
 pub fn first_segments<'a>(
     backups: impl IntoIterator<Item = &'a Manifest>,
@@ -305,4 +470,77 @@ pub async fn list(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
     let mut out: Vec<Manifest> = loaded.into_iter().flatten().collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A manifest as an older tidemark wrote it: no lease fields.
+    pub(crate) fn old_manifest(kind: &str, state: &str, start: &str) -> Manifest {
+        let json = serde_json::json!({
+            "id": "20261126T030000Z", "cluster": "c", "kind": kind, "state": state, "provider": "files",
+            "pg_version": 150000, "system_identifier": "1", "timeline": 1, "wal_segment_size": 16777216,
+            "start_lsn": "0/2000028", "start_time": start,
+        });
+        serde_json::from_value(json).expect("an old manifest reads")
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        parse_time(s).expect("time")
+    }
+
+    fn with_lease(mut m: Manifest, beat: &str) -> Manifest {
+        m.lease = Some(Lease { host: "h".into(), pid: 42, token: "ab".into(), heartbeat_at: beat.into() });
+        m
+    }
+
+    #[test]
+    fn old_manifests_read_without_a_lease() {
+        let m = old_manifest("automatic", "running", "2026-11-26T03:00:00Z");
+        assert_eq!(m.lease, None);
+        assert_eq!(m.state, BackupState::Running);
+        // And one with a lease round-trips.
+        let m = with_lease(m, "2026-11-26T03:00:30Z");
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).expect("ser")).expect("de");
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn stale_by_heartbeat_age_or_gone_holder() {
+        let limit = Duration::from_secs(150);
+        let m = with_lease(old_manifest("manual", "running", "2026-11-26T03:00:00Z"), "2026-11-26T03:10:00Z");
+        // Heartbeat within the limit: alive, however old the start.
+        assert_eq!(stale_reason(&m, t("2026-11-26T03:12:30Z"), limit, false), None);
+        let r = stale_reason(&m, t("2026-11-26T03:12:31Z"), limit, false).expect("stale");
+        assert!(r.contains("no heartbeat") && r.contains("pid 42 on h"), "{r}");
+        // A holder known to be gone is stale at once.
+        let r = stale_reason(&m, t("2026-11-26T03:10:01Z"), limit, true).expect("stale");
+        assert!(r.contains("is gone"), "{r}");
+        // Only running backups are ever stale.
+        for state in [BackupState::Completed, BackupState::Failed, BackupState::Purging] {
+            let done = Manifest { state, ..m.clone() };
+            assert_eq!(stale_reason(&done, t("2027-01-01T00:00:00Z"), limit, true), None);
+        }
+        // No lease (an older tidemark): judged by its start time.
+        let old = old_manifest("automatic", "running", "2026-11-26T03:00:00Z");
+        assert_eq!(stale_reason(&old, t("2026-11-26T03:02:30Z"), limit, false), None);
+        let r = stale_reason(&old, t("2026-11-26T03:02:31Z"), limit, false).expect("stale");
+        assert!(r.contains("without a lease"), "{r}");
+        // An unreadable heartbeat falls back to the start time.
+        let odd = with_lease(old_manifest("manual", "running", "2026-11-26T03:00:00Z"), "garbage");
+        assert!(stale_reason(&odd, t("2026-11-26T03:02:31Z"), limit, false).is_some());
+    }
+
+    #[test]
+    fn holders_are_told_apart_by_token() {
+        let me = new_lease(t("2026-11-26T03:00:00Z"));
+        assert!(!holder_gone(&me), "this process is alive");
+        let reused = Lease { token: format!("{}x", me.token), ..me.clone() };
+        assert!(holder_gone(&reused), "same pid, another token: the holder is gone");
+        let elsewhere = Lease { host: format!("{}-other", me.host), pid: u32::MAX, ..me.clone() };
+        assert!(!holder_gone(&elsewhere), "another host's process cannot be checked");
+        let later = Lease { heartbeat_at: "2026-11-26T03:05:00Z".into(), ..me.clone() };
+        assert!(later.same_holder(&me) && !reused.same_holder(&me));
+    }
 }

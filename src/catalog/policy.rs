@@ -53,6 +53,7 @@ pub async fn catalog(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
                     BackupKind::Final => Kind::Final,
                 },
                 completed: m.state == BackupState::Completed,
+                failed: m.state == BackupState::Failed,
                 start_lsn: m.start_lsn.0,
                 stop_lsn: m.stop_lsn.map_or(u64::MAX, |l| l.0),
                 stop_time: m.stop_at().unwrap_or(started),
@@ -60,6 +61,36 @@ pub async fn catalog(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
             });
         }
     }
+    Ok(out)
+}
+
+/// What [`sweep`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Swept {
+    /// Abandoned running backups marked failed, as cluster/id.
+    pub failed: Vec<String>,
+    /// What the store removed.
+    pub leftovers: crate::store::Leftovers,
+}
+
+impl Swept {
+    /// Whether it did nothing.
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty() && self.leftovers == crate::store::Leftovers::default()
+    }
+}
+
+/// Marks every cluster's abandoned `running` backups failed (retention then purges them)
+/// and removes what killed writers left in the store (temp files, empty directories).
+pub async fn sweep(repo: &Repository, now: DateTime<Utc>) -> anyhow::Result<Swept> {
+    let mut out = Swept::default();
+    let limit = backup::stale_limit();
+    for h in clusters(repo).await? {
+        for id in backup::mark_stale(&repo.for_cluster(&h), now, limit).await? {
+            out.failed.push(format!("{h}/{id}"));
+        }
+    }
+    out.leftovers = repo.store().sweep_leftovers().await?;
     Ok(out)
 }
 

@@ -14,6 +14,60 @@ pub fn failpoint(name: &str) {
     }
 }
 
+/// What a failpoint does (see [`failpoint_async`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailAction {
+    /// Abort the process, as `kill -9` would.
+    Abort,
+    /// Return an error; `Some(n)`: only the first `n` times in this process.
+    Error(Option<u32>),
+    /// Stop there (heartbeats go on) until killed.
+    Pause,
+}
+
+/// The action `spec` (the value of `TIDEMARK_FAILPOINT`) sets for failpoint `name`:
+/// `name` aborts, `name:error` fails, `name:error:N` fails the first N times, `name:pause`
+/// pauses (pure).
+pub fn fail_action(spec: &str, name: &str) -> Option<FailAction> {
+    let mut parts = spec.split(':');
+    if parts.next() != Some(name) {
+        return None;
+    }
+    match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => Some(FailAction::Abort),
+        (Some("error"), None, _) => Some(FailAction::Error(None)),
+        (Some("error"), Some(n), None) => n.parse().ok().map(|n| FailAction::Error(Some(n))),
+        (Some("pause"), None, _) => Some(FailAction::Pause),
+        _ => None,
+    }
+}
+
+/// Test hook with every [`FailAction`]: `TIDEMARK_FAILPOINT=<name>[:error[:N]|:pause]`.
+pub async fn failpoint_async(name: &str) -> anyhow::Result<()> {
+    static HITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let Ok(spec) = std::env::var("TIDEMARK_FAILPOINT") else { return Ok(()) };
+    match fail_action(&spec, name) {
+        None => Ok(()),
+        Some(FailAction::Abort) => {
+            eprintln!("tidemark: failpoint {name}: aborting");
+            std::process::abort();
+        }
+        Some(FailAction::Error(limit)) => {
+            let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if limit.is_none_or(|n| hit < n) {
+                bail!("failpoint {name}: injected failure");
+            }
+            Ok(())
+        }
+        Some(FailAction::Pause) => {
+            eprintln!("tidemark: failpoint {name}: paused");
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+        }
+    }
+}
+
 /// Deletes backup `id` of the repository's cluster (resuming an interrupted purge).
 pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     let Some(mut m) = backup::load(repo, id).await? else {
@@ -46,4 +100,21 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     repo.store().delete(&manifest).await?;
     tracing::info!(backup = %id, cluster = %repo.cluster(), "backup purged");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_actions() {
+        assert_eq!(fail_action("purge-after-mark", "purge-after-mark"), Some(FailAction::Abort));
+        assert_eq!(fail_action("purge-after-mark", "purge-mid-data"), None);
+        assert_eq!(fail_action("backup-copy:error", "backup-copy"), Some(FailAction::Error(None)));
+        assert_eq!(fail_action("backup-copy:error:2", "backup-copy"), Some(FailAction::Error(Some(2))));
+        assert_eq!(fail_action("backup-copy:pause", "backup-copy"), Some(FailAction::Pause));
+        assert_eq!(fail_action("backup-copy:error:x", "backup-copy"), None);
+        assert_eq!(fail_action("backup-copy:nap", "backup-copy"), None);
+        assert_eq!(fail_action("backup-copy-x", "backup-copy"), None);
+    }
 }

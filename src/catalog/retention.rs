@@ -14,7 +14,8 @@
 //!   `now` (UTC), whether or not they have backups. In each such month the newest live automatic backup is kept.
 //!   Example: now in 2026-05 and `monthly = 3` covers 2026-03, 2026-04 and 2026-05 only.
 //! * **yearly**: the same convention with calendar years: the N years up to and including `now`'s year.
-//! * **manual**: always kept, also when incomplete and after the cluster is deprovisioned (the user owns them).
+//! * **manual**: always kept, also while running and after the cluster is deprovisioned (the user owns them),
+//!   unless failed (below).
 //! * **final**: kept while `keep_final` is true, otherwise deleted, unless the PITR rule keeps it: a final backup
 //!   whose `cluster_deprovisioned` flag is still clear is live, and if it is the PITR base or in the PITR window it
 //!   is kept even with `keep_final = false` (the window must stay restorable, as for any other kind).
@@ -23,6 +24,8 @@
 //! * **incomplete**: a non-manual backup that is not `completed` and whose `stop_time` (the catalog's last known
 //!   time for it) is more than 24 h before `now` is deleted; a younger one is kept because it may still be running.
 //!   Incomplete backups take no part in the other rules.
+//! * **failed**: a backup that failed (or was abandoned: its process died and a sweep marked it) is deleted
+//!   whatever its kind, manual included: it can never be restored from, and nothing else would remove it.
 //! * **PITR** (when `pitr_enabled` and the cluster has live backups): the window is `[now - pitr_days * 24 h, now]`.
 //!   The *PITR base* is the newest live backup (any kind) whose `stop_time` is at or before the window start: that
 //!   base plus the WAL after it restores any point in the window. If no live backup ends by the window start, the
@@ -74,6 +77,8 @@ pub const REASON_FINAL_NOT_KEPT: &str = "final backups not kept (keep_final=fals
 pub const REASON_DEPROVISIONED: &str = "cluster deprovisioned";
 /// Delete reason: an incomplete backup older than 24 h.
 pub const REASON_INCOMPLETE: &str = "incomplete";
+/// Delete reason: a failed backup (any kind).
+pub const REASON_FAILED: &str = "failed";
 
 /// How long an incomplete backup is presumed to be still running.
 const INCOMPLETE_GRACE_HOURS: i64 = 24;
@@ -263,6 +268,9 @@ pub struct BackupInfo {
     pub kind: Kind,
     /// Whether the backup finished and can be restored from.
     pub completed: bool,
+    /// Whether the backup failed (or was abandoned): never restorable, never finishes.
+    #[serde(default)]
+    pub failed: bool,
     /// LSN where the backup started; WAL from here on is needed to make it consistent.
     pub start_lsn: u64,
     /// LSN where the backup stopped; WAL up to here is needed to make it consistent.
@@ -410,6 +418,9 @@ fn select<'a>(policy: &Policy, members: &[(usize, &'a BackupInfo)], now: DateTim
 
 /// Final verdict for one backup, given the keep reasons the selection rules granted it.
 fn decide(policy: &Policy, b: &BackupInfo, now: DateTime<Utc>, selected: Vec<String>) -> (bool, Vec<String>) {
+    if b.failed && !b.completed {
+        return (false, vec![REASON_FAILED.to_string()]);
+    }
     if !b.completed {
         let mut keep = Vec::new();
         if b.kind == Kind::Manual {
@@ -475,7 +486,7 @@ fn is_young(b: &BackupInfo, now: DateTime<Utc>) -> bool {
 
 /// Whether a kept backup needs WAL: completed ones to be consistent, running ones to finish.
 fn needs_wal(b: &BackupInfo, now: DateTime<Utc>) -> bool {
-    b.completed || is_young(b, now)
+    b.completed || (!b.failed && is_young(b, now))
 }
 
 #[cfg(test)]
@@ -500,6 +511,7 @@ mod tests {
             cluster: "c1".to_string(),
             kind,
             completed: true,
+            failed: false,
             start_lsn: stop_lsn - 600_000,
             stop_lsn,
             stop_time,
@@ -521,6 +533,12 @@ mod tests {
 
     fn incomplete(mut b: BackupInfo) -> BackupInfo {
         b.completed = false;
+        b
+    }
+
+    fn failed(mut b: BackupInfo) -> BackupInfo {
+        b.completed = false;
+        b.failed = true;
         b
     }
 
@@ -931,6 +949,26 @@ mod tests {
     }
 
     #[test]
+    fn failed_backups_are_deleted_whatever_their_kind() {
+        let now = at("2026-11-24T12:00:00Z");
+        let b = [
+            auto("done", "2026-11-24T03:00:00Z"),
+            failed(auto("a_failed", "2026-11-24T11:00:00Z")),
+            failed(manual("m_failed", "2026-11-24T11:30:00Z")),
+            failed(final_("f_failed", "2026-11-24T11:40:00Z")),
+            incomplete(auto("a_running", "2026-11-24T11:50:00Z")),
+        ];
+        let p = plan(&Policy::default(), &b, now);
+        for id in ["a_failed", "m_failed", "f_failed"] {
+            assert_eq!(reasons(&p, id), [REASON_FAILED], "{id}");
+        }
+        assert_eq!(kept(&p), ids(["done", "a_running"]));
+        // Neither holds WAL: only the completed one and the running one do.
+        let starts: Vec<u64> = p.wal_ranges.iter().map(|r| r.1).collect();
+        assert_eq!(starts, vec![b[0].start_lsn, b[4].start_lsn]);
+    }
+
+    #[test]
     fn final_backups_follow_keep_final() {
         let b = [final_("f", "2026-11-20T00:00:00Z"), deprovisioned(final_("fd", "2026-11-21T00:00:00Z"))];
         let now = at("2026-11-24T12:00:00Z");
@@ -1306,6 +1344,7 @@ mod tests {
                 cluster: format!("c{cluster}"),
                 kind,
                 completed,
+                failed: false,
                 start_lsn: stop_lsn.saturating_sub(len),
                 stop_lsn,
                 stop_time,
@@ -1658,6 +1697,7 @@ mod tests {
                     cluster: CLUSTER.to_string(),
                     kind,
                     completed: true,
+                    failed: false,
                     start_lsn: stop_lsn - WAL_PER_BACKUP,
                     stop_lsn,
                     stop_time,
@@ -1857,6 +1897,7 @@ mod tests {
                 cluster: CLUSTER.to_string(),
                 kind: Kind::Final,
                 completed: true,
+                failed: false,
                 start_lsn: stop_lsn - WAL_PER_BACKUP,
                 stop_lsn,
                 stop_time: end,

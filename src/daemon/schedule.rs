@@ -1,11 +1,13 @@
 //! The daemon's scheduler (one automatic backup a day at `backup.time_of_day` UTC, one
-//! catch-up after downtime) and sweeper (applies the retention plan within the hour).
+//! catch-up after downtime, failed attempts retried with backoff inside the slot) and
+//! sweeper (marks abandoned backups failed, removes store leftovers, applies the retention
+//! plan within the hour).
 
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, Utc};
 
-use crate::catalog::backup::{self, BackupKind, BackupState};
+use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
 use crate::catalog::cluster::{self, ClusterState};
 use crate::catalog::policy;
 use crate::config::Config;
@@ -22,13 +24,69 @@ pub fn last_slot(now: DateTime<Utc>, hour: u32, minute: u32) -> DateTime<Utc> {
     }
 }
 
-/// Whether an automatic backup is due: none started since the last slot. After downtime
-/// that is one catch-up, however many slots were missed (pure).
+/// Whether an automatic backup is due: none that holds its slot (see [`holds_slot`]) started
+/// since the last slot. After downtime that is one catch-up, however many slots were missed
+/// (pure).
 pub fn backup_due(now: DateTime<Utc>, hour: u32, minute: u32, last_automatic_start: Option<DateTime<Utc>>) -> bool {
     last_automatic_start.is_none_or(|t| t < last_slot(now, hour, minute))
 }
 
-async fn maybe_backup(cfg: &Config, repo: &Repository) -> anyhow::Result<Option<String>> {
+/// Whether backup `m` holds its daily slot: an automatic backup that completed, or that is
+/// running with a live lease. A failed or abandoned one does not, so the slot is retried
+/// (pure; `holder_gone` as for [`backup::stale_reason`]).
+pub fn holds_slot(m: &Manifest, now: DateTime<Utc>, stale_limit: Duration, holder_gone: bool) -> bool {
+    m.kind == BackupKind::Automatic
+        && match m.state {
+            BackupState::Completed => true,
+            BackupState::Running => backup::stale_reason(m, now, stale_limit, holder_gone).is_none(),
+            BackupState::Failed | BackupState::Purging => false,
+        }
+}
+
+/// Longest wait between attempts.
+pub const MAX_RETRY_MINUTES: u32 = 30;
+
+/// How long to wait after `failures` failed attempts in a row: 1, 2, 4, 8, 16, then 30
+/// minutes (pure; `minute` is 60 s outside tests).
+pub fn retry_delay(failures: u32, minute: Duration) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let minutes = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX).min(MAX_RETRY_MINUTES);
+    minute * minutes
+}
+
+/// The scheduler's retry state within one slot (pure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retry {
+    /// Failed attempts in a row in `slot`.
+    pub failures: u32,
+    /// The slot they were in.
+    pub slot: Option<DateTime<Utc>>,
+    /// No attempt before this.
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl Retry {
+    /// Whether an attempt may run at `now` in `slot` (a new slot starts afresh).
+    pub fn may_try(&self, now: DateTime<Utc>, slot: DateTime<Utc>) -> bool {
+        self.slot != Some(slot) || self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failed attempt at `now` in `slot`; returns the wait before the next one.
+    pub fn failed(&mut self, now: DateTime<Utc>, slot: DateTime<Utc>, minute: Duration) -> Duration {
+        if self.slot != Some(slot) {
+            self.failures = 0;
+        }
+        self.slot = Some(slot);
+        self.failures = self.failures.saturating_add(1);
+        let wait = retry_delay(self.failures, minute);
+        self.not_before = Some(now + chrono::TimeDelta::from_std(wait).unwrap_or(chrono::TimeDelta::MAX));
+        wait
+    }
+}
+
+async fn maybe_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>) -> anyhow::Result<Option<String>> {
     let Some((h, m)) = cfg.time_of_day() else { return Ok(None) };
     if cfg.backup.schedule != "daily" {
         return Ok(None);
@@ -38,50 +96,69 @@ async fn maybe_backup(cfg: &Config, repo: &Repository) -> anyhow::Result<Option<
             return Ok(None);
         }
     }
+    let limit = backup::stale_limit();
     let last = backup::list(repo)
         .await?
         .into_iter()
-        .filter(|b| b.kind == BackupKind::Automatic && b.state != BackupState::Purging)
+        .filter(|b| holds_slot(b, now, limit, b.lease.as_ref().is_some_and(backup::holder_gone)))
         .filter_map(|b| DateTime::parse_from_rfc3339(&b.start_time).ok().map(|t| t.with_timezone(&Utc)))
         .max();
-    if !backup_due(Utc::now(), h, m, last) {
+    if !backup_due(now, h, m, last) {
         return Ok(None);
     }
     let made = crate::backup::create(cfg, repo, BackupKind::Automatic).await?;
     Ok(Some(made.id))
 }
 
-/// Runs forever: checks the schedule every minute and sweeps every hour.
+async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
+    let swept = policy::sweep(repo, Utc::now()).await?;
+    if !swept.is_empty() {
+        tracing::info!(failed = ?swept.failed, temp_files = swept.leftovers.temp_files, dirs = swept.leftovers.dirs, uploads = swept.leftovers.uploads, "swept abandoned backups and store leftovers");
+    }
+    let pol = policy::load(repo).await?;
+    let plan = policy::plan_now(repo, &pol, Utc::now()).await?;
+    let a = policy::apply(repo, &plan).await?;
+    if !a.backups.is_empty() || a.wal_objects > 0 {
+        tracing::info!(backups = ?a.backups, wal_objects = a.wal_objects, "retention applied");
+    }
+    Ok(())
+}
+
+/// Runs forever: checks the schedule every minute (retrying a failed automatic backup with
+/// backoff inside its slot) and sweeps every hour.
 pub async fn run(cfg: Config, repo: Repository) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    let minute = backup::timer_minute();
+    let mut tick = tokio::time::interval(minute);
+    // A backup that takes longer than a tick is not followed by a burst of ticks.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep: Option<std::time::Instant> = None;
-    let mut retry_after: Option<std::time::Instant> = None;
+    let mut retry = Retry::default();
     loop {
         tick.tick().await;
-        if retry_after.is_none_or(|t| std::time::Instant::now() >= t) {
-            match maybe_backup(&cfg, &repo).await {
-                Ok(Some(id)) => tracing::info!(backup = %id, "automatic backup completed"),
+        let now = Utc::now();
+        let slot = cfg.time_of_day().map(|(h, m)| last_slot(now, h, m));
+        if let Some(slot) = slot.filter(|&s| retry.may_try(now, s)) {
+            match maybe_backup(&cfg, &repo, now).await {
+                Ok(Some(id)) => {
+                    tracing::info!(backup = %id, "automatic backup completed");
+                    retry = Retry::default();
+                }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = format!("{e:#}"), "automatic backup failed; retrying in 10 minutes");
-                    retry_after = Some(std::time::Instant::now() + Duration::from_secs(600));
+                    let wait = retry.failed(Utc::now(), slot, minute);
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        attempt = retry.failures,
+                        retry_in_s = wait.as_secs_f64(),
+                        "automatic backup failed; retrying with backoff"
+                    );
                 }
             }
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             last_sweep = Some(std::time::Instant::now());
-            let res = async {
-                let pol = policy::load(&repo).await?;
-                let plan = policy::plan_now(&repo, &pol, Utc::now()).await?;
-                policy::apply(&repo, &plan).await
-            }
-            .await;
-            match res {
-                Ok(a) if !a.backups.is_empty() || a.wal_objects > 0 => {
-                    tracing::info!(backups = ?a.backups, wal_objects = a.wal_objects, "retention applied")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour"),
+            if let Err(e) = sweep_and_apply(&repo).await {
+                tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour");
             }
         }
         // Cross-region copies trail the source by at most a tick plus the copy time.
@@ -119,5 +196,68 @@ mod tests {
         assert!(!backup_due(now + chrono::Duration::minutes(5), 3, 0, Some(now)));
         assert!(!backup_due(t("2026-12-02T02:59:00Z"), 3, 0, Some(now)));
         assert!(backup_due(t("2026-12-02T03:00:00Z"), 3, 0, Some(now)));
+    }
+
+    #[test]
+    fn only_completed_or_live_automatic_backups_hold_the_slot() {
+        use crate::catalog::backup::tests::old_manifest;
+        let limit = Duration::from_secs(150);
+        let now = t("2026-11-26T03:01:00Z");
+        let at = "2026-11-26T03:00:00Z";
+        assert!(holds_slot(&old_manifest("automatic", "completed", at), now, limit, false));
+        assert!(!holds_slot(&old_manifest("automatic", "failed", at), now, limit, false));
+        assert!(!holds_slot(&old_manifest("automatic", "purging", at), now, limit, false));
+        assert!(!holds_slot(&old_manifest("manual", "completed", at), now, limit, false));
+        // Running: while its lease is live (here: young, no lease), not once abandoned.
+        let running = old_manifest("automatic", "running", at);
+        assert!(holds_slot(&running, now, limit, false));
+        assert!(!holds_slot(&running, t("2026-11-26T03:10:00Z"), limit, false));
+        let mut leased = running.clone();
+        leased.lease = Some(backup::Lease {
+            host: "h".into(),
+            pid: 1,
+            token: "t".into(),
+            heartbeat_at: "2026-11-26T03:09:00Z".into(),
+        });
+        assert!(holds_slot(&leased, t("2026-11-26T03:10:00Z"), limit, false));
+        assert!(!holds_slot(&leased, t("2026-11-26T03:10:00Z"), limit, true));
+        // A failed attempt after the slot leaves the slot due.
+        let last =
+            [old_manifest("automatic", "failed", at), old_manifest("automatic", "completed", "2026-11-25T03:00:00Z")]
+                .iter()
+                .filter(|m| holds_slot(m, now, limit, false))
+                .filter_map(|m| DateTime::parse_from_rfc3339(&m.start_time).ok().map(|t| t.with_timezone(&Utc)))
+                .max();
+        assert!(backup_due(now, 3, 0, last));
+    }
+
+    #[test]
+    fn backoff_doubles_to_thirty_minutes() {
+        let min = Duration::from_secs(60);
+        let got: Vec<u64> = (0..9).map(|n| retry_delay(n, min).as_secs() / 60).collect();
+        assert_eq!(got, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(retry_delay(u32::MAX, min), min * 30);
+        assert_eq!(retry_delay(3, Duration::from_millis(100)), Duration::from_millis(400));
+    }
+
+    #[test]
+    fn retries_back_off_inside_a_slot_and_start_afresh_in_the_next() {
+        let min = Duration::from_secs(60);
+        let slot = t("2026-11-26T03:00:00Z");
+        let mut r = Retry::default();
+        let now = t("2026-11-26T03:00:10Z");
+        assert!(r.may_try(now, slot));
+        assert_eq!(r.failed(now, slot, min), min);
+        assert!(!r.may_try(now + chrono::Duration::seconds(59), slot));
+        let now = now + chrono::Duration::seconds(60);
+        assert!(r.may_try(now, slot));
+        assert_eq!(r.failed(now, slot, min), min * 2);
+        assert_eq!(r.failed(now, slot, min), min * 4);
+        assert!(!r.may_try(now + chrono::Duration::minutes(3), slot));
+        // The next day's slot is tried at once, and its backoff starts at one minute.
+        let next = t("2026-11-27T03:00:00Z");
+        assert!(r.may_try(now + chrono::Duration::minutes(3), next));
+        assert_eq!(r.failed(next, next, min), min);
+        assert_eq!(r.failures, 1);
     }
 }

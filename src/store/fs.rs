@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_key, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, Staged, StoreError};
+use super::{check_key, Leftovers, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, Staged, StoreError};
 
 /// Temp files start with this; listings skip them and keys may not use it.
 pub const TEMP_PREFIX: &str = ".tidemark-tmp.";
@@ -153,6 +153,58 @@ fn list_blocking(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectMeta>> 
     Ok(out)
 }
 
+/// Temp files and empty directories younger than this are left alone: a writer may have
+/// just made them.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes temp files and empty directories under `root` last modified before `cutoff`;
+/// `root` itself always stays. A directory is judged by its mtime before this sweep removed
+/// anything in it, so nested empty directories go in one pass, while a directory a writer
+/// touched since `cutoff` stays.
+pub fn sweep_leftovers_in(root: &Path, cutoff: std::time::SystemTime) -> std::io::Result<Leftovers> {
+    let mut out = Leftovers::default();
+    match std::fs::read_dir(root) {
+        Ok(_) => sweep_dir(root, cutoff, true, &mut out),
+        // Nothing written yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+fn modified_before(meta: &std::fs::Metadata, cutoff: std::time::SystemTime) -> bool {
+    meta.modified().is_ok_and(|t| t < cutoff)
+}
+
+fn sweep_dir(dir: &Path, cutoff: std::time::SystemTime, is_root: bool, out: &mut Leftovers) {
+    let old = std::fs::symlink_metadata(dir).is_ok_and(|m| modified_before(&m, cutoff));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        let path = entry.path();
+        if ft.is_dir() {
+            sweep_dir(&path, cutoff, false, out);
+        } else if ft.is_file()
+            && entry.file_name().to_str().is_some_and(|n| n.starts_with(TEMP_PREFIX))
+            && entry.metadata().is_ok_and(|m| modified_before(&m, cutoff))
+        {
+            match std::fs::remove_file(&path) {
+                Ok(()) => out.temp_files += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not remove a stale temp file"),
+            }
+        }
+    }
+    if !is_root && old {
+        // rmdir refuses a directory that is not empty, so a writer's new file is never lost.
+        match std::fs::remove_dir(dir) {
+            Ok(()) => out.dirs += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::DirectoryNotEmpty | std::io::ErrorKind::NotFound) => {}
+            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "could not remove an empty directory"),
+        }
+    }
+}
+
 #[async_trait]
 impl ObjectStore for FsStore {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
@@ -227,5 +279,73 @@ impl ObjectStore for FsStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
+    }
+
+    async fn sweep_leftovers(&self) -> Result<Leftovers, StoreError> {
+        let root = self.root.clone();
+        let cutoff = std::time::SystemTime::now().checked_sub(LEFTOVER_AGE).unwrap_or(std::time::UNIX_EPOCH);
+        tokio::task::spawn_blocking(move || sweep_leftovers_in(&root, cutoff))
+            .await
+            .map_err(|e| self.err("sweep", "*", e))?
+            .map_err(|e| self.err("sweep", "*", e))
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn age(p: &Path, by: Duration) {
+        let t = SystemTime::now() - by;
+        let f = std::fs::File::open(p).expect("open to set mtime");
+        f.set_modified(t).expect("set mtime");
+    }
+
+    #[test]
+    fn removes_only_old_temp_files_and_old_empty_dirs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let root = d.path();
+        let hour = Duration::from_secs(3600);
+        let mk = |rel: &str| {
+            let p = root.join(rel);
+            std::fs::create_dir_all(&p).expect("mkdir");
+            p
+        };
+        let old_tmp = mk("a/wal").join(format!("{TEMP_PREFIX}old"));
+        let new_tmp = mk("a/wal").join(format!("{TEMP_PREFIX}new"));
+        let object = mk("a/wal").join("000000010000000000000001");
+        for p in [&old_tmp, &new_tmp, &object] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        age(&old_tmp, 2 * hour);
+        age(&object, 5 * hour);
+        // Nested empty directories, all old: gone in one pass.
+        let nested = mk("a/backups/b1/data");
+        age(&nested, 2 * hour);
+        age(&root.join("a/backups/b1"), 2 * hour);
+        // Old parent of a fresh empty directory: both stay.
+        let fresh = mk("a/backups/b2/data");
+        age(&root.join("a/backups/b2"), 2 * hour);
+        age(&root.join("a/backups"), 2 * hour);
+        age(&root.join("a/wal"), 2 * hour);
+        age(&root.join("a"), 2 * hour);
+        age(root, 2 * hour);
+
+        let cutoff = SystemTime::now() - hour;
+        let got = sweep_leftovers_in(root, cutoff).expect("sweep");
+        assert_eq!(got, Leftovers { temp_files: 1, dirs: 2, uploads: 0 });
+        assert!(!old_tmp.exists() && new_tmp.exists() && object.exists());
+        assert!(!root.join("a/backups/b1").exists());
+        assert!(fresh.exists());
+        assert!(root.join("a/backups").exists() && root.join("a/wal").exists());
+
+        // An empty, old root is never removed.
+        let e = tempfile::tempdir().expect("tempdir");
+        age(e.path(), 2 * hour);
+        assert_eq!(sweep_leftovers_in(e.path(), cutoff).expect("sweep"), Leftovers::default());
+        assert!(e.path().exists());
+        // A root that was never written to is nothing to sweep.
+        assert_eq!(sweep_leftovers_in(&e.path().join("none"), cutoff).expect("sweep"), Leftovers::default());
     }
 }

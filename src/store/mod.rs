@@ -28,6 +28,17 @@ pub enum PutOutcome {
     Exists,
 }
 
+/// What [`ObjectStore::sweep_leftovers`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Leftovers {
+    /// Temp files of killed writers (fs).
+    pub temp_files: usize,
+    /// Empty directories (fs).
+    pub dirs: usize,
+    /// Abandoned multipart uploads (S3).
+    pub uploads: usize,
+}
+
 /// A streaming object body.
 pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -88,6 +99,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
             msg: e.to_string(),
         })?;
         self.put_if_absent(key, data).await
+    }
+
+    /// Removes what killed writers leave behind and no listing shows (fs: temp files and
+    /// empty directories older than an hour; S3: multipart uploads older than a day).
+    /// Default: nothing to remove.
+    async fn sweep_leftovers(&self) -> Result<Leftovers, StoreError> {
+        Ok(Leftovers::default())
     }
 
     /// Whether a failed request may succeed if sent again (S3: throttling, 5xx, resets;

@@ -10,12 +10,16 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{check_key, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, StoreError, StoreOptions};
+use super::{check_key, Leftovers, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, StoreError, StoreOptions};
 
 /// Default size above which uploads use multipart.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 32 * 1024 * 1024;
 /// Size of each part of a multipart upload.
 pub const PART_SIZE: usize = 16 * 1024 * 1024;
+
+/// Multipart uploads started longer ago than this are abandoned (a killed writer's) and are
+/// aborted by the sweep; no upload of ours takes a day.
+pub const ABANDONED_UPLOAD_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// A repository under `s3://bucket/prefix`.
 #[derive(Debug, Clone)]
@@ -82,6 +86,50 @@ impl S3Store {
             key: key.to_string(),
             msg: format!("{what}; check the endpoint, credentials and that the bucket exists"),
         }
+    }
+
+    /// Aborts the multipart uploads under this store's prefix started before `cutoff`
+    /// (seconds since the epoch); returns how many.
+    pub async fn abort_uploads_before(&self, cutoff: i64) -> Result<usize, StoreError> {
+        let prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut aborted = 0;
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| self.err("list uploads", &prefix, e))?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else { continue };
+                if u.initiated().is_none_or(|t| t.secs() >= cutoff) {
+                    continue;
+                }
+                self.client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await
+                    .map_err(|e| self.err("abort upload", self.strip(key), e))?;
+                aborted += 1;
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                break;
+            }
+        }
+        Ok(aborted)
     }
 
     async fn put_multipart(&self, key: &str, full: &str, data: Bytes) -> Result<(), StoreError> {
@@ -249,6 +297,14 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| self.err("delete", key, e))?;
         Ok(())
+    }
+
+    async fn sweep_leftovers(&self) -> Result<Leftovers, StoreError> {
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(ABANDONED_UPLOAD_AGE)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(Leftovers { uploads: self.abort_uploads_before(cutoff).await?, ..Leftovers::default() })
     }
 
     fn describe(&self) -> String {
