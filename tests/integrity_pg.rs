@@ -287,3 +287,69 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
         b.stop();
     }
 }
+
+/// Kills the daemon with SIGKILL (no drain, no cleanup) and starts a new one.
+fn kill_and_restart_daemon(tm: &mut Tidemark) {
+    tm.kill_daemon();
+    tm.start_daemon();
+}
+
+#[test]
+fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let moto = common::Moto::start();
+    rt.block_on(moto.create_bucket("chaos"));
+    // One request in ten broken: resets, 503 SlowDown, 500, truncated bodies, delays, and
+    // resets after the request was applied.
+    let proxy = common::ChaosProxy::start(moto.port, 10);
+    let (mut pg, mut tm) = {
+        let pg = Pg::init_with(None, &["--wal-segsize=1"]);
+        let mut tm = Tidemark::for_pg("chaos", "s3://chaos/p", Some(&proxy.endpoint()), &pg);
+        tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+        pg.archive_to(&tm.config);
+        (pg, tm)
+    };
+    pg.start();
+    tm.start_daemon();
+    pg.pgbench(&["-i", "-q", "-s", "2"]);
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "backup through the faulty store: {}", stderr(&o));
+    let archived = |pg: &Pg| pg.sql("select archived_count from pg_stat_archiver").parse::<u64>().unwrap();
+    for kill in 0..3 {
+        pg.pgbench(&["-n", "-c", "2", "-t", "1500"]);
+        pg.sql("select pg_switch_wal()");
+        let before = archived(&pg);
+        kill_and_restart_daemon(&mut tm);
+        pg.pgbench(&["-n", "-c", "2", "-t", "500"]);
+        pg.sql("select pg_switch_wal()");
+        common::wait_for("archiving to go on after the daemon kill", Duration::from_secs(120), || {
+            archived(&pg) > before
+        });
+        eprintln!("daemon kill {}: {} segments archived so far", kill + 1, archived(&pg));
+    }
+    pg.switch_wal_archived(Duration::from_secs(180));
+    let want = pg.sql("select count(*) || ':' || sum(abalance) || ':' || (select count(*) from pgbench_history) from pgbench_accounts");
+    let segments = archived(&pg);
+    let failed: u64 = pg.sql("select failed_count from pg_stat_archiver").parse().unwrap();
+    let v = tm.cmd(&["--output", "json", "verify"]).output().unwrap();
+    assert!(v.status.success(), "verify: {}{}", stdout(&v), stderr(&v));
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let gaps: usize = report["timelines"].as_array().unwrap().iter().map(|t| t["gaps"].as_array().unwrap().len()).sum();
+    assert_eq!(gaps, 0);
+    // A first-attempt restore of everything archived, through the same faulty store.
+    let scratch = common::postgres_dir("restore");
+    let (o, r) = restore_latest(&tm, &pg, &scratch.path().join("latest"));
+    assert!(o.status.success(), "restore through the faulty store: {}{}", stdout(&o), stderr(&o));
+    let got = r.sql("select count(*) || ':' || sum(abalance) || ':' || (select count(*) from pgbench_history) from pgbench_accounts");
+    assert_eq!(got, want, "the restore must hold exactly the source's rows");
+    drop(r);
+    let injected = *proxy.injected.lock().unwrap();
+    let requests = proxy.requests.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "faulty store: {requests} requests, {} faults injected ({}); {segments} segments archived, {failed} archive_command failures, {gaps} gaps, restore succeeded on the first attempt",
+        injected.iter().sum::<u64>(),
+        common::CHAOS_KINDS.iter().zip(injected).map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+    );
+    assert!(injected.iter().all(|n| *n > 0), "every kind of fault was injected: {injected:?}");
+    tm.stop_daemon();
+}

@@ -832,3 +832,149 @@ pub fn imds_server(values: &'static [(&'static str, &'static str)]) -> u16 {
     });
     port
 }
+
+/// Faults a [`ChaosProxy`] injects, one kind per faulty request, in turn.
+pub const CHAOS_KINDS: [&str; 6] = [
+    "reset before the request",
+    "503 SlowDown",
+    "500 InternalError",
+    "truncated body",
+    "delay",
+    "reset after the request applied",
+];
+
+/// A binary-safe loopback HTTP/1.1 proxy in front of moto's S3 API that breaks a fixed
+/// share of requests, cycling through [`CHAOS_KINDS`] (deterministic: no test luck).
+pub struct ChaosProxy {
+    /// Its port.
+    pub port: u16,
+    /// Faults injected so far, per kind (indexes of [`CHAOS_KINDS`]).
+    pub injected: std::sync::Arc<std::sync::Mutex<[u64; 6]>>,
+    /// Requests seen.
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ChaosProxy {
+    /// Forwards to `upstream`, breaking one request in `every`.
+    pub fn start(upstream: u16, every: u64) -> ChaosProxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let injected = std::sync::Arc::new(std::sync::Mutex::new([0u64; 6]));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (inj, reqs) = (injected.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming().flatten() {
+                let n = reqs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Every `every`-th request is broken, the kinds taken in turn.
+                let fault = (n % every == every - 1).then(|| ((n / every) % 6) as usize);
+                if let Some(k) = fault {
+                    inj.lock().unwrap()[k] += 1;
+                }
+                std::thread::spawn(move || {
+                    let _ = chaos_one(c, upstream, fault);
+                });
+            }
+        });
+        ChaosProxy { port, injected, requests }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Reads one HTTP message: its head, and a body by Content-Length, chunked framing, or
+/// (responses) to EOF.
+fn read_message(s: &mut TcpStream, to_eof: bool) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut body = buf[head_end..].to_vec();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while body.len() < len {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        // The last chunk, then (optional trailers and) an empty line.
+        while !(body.ends_with(b"0\r\n\r\n")
+            || (body.windows(5).any(|w| w == b"\r\n0\r\n") && body.ends_with(b"\r\n\r\n")))
+        {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if to_eof {
+        s.read_to_end(&mut body)?;
+    }
+    Ok((head, body))
+}
+
+/// The head with `Connection: close` (one request per connection keeps framing simple).
+fn closing(head: &str) -> String {
+    let mut out = String::new();
+    for (i, l) in head.trim_end().lines().enumerate() {
+        if i > 0 && l.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        out.push_str(l);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out
+}
+
+fn chaos_one(mut c: TcpStream, upstream: u16, fault: Option<usize>) -> std::io::Result<()> {
+    use std::io::Write;
+    let (head, body) = read_message(&mut c, false)?;
+    let s3_error = |status: &str, code: &str| {
+        let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message><RequestId>chaos</RequestId></Error>");
+        format!("HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}", xml.len())
+    };
+    match fault {
+        Some(0) => return Ok(()),
+        Some(1) => return c.write_all(s3_error("503 Slow Down", "SlowDown").as_bytes()),
+        Some(2) => return c.write_all(s3_error("500 Internal Server Error", "InternalError").as_bytes()),
+        Some(4) => std::thread::sleep(Duration::from_millis(300)),
+        _ => {}
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.write_all(closing(&head).as_bytes())?;
+    up.write_all(&body)?;
+    let (rhead, rbody) = read_message(&mut up, true)?;
+    match fault {
+        Some(5) => Ok(()),
+        Some(3) => {
+            // Headers promise the whole body; half of it arrives, then the connection ends.
+            c.write_all(closing(&rhead).as_bytes())?;
+            c.write_all(&rbody[..rbody.len() / 2])
+        }
+        _ => {
+            c.write_all(closing(&rhead).as_bytes())?;
+            c.write_all(&rbody)
+        }
+    }
+}
