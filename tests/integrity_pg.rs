@@ -353,3 +353,151 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     assert!(injected.iter().all(|n| *n > 0), "every kind of fault was injected: {injected:?}");
     tm.stop_daemon();
 }
+
+fn backups(tm: &Tidemark) -> Vec<serde_json::Value> {
+    let o = tm.cmd(&["backup", "list", "--output", "json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v.as_array().cloned().or_else(|| v["backups"].as_array().cloned()).unwrap_or_default()
+}
+
+/// Every file and directory under `dir`: (temp files, empty directories), the root excluded.
+fn leftovers(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut temps, mut empty) = (Vec::new(), Vec::new());
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&d).unwrap().flatten().collect();
+        if entries.is_empty() && d != dir {
+            empty.push(d.clone());
+        }
+        for e in entries {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy().starts_with(".tidemark-tmp") {
+                temps.push(e.path());
+            }
+        }
+    }
+    (temps, empty)
+}
+
+/// Waits until `cond`, or the child exits; then SIGKILLs the child.
+fn kill_when(child: &mut std::process::Child, what: &str, mut cond: impl FnMut() -> bool) {
+    common::wait_for(what, Duration::from_secs(60), || cond() || child.try_wait().ok().flatten().is_some());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
+    let repo = common::postgres_dir("repo");
+    let url = Tidemark::fs_url(repo.path());
+    let (mut pg, mut tm) = server("kills", &url);
+    pg.start();
+    tm.start_daemon();
+    pg.sql("create table t(id int primary key, who text)");
+    write_and_switch(&pg, "start", 1000);
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (mut pushes, mut backups_killed, mut purges_killed) = (0, 0, 0);
+    for round in 0..20 {
+        match round % 3 {
+            0 => {
+                // The daemon, SIGKILLed while it pushes ahead.
+                let before = tm.daemon_stats()["stored"].as_u64().unwrap_or(0);
+                for _ in 0..3 {
+                    write_and_switch(&pg, "push", 2000);
+                }
+                common::wait_for("a push to complete", Duration::from_secs(60), || {
+                    tm.daemon_stats()["stored"].as_u64().unwrap_or(0) > before
+                });
+                tm.kill_daemon();
+                tm.start_daemon();
+                pushes += 1;
+            }
+            1 => {
+                // A backup, SIGKILLed once its record says it is running, or while it is
+                // paused mid-copy (pg_backup_start done, data half copied).
+                write_and_switch(&pg, "backup", 500);
+                let mut cmd = tm.cmd_as_postgres(&["backup", "create"]);
+                let paused = round % 2 == 0;
+                if paused {
+                    cmd.env("TIDEMARK_FAILPOINT", "backup-copy:pause").stderr(std::process::Stdio::piped());
+                }
+                let mut child = cmd.spawn().unwrap();
+                if paused {
+                    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+                    let mut line = String::new();
+                    while std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0 && !line.contains("paused") {
+                        line.clear();
+                    }
+                    assert!(line.contains("failpoint backup-copy: paused"), "{line}");
+                }
+                kill_when(&mut child, "the backup to be running", || {
+                    backups(&tm).iter().any(|b| b["state"] == "running")
+                });
+                backups_killed += 1;
+            }
+            _ => {
+                // A purge of the oldest completed backup, crashed (abort, no cleanup) after it
+                // marks the record, half-way through its data, or before removing the record.
+                let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+                assert!(o.status.success(), "{}", stderr(&o));
+                let oldest = backups(&tm)
+                    .into_iter()
+                    .find(|b| b["state"] == "completed")
+                    .and_then(|b| b["id"].as_str().map(str::to_string))
+                    .unwrap();
+                let at = ["purge-after-mark", "purge-mid-data", "purge-before-record"][(round / 3) % 3];
+                let o = tm
+                    .cmd_as_postgres(&["backup", "purge", &oldest, "--yes"])
+                    .env("TIDEMARK_FAILPOINT", at)
+                    .output()
+                    .unwrap();
+                assert!(!o.status.success() && stderr(&o).contains(at), "{at}: {}", stderr(&o));
+                assert_eq!(
+                    backups(&tm).iter().find(|b| b["id"] == oldest.as_str()).map(|b| b["state"].clone()),
+                    Some(serde_json::json!("purging")),
+                    "{at}: a crashed purge leaves its record marked purging"
+                );
+                purges_killed += 1;
+            }
+        }
+    }
+    pg.switch_wal_archived(Duration::from_secs(120));
+    // The next backup's sweep marks the killed ones failed; none stays running.
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = backups(&tm);
+    assert!(list.iter().all(|b| b["state"] != "running"), "a killed backup still running: {list:?}");
+    let v = tm.cmd(&["verify", "--deep"]).output().unwrap();
+    assert!(v.status.success(), "verify --deep after the kills: {}{}", stdout(&v), stderr(&v));
+    // Purge everything (interrupted purges resume), then a sweep an hour later (mtimes aged)
+    // leaves no temp file and no empty directory.
+    for b in backups(&tm) {
+        let id = b["id"].as_str().unwrap();
+        let o = tm.cmd_as_postgres(&["backup", "purge", id, "--yes"]).output().unwrap();
+        assert!(o.status.success(), "purge {id}: {}", stderr(&o));
+    }
+    assert!(backups(&tm).is_empty(), "{:?}", backups(&tm));
+    tm.stop_daemon();
+    common::run_ok(std::process::Command::new("find").arg(repo.path()).args([
+        "-exec",
+        "touch",
+        "-h",
+        "-d",
+        "2 hours ago",
+        "{}",
+        "+",
+    ]));
+    let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = tidemark::repo::Repository::open(&cfg).await.unwrap();
+        tidemark::catalog::policy::sweep(&r, chrono::Utc::now()).await.unwrap();
+    });
+    let (temps, empty) = leftovers(repo.path());
+    eprintln!("kill -9 rounds: {pushes} during push, {backups_killed} during backup, {purges_killed} during purge; left: {} temp files, {} empty directories", temps.len(), empty.len());
+    assert!(temps.is_empty(), "temp files left: {temps:?}");
+    assert!(empty.is_empty(), "empty directories left: {empty:?}");
+}
