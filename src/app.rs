@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Some(r) => cfg.for_region(r).map_err(usage)?,
                 None => cfg,
             };
-            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
             let req = crate::restore::Request {
                 target_dir: absolute(target_dir)?,
                 target,
@@ -162,7 +162,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Window { cluster } => {
             let cfg = load_config(&cli)?;
-            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
             let inputs = crate::restore::Inputs::load(&repo).await?;
             let windows = inputs.windows();
             match cli.output {
@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Verify { cluster, deep } => {
             let cfg = load_config(&cli)?;
-            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
             let report = crate::catalog::verify::verify(&repo, *deep).await?;
             match cli.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
@@ -287,6 +287,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Status => {
             let cfg = load_config(&cli)?;
             let repo = Repository::open(&cfg).await?;
+            require_cluster(&repo).await?;
             let st = crate::status::gather(&cfg, &repo).await?;
             match cli.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
@@ -295,7 +296,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
         Command::Demo => {
-            let cfg = load_config(&cli)?;
+            let cfg = Config::load_or_defaults(cli.config.as_deref())?;
             let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());
             tokio::task::spawn_blocking(move || crate::demo::run(bin.as_deref(), &user))
                 .await
@@ -394,6 +395,35 @@ async fn open_repo(cfg: &Config, cluster: Option<&str>) -> Result<Repository, Fa
     })
 }
 
+/// The repository seen as an existing cluster: a read of a handle nothing archived under (a
+/// typo, a wrong URL) is a failure, never an empty "ok".
+async fn open_existing(cfg: &Config, cluster: Option<&str>) -> Result<Repository, Failure> {
+    let repo = open_repo(cfg, cluster).await?;
+    require_cluster(&repo).await?;
+    Ok(repo)
+}
+
+async fn require_cluster(repo: &Repository) -> Result<(), Failure> {
+    if crate::catalog::cluster::load(repo).await?.is_some() {
+        return Ok(());
+    }
+    let there = crate::catalog::policy::clusters(repo).await?;
+    if there.is_empty() {
+        return Err(anyhow::anyhow!(
+            "{} does not exist or holds no cluster: check repository.url (or has nothing been archived there yet?)",
+            repo.store().describe()
+        )
+        .into());
+    }
+    Err(anyhow::anyhow!(
+        "no cluster '{}' in {} (clusters there: {}): check `cluster` in the config, or --cluster",
+        repo.cluster(),
+        repo.store().describe(),
+        there.join(", ")
+    )
+    .into())
+}
+
 /// One line per cluster: how many WAL objects go, from which to which.
 fn wal_summary(wal: &[crate::catalog::policy::WalDeletion]) -> Vec<String> {
     let mut out = Vec::new();
@@ -482,6 +512,11 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             } else {
                 vec![cluster.clone().unwrap_or_else(|| cfg.cluster.clone())]
             };
+            if !*all_clusters {
+                require_cluster(&repo.for_cluster(&handles[0])).await?;
+            } else if handles.is_empty() {
+                require_cluster(&repo).await?;
+            }
             let mut all = Vec::new();
             for h in &handles {
                 all.extend(catalog_backup::list(&repo.for_cluster(h)).await?);
@@ -490,7 +525,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             Ok(0)
         }
         BackupAction::Purge { id, cluster, yes } => {
-            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
             if !yes {
                 return Err(usage(format!("purging backup {id} deletes it permanently; add --yes to confirm")));
             }
@@ -505,7 +540,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             Ok(0)
         }
         BackupAction::Show { id, cluster } => {
-            let repo = open_repo(&cfg, cluster.as_deref()).await?;
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
             let Some(m) = catalog_backup::load(&repo, id).await? else {
                 return Err(anyhow::anyhow!(
                     "no backup {id} for cluster {}; see `tidemark backup list`",

@@ -20,6 +20,9 @@ pub enum ConfigError {
     /// A value is out of range or inconsistent.
     #[error("config field `{0}`: {1}")]
     Invalid(&'static str, String),
+    /// No config was named and none is at the default path.
+    #[error("no config file at {0} (and neither --config nor TIDEMARK_CONFIG names one): copy tidemark.example.toml there and edit it, or pass --config FILE")]
+    Missing(PathBuf),
 }
 
 /// The whole configuration.
@@ -310,16 +313,32 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
 }
 
 impl Config {
-    /// Loads `path` (or the defaults if `path` is the default location and absent), applies
-    /// environment overrides, and validates.
+    /// Loads `path` (or the default location), applies environment overrides, and
+    /// validates. A missing default config is an error: running on built-in defaults by
+    /// accident would archive to, or verify, a repository nobody configured.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(path, false)
+    }
+
+    /// As [`Config::load`], but built-in defaults stand in for a missing default config
+    /// (`demo` runs on embedded defaults).
+    pub fn load_or_defaults(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(path, true)
+    }
+
+    fn load_with(path: Option<&Path>, defaults_ok: bool) -> Result<Config, ConfigError> {
         let (path, explicit) = match path {
             Some(p) => (p.to_path_buf(), true),
             None => (PathBuf::from(DEFAULT_PATH), false),
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                if !defaults_ok {
+                    return Err(ConfigError::Missing(path));
+                }
+                String::new()
+            }
             Err(e) => return Err(ConfigError::Read(path, e)),
         };
         Self::from_toml(&text, &path.display().to_string(), std::env::vars())

@@ -32,6 +32,9 @@ pub struct Archiving {
     pub failed_count: Option<i64>,
     /// Last failed segment.
     pub last_failed: Option<String>,
+    /// True when the last attempt failed (the last failure is newer than the last success).
+    #[serde(default)]
+    pub failing: bool,
     /// Why PostgreSQL could not be asked, if it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -60,10 +63,98 @@ pub struct Status {
     pub restorable_to: Option<String>,
     /// Daemon counters, when a daemon answers.
     pub daemon: Option<Stats>,
-    /// `ok`, or `critical` when something below is wrong.
+    /// `ok`, `warning` or `critical` (the worst of the problems).
     pub verdict: &'static str,
     /// What is wrong, each saying what to do.
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Needs attention soon.
+    Warning,
+    /// Point-in-time recovery is at risk now.
+    Critical,
+}
+
+/// One thing `status` found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// How bad.
+    pub severity: Severity,
+    /// What and what to do.
+    pub message: String,
+}
+
+/// Archive lag (seconds behind with completed segments waiting) that warns, and that is critical.
+pub const LAG_WARNING_S: i64 = 600;
+/// See [`LAG_WARNING_S`].
+pub const LAG_CRITICAL_S: i64 = 3600;
+/// Slack past the daily schedule before a missing backup warns (the backup itself takes time).
+pub const BACKUP_GRACE_S: i64 = 3600;
+
+/// The verdict over the gathered parts (pure): the worst severity, or `ok`.
+pub fn assess(
+    archiving: &Archiving,
+    last_backup_age_s: Option<i64>,
+    daily_schedule: bool,
+    integrity: Vec<String>,
+) -> (&'static str, Vec<Problem>) {
+    let mut out: Vec<Problem> =
+        integrity.into_iter().map(|message| Problem { severity: Severity::Critical, message }).collect();
+    let mut add = |severity, message: String| out.push(Problem { severity, message });
+    match &archiving.error {
+        Some(e) => add(
+            Severity::Critical,
+            format!(
+                "PostgreSQL cannot be asked about archiving ({e}): check postgres.conninfo and that the server is up"
+            ),
+        ),
+        None => {
+            if archiving.failing {
+                add(
+                    Severity::Critical,
+                    format!(
+                        "archive_command is failing (last failed {}): see the PostgreSQL log and `tidemark check`",
+                        archiving.last_failed.as_deref().unwrap_or("-")
+                    ),
+                );
+            }
+            match archiving.lag_seconds {
+                Some(s) if s > LAG_CRITICAL_S => add(
+                    Severity::Critical,
+                    format!("archiving is {s} s behind ({} segment(s) waiting)", archiving.lag_segments.unwrap_or(0)),
+                ),
+                Some(s) if s > LAG_WARNING_S => add(
+                    Severity::Warning,
+                    format!("archiving is {s} s behind ({} segment(s) waiting)", archiving.lag_segments.unwrap_or(0)),
+                ),
+                _ => {}
+            }
+        }
+    }
+    let day = 86_400;
+    match last_backup_age_s {
+        None => {
+            add(Severity::Critical, "no completed backup: nothing is restorable; run `tidemark backup create`".into())
+        }
+        Some(a) if daily_schedule && a > 2 * day + BACKUP_GRACE_S => add(
+            Severity::Critical,
+            format!("the last completed backup is {} h old: automatic backups are not completing", a / 3600),
+        ),
+        Some(a) if daily_schedule && a > day + BACKUP_GRACE_S => {
+            add(Severity::Warning, format!("the last completed backup is {} h old (daily schedule)", a / 3600))
+        }
+        _ => {}
+    }
+    let verdict = match out.iter().map(|p| p.severity).max() {
+        None => "ok",
+        Some(Severity::Warning) => "warning",
+        Some(Severity::Critical) => "critical",
+    };
+    (verdict, out)
 }
 
 /// What the gathered parts say is wrong with the archive's integrity (pure).
@@ -106,11 +197,14 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
         let last_time = s.one("select coalesce(to_char(last_archived_time at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '') from pg_stat_archiver").await?;
         let failed = s.one("select failed_count from pg_stat_archiver").await?;
         let last_failed = s.one("select coalesce(last_failed_wal, '') from pg_stat_archiver").await?;
-        anyhow::Ok((cur, last, last_time, failed, last_failed))
+        let failing = s
+            .one("select coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) from pg_stat_archiver")
+            .await?;
+        anyhow::Ok((cur, last, last_time, failed, last_failed, failing == "t"))
     }
     .await;
     match res {
-        Ok((cur, last, last_time, failed, last_failed)) => {
+        Ok((cur, last, last_time, failed, last_failed, failing)) => {
             let cur_seg = Segment::parse(&cur, seg_size).ok();
             let last_seg = last.get(..24).and_then(|n| Segment::parse(n, seg_size).ok());
             // The current segment is still being written: lag counts completed ones only.
@@ -132,6 +226,7 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
                 lag_seconds,
                 failed_count: failed.parse().ok(),
                 last_failed: (!last_failed.is_empty()).then_some(last_failed),
+                failing,
                 error: None,
             }
         }
@@ -156,16 +251,18 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
         Ok(Response::Stats(s)) => Some(*s),
         _ => None,
     };
-    let problems = integrity_problems(daemon.as_ref(), &windows);
+    let age = last.and_then(|m| m.stop_at()).map(|t| (now - t).num_seconds());
+    let (verdict, problems) =
+        assess(&archiving, age, next_backup.is_some(), integrity_problems(daemon.as_ref(), &windows));
     Ok(Status {
-        verdict: if problems.is_empty() { "ok" } else { "critical" },
+        verdict,
         problems,
         cluster: repo.cluster().to_string(),
         repository: repo.store().describe(),
         archiving,
         last_backup: last.map(|m| m.id.clone()),
         last_backup_time: last.and_then(|m| m.stop_time.clone()),
-        last_backup_age_seconds: last.and_then(|m| m.stop_at()).map(|t| (now - t).num_seconds()),
+        last_backup_age_seconds: age,
         next_backup,
         restorable_from: windows.iter().filter_map(|(_, w)| w.earliest()).min().map(rfc3339),
         restorable_to: windows.iter().filter_map(|(_, w)| w.latest()).max().map(rfc3339),
@@ -207,7 +304,11 @@ pub fn render(s: &Status) -> String {
     }
     out.push_str(&format!("verdict:     {}\n", s.verdict));
     for p in &s.problems {
-        out.push_str(&format!("  CRITICAL: {p}\n"));
+        let tag = match p.severity {
+            Severity::Warning => "WARNING",
+            Severity::Critical => "CRITICAL",
+        };
+        out.push_str(&format!("  {tag}: {}\n", p.message));
     }
     out
 }
@@ -215,6 +316,33 @@ pub fn render(s: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn healthy() -> Archiving {
+        Archiving { lag_segments: Some(0), lag_seconds: Some(0), failed_count: Some(0), ..Archiving::default() }
+    }
+
+    #[test]
+    fn verdicts_from_each_part() {
+        let h = 3600;
+        assert_eq!(assess(&healthy(), Some(h), true, vec![]), ("ok", vec![]));
+        // PostgreSQL down, archiving failing, lag, old or missing backups, integrity.
+        let down = Archiving { error: Some("connection refused".into()), ..Archiving::default() };
+        let (v, p) = assess(&down, Some(h), true, vec![]);
+        assert_eq!((v, p[0].message.contains("connection refused")), ("critical", true));
+        let failing = Archiving { failing: true, last_failed: Some("000000010000000000000007".into()), ..healthy() };
+        let (v, p) = assess(&failing, Some(h), true, vec![]);
+        assert_eq!((v, p[0].message.contains("000000010000000000000007")), ("critical", true));
+        let lag = |s| Archiving { lag_seconds: Some(s), lag_segments: Some(3), ..healthy() };
+        assert_eq!(assess(&lag(LAG_WARNING_S), Some(h), true, vec![]).0, "ok");
+        assert_eq!(assess(&lag(LAG_WARNING_S + 1), Some(h), true, vec![]).0, "warning");
+        assert_eq!(assess(&lag(LAG_CRITICAL_S + 1), Some(h), true, vec![]).0, "critical");
+        assert_eq!(assess(&healthy(), None, true, vec![]).0, "critical");
+        assert_eq!(assess(&healthy(), Some(26 * h), true, vec![]).0, "warning");
+        assert_eq!(assess(&healthy(), Some(26 * h), false, vec![]).0, "ok", "no schedule: age alone is fine");
+        assert_eq!(assess(&healthy(), Some(50 * h), true, vec![]).0, "critical");
+        let (v, p) = assess(&lag(LAG_WARNING_S + 1), Some(h), true, vec!["two histories".into()]);
+        assert_eq!((v, p.len()), ("critical", 2), "the worst severity wins");
+    }
 
     #[test]
     fn next_daily_is_strictly_after_now() {

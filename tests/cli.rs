@@ -382,3 +382,41 @@ fn systemd_unit_verifies() {
     let o = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
 }
+
+#[test]
+fn typos_are_never_ok() {
+    let s = setup("c10");
+    let p = s.seg(S1, 7, 0);
+    assert!(s.run(&["wal-push", p.to_str().unwrap()]).status.success());
+    // A misspelt cluster: every read command fails and names the clusters that exist.
+    for args in [
+        vec!["verify", "--cluster", "c1O"],
+        vec!["window", "--cluster", "c1O"],
+        vec!["backup", "list", "--cluster", "c1O"],
+        vec!["backup", "show", "x", "--cluster", "c1O"],
+    ] {
+        let o = s.run(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no cluster 'c1O'") && stderr(&o).contains("clusters there: c10"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    // A repository that does not exist, or is empty.
+    for url in ["file:///nonexistent/tidemark-repo", &Tidemark::fs_url(tempfile::tempdir().unwrap().path())] {
+        let o = s.tm.cmd(&["verify"]).env("TIDEMARK_REPOSITORY_URL", url).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains("does not exist or holds no cluster"), "{url}: {}", stderr(&o));
+    }
+    // The right names still work.
+    assert!(s.run(&["verify"]).status.success());
+    // No --config and nothing at the default path: exit 2 naming the path, not defaults.
+    if !Path::new("/etc/tidemark/tidemark.toml").exists() {
+        for args in [vec!["verify"], vec!["wal-push", p.to_str().unwrap()]] {
+            let o = common::run_cmd(common::bin(), &args);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("no config file at /etc/tidemark/tidemark.toml"), "{}", stderr(&o));
+        }
+    }
+}
