@@ -17,6 +17,29 @@ use crate::wal::push::Archiver;
 use crate::wal::spool::Spool;
 
 pub use crate::failure::Failure;
+
+/// `println!` that ends the command quietly when stdout is closed (`tidemark backup show | head`).
+macro_rules! outln {
+    ($($t:tt)*) => { emit(&format!("{}\n", format!($($t)*))) };
+}
+
+/// `print!` with the same closed-stdout handling.
+macro_rules! out {
+    ($($t:tt)*) => { emit(&format!($($t)*)) };
+}
+
+/// Writes to stdout; a reader that went away (EPIPE) ends the process at once, quietly.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tidemark: cannot write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 use crate::failure::{report, usage};
 use crate::per_file::{self, absolute, push_target};
 
@@ -34,10 +57,15 @@ pub fn main(cli: Cli) -> u8 {
         }
     }
     let multi = !matches!(cli.command, Command::WalPush { .. } | Command::WalFetch { .. });
-    match runtime(multi) {
-        Ok(rt) => rt.block_on(run(cli)).unwrap_or_else(report),
-        Err(f) => report(f),
-    }
+    let json = cli.output == Output::Json;
+    let res = runtime(multi).and_then(|rt| rt.block_on(run(cli)));
+    res.unwrap_or_else(|f| {
+        if json {
+            // One JSON document on stdout, failures included (the text still goes to stderr).
+            outln!("{}", serde_json::json!({ "error": format!("{:#}", f.error), "exit_code": f.code }));
+        }
+        report(f)
+    })
 }
 
 /// A tokio runtime: worker threads, or one thread for per-file commands.
@@ -57,8 +85,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let (ring, id) = Keyring::keygen(out)?;
             let n = ring.ids().count();
             match cli.output {
-                Output::Json => println!("{}", serde_json::json!({ "keyring": out, "active_key": id, "keys": n })),
-                Output::Text => println!("wrote key '{id}' to {} (active; {n} key(s) in the keyring)", out.display()),
+                Output::Json => outln!("{}", serde_json::json!({ "keyring": out, "active_key": id, "keys": n })),
+                Output::Text => outln!("wrote key '{id}' to {} (active; {n} key(s) in the keyring)", out.display()),
             }
             Ok(0)
         }
@@ -121,9 +149,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             let report = crate::restore::run(&cfg, &repo, &req).await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "restored backup {} into {} (target {}, {} WAL segment(s) to replay)",
                         report.backup,
                         report.data_dir.display(),
@@ -132,18 +160,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     );
                     match &report.reached {
                         Some(r) => {
-                            println!(
+                            outln!(
                                 "PostgreSQL started and promoted{}",
                                 r.timeline.map(|t| format!(" on timeline {t}")).unwrap_or_default()
                             );
                             if let Some(s) = &r.stopped {
-                                println!("  {s}");
+                                outln!("  {s}");
                             }
                             if let Some(t) = &r.last_transaction {
-                                println!("  last completed transaction at {t}");
+                                outln!("  last completed transaction at {t}");
                             }
                             if let Some(l) = r.redo_done {
-                                println!(
+                                outln!(
                                     "  replayed WAL up to the record at {l} (planned: {})",
                                     report.must_reach.map_or_else(|| report.target.clone(), |w| w.to_string())
                                 );
@@ -151,9 +179,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         }
                         None => {
                             if let Some(w) = report.must_reach {
-                                println!("recovery must replay WAL up to the record at {w} (its server log's \"redo done at\" must be at or past it)");
+                                outln!("recovery must replay WAL up to the record at {w} (its server log's \"redo done at\" must be at or past it)");
                             }
-                            println!("start it with: pg_ctl -D {} start", report.data_dir.display())
+                            outln!("start it with: pg_ctl -D {} start", report.data_dir.display())
                         }
                     }
                 }
@@ -181,7 +209,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             })
                         })
                         .collect();
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::to_string_pretty(&serde_json::json!({ "cluster": repo.cluster(), "timelines": v }))
                             .map_err(anyhow::Error::from)?
@@ -189,10 +217,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 Output::Text => {
                     if windows.is_empty() {
-                        println!("cluster {}: nothing is restorable: no completed backup yet", repo.cluster());
+                        outln!("cluster {}: nothing is restorable: no completed backup yet", repo.cluster());
                     }
                     for (tli, w) in &windows {
-                        println!("cluster {} timeline {tli}: {w}", repo.cluster());
+                        outln!("cluster {} timeline {tli}: {w}", repo.cluster());
                     }
                 }
             }
@@ -203,23 +231,23 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let repo = open_existing(&cfg, cluster.as_deref()).await?;
             let report = crate::catalog::verify::verify(&repo, *deep).await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&report).map_err(anyhow::Error::from)?),
                 Output::Text => {
                     for t in &report.timelines {
                         let range =
                             format!("{} .. {}", t.first.as_deref().unwrap_or("-"), t.last.as_deref().unwrap_or("-"));
                         for b in &t.breaks {
-                            println!("timeline {}: WAL history breaks at {b}", t.timeline);
+                            outln!("timeline {}: WAL history breaks at {b}", t.timeline);
                         }
                         if t.gaps.is_empty() && t.breaks.is_empty() {
-                            println!("timeline {}: WAL continuous {range}", t.timeline);
+                            outln!("timeline {}: WAL continuous {range}", t.timeline);
                         } else if t.gaps.is_empty() {
-                            println!(
+                            outln!(
                                 "timeline {}: WAL {range} has no missing segment, but is not one history",
                                 t.timeline
                             );
                         } else {
-                            println!(
+                            outln!(
                                 "timeline {}: WAL {range} has {} missing segment(s): {}",
                                 t.timeline,
                                 t.gaps.len(),
@@ -229,14 +257,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     }
                     for b in &report.backups {
                         if b.problems.is_empty() {
-                            println!("backup {} ({:?}): ok", b.id, b.state);
+                            outln!("backup {} ({:?}): ok", b.id, b.state);
                         } else {
                             for p in &b.problems {
-                                println!("backup {} ({:?}): {p}", b.id, b.state);
+                                outln!("backup {} ({:?}): {p}", b.id, b.state);
                             }
                         }
                     }
-                    println!("{}", if report.ok { "verify: ok" } else { "verify: PROBLEMS FOUND" });
+                    outln!("{}", if report.ok { "verify: ok" } else { "verify: PROBLEMS FOUND" });
                 }
             }
             Ok(if report.ok { 0 } else { 1 })
@@ -253,14 +281,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             let d = crate::catalog::lifecycle::deprovision(&cfg, &repo).await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
                 Output::Text => {
-                    println!(
+                    outln!(
                         "cluster {} deprovisioned; final backup: {}",
                         repo.cluster(),
                         d.final_backup.as_deref().unwrap_or("none (keep_final off or automatic backups disabled)")
                     );
-                    println!(
+                    outln!(
                         "purged {} automatic backup(s); kept {}: {}",
                         d.purged.len(),
                         d.kept.len(),
@@ -275,8 +303,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let repo = Repository::open(&cfg).await?;
             let rec = crate::catalog::lifecycle::set_automatic(&repo, state == "enable").await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rec).map_err(anyhow::Error::from)?),
-                Output::Text => println!(
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&rec).map_err(anyhow::Error::from)?),
+                Output::Text => outln!(
                     "automatic backups {} for cluster {} (existing backups are untouched)",
                     if rec.automatic_backups { "enabled" } else { "disabled" },
                     rec.handle
@@ -290,8 +318,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             require_cluster(&repo).await?;
             let st = crate::status::gather(&cfg, &repo).await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
-                Output::Text => print!("{}", crate::status::render(&st)),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
+                Output::Text => out!("{}", crate::status::render(&st)),
             }
             Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
@@ -322,7 +350,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let cfg = load_config(&cli)?;
             match control::call(&cfg.daemon.socket, &Request::Stats, Duration::from_secs(10)).await {
                 Ok(Response::Stats(s)) => {
-                    println!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
+                    outln!("{}", serde_json::to_string_pretty(&s).map_err(anyhow::Error::from)?);
                     Ok(0)
                 }
                 Ok(other) => Err(anyhow::anyhow!("unexpected answer from daemon: {other:?}").into()),
@@ -479,8 +507,8 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             let repo = Repository::open(&cfg).await?;
             let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
             match cli.output {
-                Output::Json => println!("{}", summary(&m)),
-                Output::Text if m.ebs.is_some() => println!(
+                Output::Json => outln!("{}", summary(&m)),
+                Output::Text if m.ebs.is_some() => outln!(
                     "backup {} completed: {} EBS snapshot(s) ({}); LSN {} .. {}",
                     m.id,
                     m.ebs.as_ref().map_or(0, |e| e.volumes.len()),
@@ -492,7 +520,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                     m.start_lsn,
                     m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
                 ),
-                Output::Text => println!(
+                Output::Text => outln!(
                     "backup {} completed: {} in {} file(s), stored as {} in {} bundle(s); LSN {} .. {}",
                     m.id,
                     human_bytes(m.data_bytes()),
@@ -530,7 +558,10 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                 return Err(usage(format!("purging backup {id} deletes it permanently; add --yes to confirm")));
             }
             crate::catalog::purge::purge(&repo, id).await?;
-            println!("backup {id} of cluster {} purged", repo.cluster());
+            match cli.output {
+                Output::Json => outln!("{}", serde_json::json!({ "purged": id, "cluster": repo.cluster() })),
+                Output::Text => outln!("backup {id} of cluster {} purged", repo.cluster()),
+            }
             Ok(0)
         }
         BackupAction::Orphaned => {
@@ -549,21 +580,18 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                 .into());
             };
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&m).map_err(anyhow::Error::from)?),
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&m).map_err(anyhow::Error::from)?),
                 Output::Text => {
                     let v = summary(&m);
                     if let Some(o) = v.as_object() {
                         for (k, val) in o {
-                            println!(
-                                "{k:>18}: {}",
-                                val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string())
-                            );
+                            outln!("{k:>18}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
                         }
                     }
                     if let Some(e) = &m.ebs {
-                        println!("{:>18}: {} ({}, instance {})", "ebs", e.region, e.availability_zone, e.instance_id);
+                        outln!("{:>18}: {} ({}, instance {})", "ebs", e.region, e.availability_zone, e.instance_id);
                         for v in &e.volumes {
-                            println!(
+                            outln!(
                                 "{:>18}  {} of {} ({} at {}, {} GiB {}{}) {}",
                                 "",
                                 v.snapshot_id,
@@ -577,7 +605,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
                             );
                         }
                         for mnt in &e.mounts {
-                            println!("{:>18}  {} {} on {} ({})", "", mnt.role, mnt.path, mnt.mount_point, mnt.fs_type);
+                            outln!("{:>18}  {} {} on {} ({})", "", mnt.role, mnt.path, mnt.mount_point, mnt.fs_type);
                         }
                     }
                 }
@@ -591,7 +619,7 @@ fn print_backups(output: Output, all: &[Manifest]) -> Result<(), Failure> {
     match output {
         Output::Json => {
             let v: Vec<serde_json::Value> = all.iter().map(summary).collect();
-            println!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+            outln!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
         }
         Output::Text => {
             let mut t = comfy_table::Table::new();
@@ -609,7 +637,7 @@ fn print_backups(output: Output, all: &[Manifest]) -> Result<(), Failure> {
                     format!("{} .. {}", m.start_lsn, m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())),
                 ]);
             }
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(())
@@ -623,8 +651,8 @@ async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
     match action {
         PolicyAction::Show => {
             match cli.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&old).map_err(anyhow::Error::from)?),
-                Output::Text => println!(
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&old).map_err(anyhow::Error::from)?),
+                Output::Text => outln!(
                     "daily {} | monthly {} | yearly {} | copy_regions {} | keep_final {} | pitr {} ({} day(s))",
                     old.daily,
                     old.monthly,
@@ -665,7 +693,7 @@ async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
             let wal_lines = wal_summary(&wal);
             if *dry_run {
                 match cli.output {
-                    Output::Json => println!(
+                    Output::Json => outln!(
                         "{}",
                         serde_json::json!({
                             "policy": new,
@@ -674,13 +702,13 @@ async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
                         })
                     ),
                     Output::Text => {
-                        println!("with this policy, {} backup(s) would be deleted:", deletes.len());
+                        outln!("with this policy, {} backup(s) would be deleted:", deletes.len());
                         for d in &deletes {
-                            println!("  {d}");
+                            outln!("  {d}");
                         }
-                        println!("and {} WAL object(s):", wal.len());
+                        outln!("and {} WAL object(s):", wal.len());
                         for l in &wal_lines {
-                            println!("  {l}");
+                            outln!("  {l}");
                         }
                     }
                 }
@@ -702,8 +730,8 @@ async fn policy_cmd(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
             policy::save(&repo, &new).await?;
             let applied = policy::apply(&repo, &plan).await?;
             match cli.output {
-                Output::Json => println!("{}", serde_json::json!({ "policy": new, "applied": applied })),
-                Output::Text => println!(
+                Output::Json => outln!("{}", serde_json::json!({ "policy": new, "applied": applied })),
+                Output::Text => outln!(
                     "policy saved; purged {} backup(s) and {} WAL object(s)",
                     applied.backups.len(),
                     applied.wal_objects

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// tidemark: PostgreSQL point-in-time recovery agent.
 #[derive(Debug, Parser)]
-#[command(name = "tidemark", version, about, propagate_version = true)]
+#[command(name = "tidemark", bin_name = "tidemark", version, about, propagate_version = true)]
 pub struct Cli {
     /// Config file.
     #[arg(long, global = true, env = "TIDEMARK_CONFIG", value_name = "FILE")]

@@ -420,3 +420,33 @@ fn typos_are_never_ok() {
         }
     }
 }
+
+#[test]
+fn output_contract_json_errors_closed_stdout_and_help() {
+    let s = setup("c11");
+    let p = s.seg(S1, 7, 0);
+    assert!(s.run(&["wal-push", p.to_str().unwrap()]).status.success());
+    // A failure with --output json is still one JSON document on stdout.
+    let o = s.run(&["--output", "json", "verify", "--cluster", "nosuch"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {:?}", o.stdout));
+    assert!(v["error"].as_str().unwrap().contains("no cluster 'nosuch'") && v["exit_code"] == 1, "{v}");
+    let o = s.run(&["--output", "json", "verify"]);
+    assert!(o.status.success());
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+    // A reader that goes away ends the command quietly (no panic, no error).
+    let mut c =
+        s.tm.cmd(&["verify"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    drop(c.stdout.take());
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    // Help names the command people type.
+    let o = common::run_cmd(common::bin(), &["backup", "--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Usage: tidemark backup") && !out.contains("tidemark-agent"), "{out}");
+}
