@@ -323,6 +323,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
+        Command::Check { timeout } => {
+            let cfg = load_config(&cli)?;
+            let path = cli.config.as_ref().map(|c| absolute(c)).transpose()?;
+            let r = crate::check::run(&cfg, path.as_deref(), Duration::from_secs(*timeout)).await;
+            match cli.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?),
+                Output::Text => out!("{}", crate::check::render(&r)),
+            }
+            Ok(if r.ok { 0 } else { 1 })
+        }
         Command::Demo => {
             let cfg = Config::load_or_defaults(cli.config.as_deref())?;
             let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());

@@ -155,8 +155,15 @@ pub enum Command {
         #[arg(value_parser = ["enable", "disable"])]
         state: String,
     },
-    /// Agent health: archive lag, last backup, next run, restorable window.
+    /// Agent health: archive lag, last backup, next run, restorable window; exit 0 only when ok.
     Status,
+    /// Prove the whole archive path once: config, keyring, repository, PostgreSQL settings,
+    /// the daemon, and a forced WAL switch seen in the repository.
+    Check {
+        /// How long to wait for the switched segment to reach the repository.
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        timeout: u64,
+    },
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.

@@ -8,6 +8,7 @@ pub mod app;
 pub mod aws;
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod codec;
 pub mod config;

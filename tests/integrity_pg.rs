@@ -501,3 +501,70 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     assert!(temps.is_empty(), "temp files left: {temps:?}");
     assert!(empty.is_empty(), "empty directories left: {empty:?}");
 }
+
+fn check(tm: &Tidemark, extra: &[&str]) -> (Output, serde_json::Value) {
+    let mut args = vec!["--output", "json", "check", "--timeout", "10"];
+    args.extend_from_slice(extra);
+    let o = tm.cmd_as_postgres(&args).output().unwrap();
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&o), stderr(&o)));
+    (o, v)
+}
+
+fn failed(v: &serde_json::Value) -> Vec<String> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn check_proves_the_archive_path_and_names_what_is_wrong() {
+    let repo = common::postgres_dir("repo");
+    let (mut pg, mut tm) = server("chk", &Tidemark::fs_url(repo.path()));
+    pg.conf("archive_timeout = 60");
+    pg.start();
+    tm.start_daemon();
+    let (o, v) = check(&tm, &[]);
+    assert!(o.status.success(), "{v:#}");
+    assert_eq!(v["ok"], true);
+    assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "wal switch" && c["ok"] == true), "{v:#}");
+    // Text: one PASS line per check.
+    let o = tm.cmd_as_postgres(&["check"]).output().unwrap();
+    assert!(o.status.success() && stdout(&o).lines().filter(|l| l.starts_with("PASS")).count() >= 8, "{}", stdout(&o));
+
+    // A stopped daemon.
+    tm.stop_daemon();
+    let (o, v) = check(&tm, &[]);
+    assert_eq!((o.status.code(), failed(&v)), (Some(1), vec!["daemon".to_string()]), "{v:#}");
+    tm.start_daemon();
+
+    // A read-only repository: the probe and then the switch fail, with the fix.
+    common::run_ok(std::process::Command::new("chmod").arg("0500").arg(repo.path()));
+    let (o, v) = check(&tm, &[]);
+    common::run_ok(std::process::Command::new("chmod").arg("0700").arg(repo.path()));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(failed(&v).contains(&"repository".to_string()), "{v:#}");
+    let probe = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "repository").unwrap().clone();
+    assert!(probe["fix"].as_str().unwrap().contains("writable"), "{probe}");
+
+    // An archive_command that does not call tidemark with this config.
+    pg.sql("alter system set archive_command = 'cp %p /dev/null'");
+    pg.sql("select pg_reload_conf()");
+    common::wait_for("the new archive_command", Duration::from_secs(10), || {
+        pg.sql("show archive_command") == "cp %p /dev/null"
+    });
+    let (o, v) = check(&tm, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    // The daemon still pushes ahead what PostgreSQL marks ready, so only the setting fails...
+    assert_eq!(failed(&v), vec!["archive_command".to_string()], "{v:#}");
+    let cmd = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "archive_command").unwrap().clone();
+    assert!(cmd["fix"].as_str().unwrap().contains(&format!("--config {}", tm.config.display())), "{cmd}");
+    // ...until it is down: then nothing reaches the repository.
+    tm.stop_daemon();
+    let (o, v) = check(&tm, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(failed(&v), ["archive_command", "daemon", "wal switch"].map(String::from).to_vec(), "{v:#}");
+}
