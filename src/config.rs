@@ -140,8 +140,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Local state (schedules, counters).
     pub state_dir: PathBuf,
-    /// Prometheus metrics listen address (loopback).
+    /// Prometheus metrics listen address (loopback unless `metrics_public`).
     pub metrics_listen: Option<String>,
+    /// Allows a `metrics_listen` address off loopback: metrics name the host's archive state.
+    pub metrics_public: bool,
 }
 
 /// `[ebs]`
@@ -238,6 +240,7 @@ impl Default for DaemonConfig {
             socket: "/run/tidemark/tidemark.sock".into(),
             state_dir: "/var/lib/tidemark/state".into(),
             metrics_listen: None,
+            metrics_public: false,
         }
     }
 }
@@ -421,10 +424,18 @@ impl Config {
             ));
         }
         if let Some(m) = &self.daemon.metrics_listen {
-            if m.parse::<std::net::SocketAddr>().is_err() {
+            let Ok(addr) = m.parse::<std::net::SocketAddr>() else {
                 return Err(ConfigError::Invalid(
                     "daemon.metrics_listen",
                     format!("'{m}' must be an address like 127.0.0.1:9187"),
+                ));
+            };
+            if !addr.ip().is_loopback() && !self.daemon.metrics_public {
+                return Err(ConfigError::Invalid(
+                    "daemon.metrics_listen",
+                    format!(
+                        "'{m}' is not a loopback address: metrics would be served to the network; set daemon.metrics_public = true to allow that, or listen on 127.0.0.1"
+                    ),
                 ));
             }
         }
@@ -551,6 +562,23 @@ mod tests {
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn metrics_off_loopback_need_metrics_public() {
+        for addr in ["127.0.0.1:9187", "[::1]:9187", "127.0.0.2:9187"] {
+            let c = parse(&format!("[daemon]\nmetrics_listen = \"{addr}\"\n")).unwrap();
+            assert!(!c.daemon.metrics_public, "{addr}");
+        }
+        for addr in ["0.0.0.0:9187", "[::]:9187", "10.1.2.3:9187"] {
+            let text = format!("[daemon]\nmetrics_listen = \"{addr}\"\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("daemon.metrics_listen") && e.contains("metrics_public = true"), "{addr}: {e}");
+            let c = parse(&format!("{text}metrics_public = true\n")).unwrap();
+            assert!(c.daemon.metrics_public, "{addr}");
+            let env = vec![("TIDEMARK_DAEMON_METRICS_PUBLIC".to_string(), "true".to_string())];
+            assert!(Config::from_toml(&text, "t", env.into_iter()).is_ok(), "{addr}");
         }
     }
 
