@@ -36,15 +36,21 @@ pub fn init_logging(cmd: &Command) {
 }
 
 /// Logs to stderr at `default` level for tidemark (`TIDEMARK_LOG` overrides), warn for others.
+/// Credentials never reach the log: the targets that print them are capped whatever
+/// `TIDEMARK_LOG` says, and what is written is redacted.
 pub fn init_logging_at(default: &str) {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tidemark={default},warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(crate::aws::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .try_init();
+        .with_filter(filter.and(crate::aws::credential_cap()));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// A `wal-push` or `wal-fetch` call.
