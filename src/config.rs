@@ -610,3 +610,157 @@ mod tests {
         assert!(matches!(e, ConfigError::Read(..)));
     }
 }
+
+/// Bounded fuzzing of config loading: any TOML text and environment is a config that passed
+/// validation or an error naming the problem, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values of every TOML type, at the edges of the types fields use.
+    fn toml_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("99999999999999999999".to_string()),
+            Just("1.5".to_string()),
+            Just("nan".to_string()),
+            Just("true".to_string()),
+            Just("\"\"".to_string()),
+            Just("[1, \"a\"]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+            Just("\"0.0.0.0:9187\"".to_string()),
+            Just("\"[::1]:1\"".to_string()),
+            Just("\"file:///\"".to_string()),
+            Just("\"s3://\"".to_string()),
+            Just("\"24:60\"".to_string()),
+            "\"[ -~]{0,20}\"",
+            "[ -~]{0,12}",
+        ]
+    }
+
+    /// One change to the example config's text.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Give the n-th `key = value` line another value.
+        Value(usize, String),
+        DeleteLine(usize),
+        DuplicateLine(usize),
+        /// Insert a line (a key, a table header, anything).
+        InsertLine(usize, String),
+        Xor(usize, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<usize>(), toml_value()).prop_map(|(i, v)| Mutation::Value(i, v)),
+            1 => any::<usize>().prop_map(Mutation::DeleteLine),
+            1 => any::<usize>().prop_map(Mutation::DuplicateLine),
+            1 => (any::<usize>(), prop_oneof![
+                "\\[[a-z.]{1,12}\\]",
+                "[a-z_]{1,16} = [ -~]{0,16}",
+                "metrics_public = (true|false|1)",
+                "[ -~]{0,30}",
+            ]).prop_map(|(i, l)| Mutation::InsertLine(i, l)),
+            1 => (any::<usize>(), 1u8..).prop_map(|(i, x)| Mutation::Xor(i, x)),
+        ]
+    }
+
+    fn mutate(text: &str, muts: &[Mutation]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut bytes: Option<Vec<u8>> = None;
+        for m in muts {
+            let n = lines.len().max(1);
+            match m {
+                Mutation::Value(i, v) => {
+                    let settings: Vec<usize> = (0..lines.len()).filter(|&k| lines[k].contains(" = ")).collect();
+                    if let Some(&k) = settings.get(i % settings.len().max(1)) {
+                        let key = lines[k].split(" = ").next().unwrap_or_default().to_string();
+                        lines[k] = format!("{key} = {v}");
+                    }
+                }
+                Mutation::DeleteLine(i) if !lines.is_empty() => {
+                    lines.remove(i % n);
+                }
+                Mutation::DuplicateLine(i) if !lines.is_empty() => {
+                    let l = lines[i % n].clone();
+                    lines.insert(i % n, l);
+                }
+                Mutation::InsertLine(i, l) => lines.insert(i % (lines.len() + 1), l.clone()),
+                Mutation::Xor(i, x) => {
+                    let b = bytes.get_or_insert_with(|| lines.join("\n").into_bytes());
+                    if !b.is_empty() {
+                        let at = i % b.len();
+                        b[at] ^= x;
+                    }
+                }
+                Mutation::DeleteLine(_) | Mutation::DuplicateLine(_) => {}
+            }
+        }
+        match bytes {
+            Some(b) => String::from_utf8_lossy(&b).into_owned(),
+            None => lines.join("\n"),
+        }
+    }
+
+    /// An override a user might set: a real setting (or near miss) and any value.
+    fn env_var() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            Just("TIDEMARK_CLUSTER".to_string()),
+            Just("TIDEMARK_DAEMON_METRICS_LISTEN".to_string()),
+            Just("TIDEMARK_DAEMON_METRICS_PUBLIC".to_string()),
+            Just("TIDEMARK_ARCHIVE_WORKERS".to_string()),
+            Just("TIDEMARK_REPOSITORY_URL".to_string()),
+            Just("TIDEMARK_BACKUP_TIME_OF_DAY".to_string()),
+            Just("TIDEMARK_REGIONS_X".to_string()),
+            "TIDEMARK_[A-Z_]{0,24}",
+        ];
+        let value = prop_oneof![
+            Just("-1".to_string()),
+            Just("true".to_string()),
+            Just("0.0.0.0:1".to_string()),
+            Just("99999999999999999999".to_string()),
+            "[ -~]{0,20}",
+        ];
+        (name, value)
+    }
+
+    fn check(res: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        match res {
+            Ok(c) => {
+                // What loaded passed validation, and what is derived from it can be computed.
+                prop_assert!(c.validate().is_ok());
+                prop_assert!(c.time_of_day().is_some());
+                let _ = (c.home_region(), c.store_options());
+                for r in c.regions.keys() {
+                    let _ = c.for_region(r);
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_mutated_configs_load_or_fail_cleanly(muts in proptest::collection::vec(mutation(), 1..5)) {
+            let text = mutate(Config::example_toml(), &muts);
+            check(Config::from_toml(&text, "fuzz.toml", std::iter::empty()))?;
+        }
+
+        #[test]
+        fn fuzz_environment_overrides_load_or_fail_cleanly(vars in proptest::collection::vec(env_var(), 0..4)) {
+            check(Config::from_toml(Config::example_toml(), "fuzz.toml", vars.into_iter()))?;
+        }
+
+        #[test]
+        fn fuzz_arbitrary_text_is_not_a_config_panic(text in prop_oneof!["[ -~\n]{0,200}", any::<String>()]) {
+            check(Config::from_toml(&text, "fuzz.toml", std::iter::empty()))?;
+        }
+    }
+}
