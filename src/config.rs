@@ -143,8 +143,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Local state (schedules, counters).
     pub state_dir: PathBuf,
-    /// Prometheus metrics listen address (loopback).
+    /// Prometheus metrics listen address (loopback unless `metrics_public`).
     pub metrics_listen: Option<String>,
+    /// Allows a `metrics_listen` address off loopback: metrics name the host's archive state.
+    pub metrics_public: bool,
 }
 
 /// `[ebs]`
@@ -241,6 +243,7 @@ impl Default for DaemonConfig {
             socket: "/run/tidemark/tidemark.sock".into(),
             state_dir: "/var/lib/tidemark/state".into(),
             metrics_listen: None,
+            metrics_public: false,
         }
     }
 }
@@ -440,10 +443,18 @@ impl Config {
             ));
         }
         if let Some(m) = &self.daemon.metrics_listen {
-            if m.parse::<std::net::SocketAddr>().is_err() {
+            let Ok(addr) = m.parse::<std::net::SocketAddr>() else {
                 return Err(ConfigError::Invalid(
                     "daemon.metrics_listen",
                     format!("'{m}' must be an address like 127.0.0.1:9187"),
+                ));
+            };
+            if !addr.ip().is_loopback() && !self.daemon.metrics_public {
+                return Err(ConfigError::Invalid(
+                    "daemon.metrics_listen",
+                    format!(
+                        "'{m}' is not a loopback address: metrics would be served to the network; set daemon.metrics_public = true to allow that, or listen on 127.0.0.1"
+                    ),
                 ));
             }
         }
@@ -574,6 +585,23 @@ mod tests {
     }
 
     #[test]
+    fn metrics_off_loopback_need_metrics_public() {
+        for addr in ["127.0.0.1:9187", "[::1]:9187", "127.0.0.2:9187"] {
+            let c = parse(&format!("[daemon]\nmetrics_listen = \"{addr}\"\n")).unwrap();
+            assert!(!c.daemon.metrics_public, "{addr}");
+        }
+        for addr in ["0.0.0.0:9187", "[::]:9187", "10.1.2.3:9187"] {
+            let text = format!("[daemon]\nmetrics_listen = \"{addr}\"\n");
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("daemon.metrics_listen") && e.contains("metrics_public = true"), "{addr}: {e}");
+            let c = parse(&format!("{text}metrics_public = true\n")).unwrap();
+            assert!(c.daemon.metrics_public, "{addr}");
+            let env = vec![("TIDEMARK_DAEMON_METRICS_PUBLIC".to_string(), "true".to_string())];
+            assert!(Config::from_toml(&text, "t", env.into_iter()).is_ok(), "{addr}");
+        }
+    }
+
+    #[test]
     fn env_overrides_apply_and_unknown_ones_fail() {
         let env = vec![
             ("TIDEMARK_ARCHIVE_WORKERS".to_string(), "7".to_string()),
@@ -599,5 +627,159 @@ mod tests {
     fn explicit_missing_file_is_an_error() {
         let e = Config::load(Some(Path::new("/nonexistent/tidemark.toml"))).unwrap_err();
         assert!(matches!(e, ConfigError::Read(..)));
+    }
+}
+
+/// Bounded fuzzing of config loading: any TOML text and environment is a config that passed
+/// validation or an error naming the problem, never a panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values of every TOML type, at the edges of the types fields use.
+    fn toml_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("99999999999999999999".to_string()),
+            Just("1.5".to_string()),
+            Just("nan".to_string()),
+            Just("true".to_string()),
+            Just("\"\"".to_string()),
+            Just("[1, \"a\"]".to_string()),
+            Just("{ a = 1 }".to_string()),
+            Just("1979-05-27T07:32:00Z".to_string()),
+            Just("\"0.0.0.0:9187\"".to_string()),
+            Just("\"[::1]:1\"".to_string()),
+            Just("\"file:///\"".to_string()),
+            Just("\"s3://\"".to_string()),
+            Just("\"24:60\"".to_string()),
+            "\"[ -~]{0,20}\"",
+            "[ -~]{0,12}",
+        ]
+    }
+
+    /// One change to the example config's text.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        /// Give the n-th `key = value` line another value.
+        Value(usize, String),
+        DeleteLine(usize),
+        DuplicateLine(usize),
+        /// Insert a line (a key, a table header, anything).
+        InsertLine(usize, String),
+        Xor(usize, u8),
+    }
+
+    fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            4 => (any::<usize>(), toml_value()).prop_map(|(i, v)| Mutation::Value(i, v)),
+            1 => any::<usize>().prop_map(Mutation::DeleteLine),
+            1 => any::<usize>().prop_map(Mutation::DuplicateLine),
+            1 => (any::<usize>(), prop_oneof![
+                "\\[[a-z.]{1,12}\\]",
+                "[a-z_]{1,16} = [ -~]{0,16}",
+                "metrics_public = (true|false|1)",
+                "[ -~]{0,30}",
+            ]).prop_map(|(i, l)| Mutation::InsertLine(i, l)),
+            1 => (any::<usize>(), 1u8..).prop_map(|(i, x)| Mutation::Xor(i, x)),
+        ]
+    }
+
+    fn mutate(text: &str, muts: &[Mutation]) -> String {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut bytes: Option<Vec<u8>> = None;
+        for m in muts {
+            let n = lines.len().max(1);
+            match m {
+                Mutation::Value(i, v) => {
+                    let settings: Vec<usize> = (0..lines.len()).filter(|&k| lines[k].contains(" = ")).collect();
+                    if let Some(&k) = settings.get(i % settings.len().max(1)) {
+                        let key = lines[k].split(" = ").next().unwrap_or_default().to_string();
+                        lines[k] = format!("{key} = {v}");
+                    }
+                }
+                Mutation::DeleteLine(i) if !lines.is_empty() => {
+                    lines.remove(i % n);
+                }
+                Mutation::DuplicateLine(i) if !lines.is_empty() => {
+                    let l = lines[i % n].clone();
+                    lines.insert(i % n, l);
+                }
+                Mutation::InsertLine(i, l) => lines.insert(i % (lines.len() + 1), l.clone()),
+                Mutation::Xor(i, x) => {
+                    let b = bytes.get_or_insert_with(|| lines.join("\n").into_bytes());
+                    if !b.is_empty() {
+                        let at = i % b.len();
+                        b[at] ^= x;
+                    }
+                }
+                Mutation::DeleteLine(_) | Mutation::DuplicateLine(_) => {}
+            }
+        }
+        match bytes {
+            Some(b) => String::from_utf8_lossy(&b).into_owned(),
+            None => lines.join("\n"),
+        }
+    }
+
+    /// An override a user might set: a real setting (or near miss) and any value.
+    fn env_var() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            Just("TIDEMARK_CLUSTER".to_string()),
+            Just("TIDEMARK_DAEMON_METRICS_LISTEN".to_string()),
+            Just("TIDEMARK_DAEMON_METRICS_PUBLIC".to_string()),
+            Just("TIDEMARK_ARCHIVE_WORKERS".to_string()),
+            Just("TIDEMARK_REPOSITORY_URL".to_string()),
+            Just("TIDEMARK_BACKUP_TIME_OF_DAY".to_string()),
+            Just("TIDEMARK_REGIONS_X".to_string()),
+            "TIDEMARK_[A-Z_]{0,24}",
+        ];
+        let value = prop_oneof![
+            Just("-1".to_string()),
+            Just("true".to_string()),
+            Just("0.0.0.0:1".to_string()),
+            Just("99999999999999999999".to_string()),
+            "[ -~]{0,20}",
+        ];
+        (name, value)
+    }
+
+    fn check(res: Result<Config, ConfigError>) -> Result<(), TestCaseError> {
+        match res {
+            Ok(c) => {
+                // What loaded passed validation, and what is derived from it can be computed.
+                prop_assert!(c.validate().is_ok());
+                prop_assert!(c.time_of_day().is_some());
+                let _ = (c.home_region(), c.store_options());
+                for r in c.regions.keys() {
+                    let _ = c.for_region(r);
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_mutated_configs_load_or_fail_cleanly(muts in proptest::collection::vec(mutation(), 1..5)) {
+            let text = mutate(Config::example_toml(), &muts);
+            check(Config::from_toml(&text, "fuzz.toml", std::iter::empty()))?;
+        }
+
+        #[test]
+        fn fuzz_environment_overrides_load_or_fail_cleanly(vars in proptest::collection::vec(env_var(), 0..4)) {
+            check(Config::from_toml(Config::example_toml(), "fuzz.toml", vars.into_iter()))?;
+        }
+
+        #[test]
+        fn fuzz_arbitrary_text_is_not_a_config_panic(text in prop_oneof!["[ -~\n]{0,200}", any::<String>()]) {
+            check(Config::from_toml(&text, "fuzz.toml", std::iter::empty()))?;
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
 use crate::failure::{report, usage, Failure};
 use crate::wal::fetch::{FetchError, FetchOutcome};
-use crate::wal::spool::{Spool, Wanted};
+use crate::wal::spool::{BindError, Binding, Owner, Spool, Wanted};
 
 /// File name of the full program, installed beside `tidemark`.
 pub const AGENT: &str = "tidemark-agent";
@@ -36,15 +36,21 @@ pub fn init_logging(cmd: &Command) {
 }
 
 /// Logs to stderr at `default` level for tidemark (`TIDEMARK_LOG` overrides), warn for others.
+/// Credentials never reach the log: the targets that print them are capped whatever
+/// `TIDEMARK_LOG` says, and what is written is redacted.
 pub fn init_logging_at(default: &str) {
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tidemark={default},warn")));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(crate::aws::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .try_init();
+        .with_filter(filter.and(crate::aws::credential_cap()));
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 /// A `wal-push` or `wal-fetch` call.
@@ -214,10 +220,14 @@ fn wal_push_via_daemon(cfg: &Config, path: &Path) -> Result<Option<u8>, Failure>
 fn wal_fetch_from_spool(config: Option<&Path>, cfg: &Config, name: &str, dest: &Path) -> Result<bool, Failure> {
     let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
     let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    // The spool only ever holds segments, and only one filled for this repository and keyring
+    // is served (or filled): segments another config spooled, this one might not open.
+    if !is_segment || !spool_is_ours(&spool, cfg)? {
+        return Ok(false);
+    }
     let write_err = |e| FetchError::Write(dest.display().to_string(), e);
-    // The spool only ever holds segments; taking one needs neither keyring nor store.
-    let mut from_spool = is_segment && spool.take(name, dest).map_err(write_err)?;
-    if is_segment && cfg.fetch.prefetch > 0 {
+    let mut from_spool = spool.take(name, dest).map_err(write_err)?;
+    if cfg.fetch.prefetch > 0 {
         let running = spool.prefetcher_running();
         // Read-ahead that is running gets this one first, so wait for it rather than download
         // it twice; a first call reads it directly while read-ahead starts on the next ones.
@@ -234,6 +244,28 @@ fn wal_fetch_from_spool(config: Option<&Path>, cfg: &Config, name: &str, dest: &
         tracing::info!(file = %name, outcome = ?FetchOutcome::FromSpool, "wal-fetch");
     }
     Ok(from_spool)
+}
+
+/// Whether the spool may be served and filled for this config: bound to it already, or
+/// (with read-ahead on) claimed for it now. A keyring that cannot be read is left to the
+/// agent, which reads it anyway and says what is wrong.
+fn spool_is_ours(spool: &Spool, cfg: &Config) -> Result<bool, Failure> {
+    let owner = Owner::new(&cfg.repository.url, &cfg.cluster, &cfg.encryption.keyring);
+    let res = match spool.binding(&owner) {
+        Ok(Binding::Bound) => Ok(true),
+        // Without read-ahead nothing fills the spool: leave what is there alone.
+        Ok(_) if cfg.fetch.prefetch == 0 => Ok(false),
+        Ok(_) => spool.claim(&owner, Duration::from_secs(3)),
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(ours) => Ok(ours),
+        Err(BindError::Keyring(e)) => {
+            tracing::debug!(error = %e, "spool not used: the keyring cannot be read");
+            Ok(false)
+        }
+        Err(e @ BindError::Io(..)) => Err(e.into()),
+    }
 }
 
 /// Best effort: a local daemon keeps the fetch latency histogram; none is fine.
@@ -260,6 +292,7 @@ pub fn fetch_abort(name: &str, f: Failure) -> Failure {
 
 /// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
 fn start_prefetcher(config: Option<&Path>, spool: &Spool, name: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let Ok(exe) = agent_exe() else {
         return;
@@ -268,6 +301,7 @@ fn start_prefetcher(config: Option<&Path>, spool: &Spool, name: &str) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(crate::wal::spool::FILE_MODE)
         .open(spool.dir().join("prefetch.log"))
         .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from);
     let mut cmd = std::process::Command::new(exe);

@@ -46,6 +46,22 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
+}
+
+/// `cmd` run under the loose umask of a hand-run command.
+fn loose_umask(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and touches nothing else.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        })
+    }
+}
+
 const S1: &str = "000000010000000000000001";
 const S2: &str = "000000010000000000000002";
 
@@ -56,6 +72,11 @@ fn push_is_idempotent_and_refuses_different_bytes() {
     let o = s.run(&["wal-push", p.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("Stored"), "{}", stderr(&o));
+    // The fs store's objects are 0600 and the directories it made 0700.
+    assert_eq!(mode(&s.object("c1", S1)), 0o600);
+    for dir in ["clusters", "clusters/c1", "clusters/c1/wal", "clusters/c1/wal/00000001", "clusters/c1/wal-index"] {
+        assert_eq!(mode(&s.repo.path().join(dir)), 0o700, "{dir}");
+    }
     let stored = std::fs::read(s.object("c1", S1)).unwrap();
     let index = s.repo.path().join(format!("clusters/c1/wal-index/00000001/{S1}"));
     let summary = std::fs::read(&index).unwrap();
@@ -313,13 +334,25 @@ fn serial_fetches_hit_the_read_ahead_spool() {
     }
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("RECOVERYXLOG");
-    let o = s.run(&["wal-fetch", &names[0], dest.to_str().unwrap()]);
+    let o = loose_umask(&mut s.tm.cmd(&["wal-fetch", &names[0], dest.to_str().unwrap()]))
+        .env("TIDEMARK_LOG", "info")
+        .output()
+        .unwrap();
     assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
     // prefetch = 4 in the test config: the next four arrive in the spool.
     let spool = s.tm.dir.path().join("spool/c7");
     common::wait_for("read-ahead to spool 4 segments", Duration::from_secs(60), || {
         names[1..5].iter().all(|n| spool.join(n).is_file())
     });
+    // Plaintext WAL: private whatever the umask of the command that made the spool.
+    assert_eq!(mode(&spool), 0o700);
+    for e in std::fs::read_dir(&spool).unwrap().flatten() {
+        // The agent's segment-size cache (a number, not WAL) is still written with the umask
+        // (src/app.rs `cached_segment_size`); the directory keeps it private.
+        if e.file_name() != ".segment_size" {
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
+    }
     for (i, n) in names.iter().enumerate().skip(1) {
         if i == 5 {
             // Not in the first window: read-ahead follows recovery's requests and adds it.
@@ -351,19 +384,29 @@ fn logs_never_contain_key_material_or_credentials() {
         .collect();
     assert_eq!(key_hex.len(), 1, "{ring}");
     let secret = "tidemarkSecretAccessKey0123456789";
+    // Shaped like a real access key id, so a leak through any path (signer, request dump,
+    // credentials Debug) would show.
+    let key_id = "AKIATIDEMARKTESTKEY1";
     std::fs::create_dir_all(wal.path().join("pg_wal")).unwrap();
     let p = wal.path().join("pg_wal").join(S1);
     std::fs::write(&p, fake_segment(7, 1)).unwrap();
     let dest = wal.path().join("back");
     let mut logs = String::new();
     for args in [vec!["wal-push", p.to_str().unwrap()], vec!["wal-fetch", S1, dest.to_str().unwrap()], vec!["status"]] {
-        let o = tm.cmd(&args).env("TIDEMARK_LOG", "trace").env("AWS_SECRET_ACCESS_KEY", secret).output().unwrap();
+        let o = tm
+            .cmd(&args)
+            .env("TIDEMARK_LOG", "trace")
+            .env("AWS_ACCESS_KEY_ID", key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .output()
+            .unwrap();
         logs.push_str(&stderr(&o));
         logs.push_str(&String::from_utf8_lossy(&o.stdout));
     }
     assert!(dest.is_file(), "fetch failed: {logs}");
     assert!(logs.len() > 1000, "expected trace logs, got: {logs}");
     assert!(!logs.contains(secret), "credentials in logs");
+    assert!(!logs.contains(key_id), "access key id in logs");
     assert!(!logs.contains(&key_hex[0]), "key material in logs");
 }
 
@@ -449,4 +492,87 @@ fn output_contract_json_errors_closed_stdout_and_help() {
     let o = common::run_cmd(common::bin(), &["backup", "--help"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Usage: tidemark backup") && !out.contains("tidemark-agent"), "{out}");
+}
+
+#[test]
+fn a_spool_is_served_only_to_the_repository_and_keyring_that_filled_it() {
+    let s = setup("c9");
+    let names: Vec<String> = (1..=4).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        let p = s.seg(n, 7, i as u8);
+        assert!(s.run(&["wal-push", p.to_str().unwrap()]).status.success());
+    }
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("RECOVERYXLOG");
+    let spool = s.tm.dir.path().join("spool/c9");
+    let fetch = |n: &str, env: &[(&str, &std::ffi::OsStr)]| {
+        let _ = std::fs::remove_file(&dest);
+        s.tm.cmd(&["wal-fetch", n, dest.to_str().unwrap()])
+            .env("TIDEMARK_LOG", "info")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let o = fetch(&names[0], &[]);
+    assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
+    common::wait_for("read-ahead to spool", Duration::from_secs(60), || spool.join(&names[1]).is_file());
+    assert_eq!(mode(&spool.join(".owner")), 0o600);
+
+    // Another keyring over the same spool: nothing spooled is handed out, the spool is cleared
+    // (read-ahead stopped first), and the agent's own read says why this keyring cannot read.
+    let other_ring = out.path().join("other-keyring");
+    assert!(s.run(&["keygen", "--out", other_ring.to_str().unwrap()]).status.success());
+    let o = fetch(&names[1], &[("TIDEMARK_ENCRYPTION_KEYRING", other_ring.as_os_str())]);
+    assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not in the keyring"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("filled for another repository or keyring"), "{}", stderr(&o));
+    assert!(!dest.exists());
+    assert!(!spool.join(&names[1]).exists() && !spool.join(&names[2]).exists(), "the spool was not cleared");
+
+    // Back to the right keyring: the spool is claimed back and read from the archive first.
+    let o = fetch(&names[1], &[]);
+    assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
+    assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.pg_wal().join(&names[1])));
+    common::wait_for("read-ahead to spool again", Duration::from_secs(60), || spool.join(&names[2]).is_file());
+    let o = fetch(&names[2], &[]);
+    assert!(o.status.success() && stderr(&o).contains("FromSpool"), "{}", stderr(&o));
+
+    // Another repository (a copy of this one) with the same keyring is another binding too.
+    let copy = out.path().join("repo-copy");
+    common::run_ok(std::process::Command::new("cp").arg("-a").arg(s.repo.path()).arg(&copy));
+    common::wait_for("read-ahead to spool the last one", Duration::from_secs(60), || spool.join(&names[3]).is_file());
+    let url = Tidemark::fs_url(&copy);
+    let o = fetch(&names[3], &[("TIDEMARK_REPOSITORY_URL", std::ffi::OsStr::new(&url))]);
+    assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("filled for another repository or keyring"), "{}", stderr(&o));
+}
+
+#[test]
+fn metrics_off_loopback_need_metrics_public_and_are_logged_at_start() {
+    let s = setup("c10");
+    std::fs::create_dir_all(s.wal.path().join("pg_wal/archive_status")).unwrap();
+    let port = common::free_port();
+    let addr = format!("0.0.0.0:{port}");
+    let o = s.tm.cmd(&["daemon"]).env("TIDEMARK_DAEMON_METRICS_LISTEN", &addr).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("daemon.metrics_listen") && stderr(&o).contains("metrics_public = true"),
+        "{}",
+        stderr(&o)
+    );
+
+    let child =
+        s.tm.cmd(&["daemon"])
+            .env("TIDEMARK_DAEMON_METRICS_LISTEN", &addr)
+            .env("TIDEMARK_DAEMON_METRICS_PUBLIC", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    common::wait_for("metrics to be served", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    common::run_ok(std::process::Command::new("kill").arg(child.id().to_string()));
+    let o = child.wait_with_output().unwrap();
+    assert!(stderr(&o).contains("off loopback") && stderr(&o).contains(&addr), "{}", stderr(&o));
 }

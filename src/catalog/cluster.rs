@@ -22,6 +22,7 @@ pub struct ClusterRecord {
     /// PostgreSQL system identifier (decimal string: JSON numbers lose precision above 2^53).
     pub system_identifier: String,
     /// WAL segment size in bytes.
+    #[serde(deserialize_with = "segment_size")]
     pub wal_segment_size: u64,
     /// Lifecycle state.
     pub state: ClusterState,
@@ -37,6 +38,14 @@ pub struct ClusterRecord {
 
 fn yes() -> bool {
     true
+}
+
+/// A segment size PostgreSQL can have, or a parse error: every WAL object name of the
+/// handle is computed by dividing by it (found by fuzzing: a damaged 6777216 was accepted).
+fn segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = u64::deserialize(d)?;
+    crate::wal::name::check_segment_size(n).map_err(serde::de::Error::custom)?;
+    Ok(n)
 }
 
 /// Reads the cluster record; `None` for a handle never used.
@@ -110,6 +119,71 @@ impl ClusterRecord {
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             deprovisioned_at: None,
             automatic_backups: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_with_an_impossible_segment_size_does_not_parse() {
+        let good = serde_json::to_string(&ClusterRecord::new("c", 7, 16 << 20)).unwrap();
+        assert!(serde_json::from_str::<ClusterRecord>(&good).is_ok());
+        // The fuzzer's find: one digit dropped from 16777216.
+        for bad in ["6777216", "0", "3145728", "2147483648"] {
+            let text = good.replace("16777216", bad);
+            let e = serde_json::from_str::<ClusterRecord>(&text).unwrap_err().to_string();
+            assert!(e.contains("segment size"), "{bad}: {e}");
+        }
+    }
+}
+
+/// Bounded fuzzing of cluster record parsing: damaged JSON is an error or a usable record.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use crate::catalog::backup::fuzz::{json_mutations, json_value, mutate};
+    use proptest::prelude::*;
+
+    fn sample() -> serde_json::Value {
+        let mut r = ClusterRecord::new("orders-db", 7_301_234_567_890_123_456, 16 << 20);
+        r.state = ClusterState::Deprovisioned;
+        r.deprovisioned_at = Some("2026-12-01T00:00:00Z".into());
+        serde_json::to_value(&r).unwrap()
+    }
+
+    /// What a loaded record is used for: its segment size names every WAL object.
+    fn use_record(r: &ClusterRecord) -> Result<(), TestCaseError> {
+        prop_assert!(
+            crate::wal::name::check_segment_size(r.wal_segment_size).is_ok(),
+            "a record with segment size {} was accepted",
+            r.wal_segment_size
+        );
+        let seg = crate::wal::name::Segment { timeline: 1, number: 3 };
+        let _ = crate::wal::name::Segment::parse(&seg.name(r.wal_segment_size), r.wal_segment_size);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_mutated_cluster_records_parse_or_fail_cleanly(muts in json_mutations(3)) {
+            let bytes = mutate(&sample(), &muts);
+            if let Ok(r) = serde_json::from_slice::<ClusterRecord>(&bytes) {
+                use_record(&r)?;
+                let again: ClusterRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+                prop_assert_eq!(again, r);
+            }
+        }
+
+        #[test]
+        fn fuzz_arbitrary_json_is_not_a_cluster_record_panic(v in json_value()) {
+            if let Ok(r) = serde_json::from_value::<ClusterRecord>(v) {
+                use_record(&r)?;
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics on a loopback address (`daemon.metrics_listen`).
+//! Prometheus metrics on `daemon.metrics_listen` (loopback unless `daemon.metrics_public`).
 
 use std::fmt::Write;
 use std::sync::Arc;

@@ -102,7 +102,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding daemon.metrics_listen {addr}"))?;
-            tracing::info!(%addr, "serving Prometheus metrics");
+            let local = l.local_addr().ok();
+            if local.is_some_and(|a| !a.ip().is_loopback()) {
+                // Allowed by daemon.metrics_public; say so where an operator will look.
+                tracing::warn!(%addr, "serving Prometheus metrics off loopback (daemon.metrics_public = true): anyone who can reach this address can read them");
+            } else {
+                tracing::info!(%addr, "serving Prometheus metrics");
+            }
             Some(tokio::spawn(metrics::serve(l, ra.clone())))
         }
         None => None,

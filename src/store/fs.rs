@@ -1,6 +1,7 @@
 //! Local directory store: temp file, fsync, rename (or link for no-clobber), fsync dir.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -10,6 +11,10 @@ use super::{check_key, Leftovers, ObjectMeta, ObjectReader, ObjectStore, PutOutc
 
 /// Temp files start with this; listings skip them and keys may not use it.
 pub const TEMP_PREFIX: &str = ".tidemark-tmp.";
+/// Mode of the objects the store writes: sealed, but nobody else's business.
+pub const OBJECT_MODE: u32 = 0o600;
+/// Mode of the directories the store creates.
+pub const DIR_MODE: u32 = 0o700;
 
 /// A repository in a local directory.
 #[derive(Debug, Clone)]
@@ -44,10 +49,14 @@ impl TempFile {
     /// A new temp file in the directory of `dest` (created if missing).
     fn beside(dest: &Path) -> std::io::Result<TempFile> {
         let dir = dest.parent().ok_or_else(|| std::io::Error::other("key has no parent directory"))?;
-        std::fs::create_dir_all(dir)?;
+        create_dirs(dir)?;
         let path = dir.join(format!("{TEMP_PREFIX}{}", hex::encode(rand::random::<[u8; 8]>())));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { file, path })
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(OBJECT_MODE).open(&path)?;
+        let tmp = TempFile { file, path };
+        if let Some((uid, gid)) = owner_to_inherit(dir)? {
+            std::os::unix::fs::fchown(&tmp.file, Some(uid), Some(gid))?;
+        }
+        Ok(tmp)
     }
 
     /// Its path.
@@ -66,6 +75,38 @@ impl Drop for TempFile {
         // Published objects are links to it; the temp name itself never outlives the write.
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => {}
+        // Another writer made it meanwhile.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    if let Some((uid, gid)) = dir.parent().map(owner_to_inherit).transpose()?.flatten() {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Run as root, what the store creates takes the owner of the directory it is created in:
+/// with 0600/0700 modes a root-owned object would lock the database user out of a
+/// repository it owns (a `policy set` or `backup create` run by an administrator).
+fn owner_to_inherit(dir: &Path) -> std::io::Result<Option<(u32, u32)>> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let m = std::fs::metadata(dir)?;
+    Ok((m.uid() != 0 || m.gid() != 0).then(|| (m.uid(), m.gid())))
 }
 
 /// Writes `data` to a new temp file beside `path`.
@@ -347,5 +388,59 @@ mod sweep_tests {
         assert!(e.path().exists());
         // A root that was never written to is nothing to sweep.
         assert_eq!(sweep_leftovers_in(&e.path().join("none"), cutoff).expect("sweep"), Leftovers::default());
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn objects_are_0600_and_new_directories_0700() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("repo");
+        let s = FsStore::new(&root);
+        s.put("policy.json", Bytes::from_static(b"p")).await.unwrap();
+        s.put_if_absent("clusters/c/cluster.json", Bytes::from_static(b"c")).await.unwrap();
+        let staged = s.stage("clusters/c/wal/00000001/000000010000000000000001").unwrap();
+        let Staged::File(mut t) = staged else { panic!("fs stages to a file") };
+        t.file().write_all(b"w").unwrap();
+        s.commit_if_absent("clusters/c/wal/00000001/000000010000000000000001", Staged::File(t)).await.unwrap();
+        for obj in ["policy.json", "clusters/c/cluster.json", "clusters/c/wal/00000001/000000010000000000000001"] {
+            assert_eq!(mode(&root.join(obj)), OBJECT_MODE, "{obj}");
+        }
+        for dir in ["", "clusters", "clusters/c", "clusters/c/wal", "clusters/c/wal/00000001"] {
+            assert_eq!(mode(&root.join(dir)), DIR_MODE, "{dir:?}");
+        }
+        // A directory that was there keeps its mode: the store changes only what it creates.
+        std::fs::create_dir_all(root.join("open")).unwrap();
+        std::fs::set_permissions(root.join("open"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        s.put("open/x", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!((mode(&root.join("open")), mode(&root.join("open/x"))), (0o755, OBJECT_MODE));
+    }
+
+    #[tokio::test]
+    async fn as_root_new_objects_take_the_owner_of_their_directory() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: ownership inheritance not exercised");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+        // Any ids do: root may chown to ids no user has.
+        std::os::unix::fs::chown(&root, Some(54321), Some(54322)).unwrap();
+        let s = FsStore::new(&root);
+        s.put("clusters/c/cluster.json", Bytes::from_static(b"c")).await.unwrap();
+        for p in ["clusters", "clusters/c", "clusters/c/cluster.json"] {
+            let m = std::fs::metadata(root.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (54321, 54322), "{p}");
+        }
     }
 }

@@ -309,3 +309,69 @@ mod tests {
         assert!(WalFile::parse("000000010000000000000003", SZ).unwrap().is_segment());
     }
 }
+
+/// Bounded fuzzing of WAL names and LSNs: no input panics, and what parses names itself.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every segment size PostgreSQL accepts, and some it does not.
+    fn seg_size() -> impl Strategy<Value = u64> {
+        prop_oneof![4 => (20u32..=30).prop_map(|b| 1u64 << b), 1 => any::<u64>()]
+    }
+
+    /// Strings made of what WAL names are made of, so many of them nearly parse.
+    fn name_like() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9A-Fa-f]{0,26}",
+            "[0-9A-F]{8}\\.history",
+            "[0-9A-F]{24}\\.partial",
+            "[0-9A-F]{24}\\.[0-9A-Fa-f]{0,9}\\.backup",
+            "[0-9A-Fa-f./+ -]{0,40}(\\.history|\\.partial|\\.backup)?",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fuzz_wal_names_parse_or_fail_cleanly(name in name_like(), size in seg_size()) {
+            if let Ok(f) = WalFile::parse(&name, size) {
+                let back = f.file_name(size);
+                prop_assert!(back.eq_ignore_ascii_case(&name), "{name} came back as {back}");
+                prop_assert_eq!(WalFile::parse(&back, size), Ok(f.clone()));
+                prop_assert!(f.timeline() > 0);
+                if let WalFile::Segment(s) | WalFile::Partial(s) | WalFile::BackupLabel(s, _) = f {
+                    // The arithmetic on a parsed segment stays in range.
+                    let start = s.start_lsn(size);
+                    prop_assert_eq!(Segment::containing(s.timeline, start, size), s);
+                    prop_assert_eq!(start.segment_offset(size), 0);
+                }
+            }
+            let _ = Segment::parse(&name, size);
+        }
+
+        #[test]
+        fn fuzz_segments_round_trip(tli in 1u32.., log in any::<u32>(), seg in any::<u32>(), size in (20u32..=30).prop_map(|b| 1u64 << b)) {
+            let per_log = 0x1_0000_0000 / size;
+            let s = Segment { timeline: tli, number: u64::from(log) * per_log + u64::from(seg) % per_log };
+            let name = s.name(size);
+            prop_assert_eq!(name.len(), 24);
+            prop_assert_eq!(Segment::parse(&name, size), Ok(s));
+        }
+
+        #[test]
+        fn fuzz_lsns_parse_or_fail_cleanly(text in prop_oneof!["[0-9A-Fa-f]{0,10}/[0-9A-Fa-f]{0,10}", "[0-9a-f/+ -]{0,20}", any::<String>()]) {
+            if let Ok(l) = text.parse::<Lsn>() {
+                prop_assert_eq!(l.to_string().parse::<Lsn>(), Ok(l));
+            }
+        }
+
+        #[test]
+        fn fuzz_lsn_display_round_trips(v in any::<u64>()) {
+            prop_assert_eq!(Lsn(v).to_string().parse::<Lsn>(), Ok(Lsn(v)));
+        }
+    }
+}

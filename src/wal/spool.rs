@@ -1,10 +1,20 @@
 //! The read-ahead spool: segments waiting for `wal-fetch`, the request read-ahead follows,
 //! and the window it keeps.
+//!
+//! Spooled segments are plaintext WAL, so the spool is private (directory 0700, files 0600)
+//! and bound to the repository and keyring that filled it (`.owner`): a config that could not
+//! have opened those segments is never handed one.
 
+use std::cell::OnceCell;
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{Keyring, KeyringError};
 use crate::wal::name::{Segment, WalFile};
 
 /// Where read-ahead segments wait for `wal-fetch`.
@@ -22,6 +32,21 @@ const WANTED: &str = ".wanted";
 const MARKS: [&str; 2] = ["none", "error"];
 /// Temp-name tag of a restore_command destination being written.
 pub(crate) const DEST_TMP: &str = ".tidemark.";
+/// Spool file naming the repository and keyring the spool was filled for.
+const OWNER: &str = ".owner";
+/// The read-ahead lock.
+const LOCK: &str = ".lock";
+/// Read-ahead's log (kept when the spool is cleared: it explains what happened).
+const PREFETCH_LOG: &str = "prefetch.log";
+/// `.wanted` text that makes a running read-ahead empty the spool and quit (not a segment,
+/// so its window is empty).
+const STOP: &str = "-";
+/// Mode of the spool directory: only its owner may see plaintext WAL.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file in the spool.
+pub const FILE_MODE: u32 = 0o600;
+/// Label of the keyed hashes in a spool binding.
+const BINDING_LABEL: &[u8] = b"tidemark spool binding v1";
 
 impl Spool {
     /// The spool of one cluster under the configured spool directory.
@@ -43,16 +68,43 @@ impl Spool {
         self.path(name).is_file()
     }
 
+    /// Creates the spool directory 0700 (and any missing parents), or makes an existing one of
+    /// ours private again: one written by an older tidemark or a hand-run command under a
+    /// loose umask is 0755 with 0644 segments.
+    pub fn ensure_dir(&self) -> std::io::Result<()> {
+        let meta = match std::fs::metadata(&self.dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&self.dir);
+            }
+            Err(e) => return Err(e),
+        };
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.mode() & 0o077 == 0 || meta.uid() != me {
+            // Private already, or someone else's: not ours to change.
+            return Ok(());
+        }
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_file() && m.uid() == me && m.mode() & 0o077 != 0 {
+                let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(FILE_MODE));
+            }
+        }
+        Ok(())
+    }
+
     /// Atomically adds a file to the spool, for tests (read-ahead streams into it instead).
     #[cfg(test)]
     pub fn put(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        self.ensure_dir()?;
         write_atomic(&self.path(name), data, SPOOL_TMP)
     }
 
     /// Records the segment recovery asked for last; read-ahead keeps the window from it.
     pub fn set_wanted(&self, w: &Wanted) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        self.ensure_dir()?;
         let text = if w.taken { format!("{} taken", w.name) } else { w.name.clone() };
         write_atomic(&self.dir.join(WANTED), text.as_bytes(), SPOOL_TMP)
     }
@@ -68,7 +120,7 @@ impl Spool {
     /// Notes that read-ahead could not spool `name` (`none`: not archived; `error`: failed),
     /// so a wal-fetch waiting for it reads the archive itself instead.
     pub(crate) fn mark(&self, name: &str, what: &str) {
-        let _ = std::fs::write(self.mark_path(name, what), b"");
+        let _ = private_file(&self.mark_path(name, what));
     }
 
     pub(crate) fn unmark(&self, name: &str) {
@@ -102,13 +154,93 @@ impl Spool {
 
     /// The lock a running read-ahead process holds.
     pub fn lock_file(&self) -> std::io::Result<std::fs::File> {
-        std::fs::create_dir_all(&self.dir)?;
-        std::fs::File::create(self.dir.join(".lock"))
+        self.ensure_dir()?;
+        private_file(&self.dir.join(LOCK))
     }
 
     /// Whether a read-ahead process is running for this spool.
     pub fn prefetcher_running(&self) -> bool {
         self.lock_file().is_ok_and(|f| f.try_lock().is_err())
+    }
+
+    /// How the spool's binding compares with `owner`. Reads `.owner` and stats the keyring;
+    /// the keyring itself is read only when its file changed since the spool was bound.
+    pub fn binding(&self, owner: &Owner) -> Result<Binding, BindError> {
+        let text = match std::fs::read_to_string(self.dir.join(OWNER)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Binding::Unbound),
+            Err(e) => return Err(BindError::Io(self.dir.display().to_string(), e)),
+        };
+        // A damaged owner file vouches for nothing.
+        let Some((digest, stamp)) = parse_owner(&text) else {
+            return Ok(Binding::Foreign);
+        };
+        if stamp == owner.stamp()? {
+            return Ok(Binding::Bound);
+        }
+        if digest != owner.digest()? {
+            return Ok(Binding::Foreign);
+        }
+        // Same keys in a touched or moved keyring file: remember the new stamp (best effort).
+        let _ = self.write_owner(owner);
+        Ok(Binding::Bound)
+    }
+
+    /// Binds the spool to `owner` unless it already is, clearing whatever another config (or
+    /// an older tidemark) left. A read-ahead still filling it is told to stop, and waited for up
+    /// to `wait`; false when it did not stop (the spool is then left alone and not served).
+    pub fn claim(&self, owner: &Owner, wait: Duration) -> Result<bool, BindError> {
+        let io = |e| BindError::Io(self.dir.display().to_string(), e);
+        let lock = self.lock_file().map_err(io)?;
+        if lock.try_lock().is_err() {
+            // Read-ahead empties the spool and quits when recovery asks for a non-segment.
+            write_atomic(&self.dir.join(WANTED), STOP.as_bytes(), SPOOL_TMP).map_err(io)?;
+            let began = Instant::now();
+            while lock.try_lock().is_err() {
+                if began.elapsed() >= wait {
+                    tracing::warn!(spool = %self.dir.display(), "the spool belongs to another repository or keyring and its read-ahead is still running; fetching from the archive");
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // Another call of this config may have bound it while this one waited.
+        let was = self.binding(owner)?;
+        if was == Binding::Bound {
+            return Ok(true);
+        }
+        let removed = self.clear().map_err(io)?;
+        self.write_owner(owner)?;
+        if was == Binding::Foreign || removed > 0 {
+            tracing::warn!(
+                spool = %self.dir.display(),
+                removed,
+                "the spool was filled for another repository or keyring (or by an older tidemark): cleared it and bound it to this config"
+            );
+        }
+        Ok(true)
+    }
+
+    /// Removes every file but the lock and read-ahead's log; returns how many went.
+    fn clear(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for e in std::fs::read_dir(&self.dir)?.flatten() {
+            let keep = e.file_name() == LOCK || e.file_name() == PREFETCH_LOG;
+            if !keep && e.file_type().is_ok_and(|t| !t.is_dir()) && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn write_owner(&self, owner: &Owner) -> Result<(), BindError> {
+        let text = format!(
+            "tidemark spool owner v1\ndigest {}\nstamp {}\n",
+            hex::encode(owner.digest()?),
+            hex::encode(owner.stamp()?)
+        );
+        write_atomic(&self.dir.join(OWNER), text.as_bytes(), SPOOL_TMP)
+            .map_err(|e| BindError::Io(self.dir.display().to_string(), e))
     }
 
     /// Moves a spooled file to `dest`; false when it is not spooled.
@@ -160,6 +292,130 @@ impl Spool {
     }
 }
 
+/// How a spool's binding compares with a config's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Filled for this repository and keyring.
+    Bound,
+    /// No binding yet: new, or filled by an older tidemark.
+    Unbound,
+    /// Filled for another repository, cluster or keyring.
+    Foreign,
+}
+
+/// Why a spool's binding could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// The spool could not be read or written.
+    #[error("spool {0}: {1}")]
+    Io(String, std::io::Error),
+    /// The keyring could not be read.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// The config a spool serves: the repository its segments come from and the keyring that
+/// opens them. The keyring is loaded at most once, and only when the cheap check cannot tell.
+#[derive(Debug)]
+pub struct Owner {
+    repository_url: String,
+    cluster: String,
+    keyring_path: PathBuf,
+    keyring: OnceCell<Keyring>,
+}
+
+impl Owner {
+    /// The owner for a config's repository URL, cluster handle and keyring file.
+    pub fn new(repository_url: &str, cluster: &str, keyring_path: &Path) -> Owner {
+        Owner {
+            repository_url: repository_url.to_string(),
+            cluster: cluster.to_string(),
+            keyring_path: keyring_path.to_path_buf(),
+            keyring: OnceCell::new(),
+        }
+    }
+
+    fn keyring(&self) -> Result<&Keyring, KeyringError> {
+        if let Some(k) = self.keyring.get() {
+            return Ok(k);
+        }
+        let k = Keyring::load(&self.keyring_path)?;
+        Ok(self.keyring.get_or_init(|| k))
+    }
+
+    fn digest(&self) -> Result<[u8; 32], KeyringError> {
+        Ok(binding_digest(&self.repository_url, &self.cluster, self.keyring()?))
+    }
+
+    fn stamp(&self) -> Result<[u8; 32], KeyringError> {
+        let m = std::fs::metadata(&self.keyring_path).map_err(|e| KeyringError::Read(self.keyring_path.clone(), e))?;
+        let file = [
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+        ];
+        Ok(stamp_digest(&self.repository_url, &self.cluster, &self.keyring_path.to_string_lossy(), &file))
+    }
+}
+
+/// The spool binding of a config: a digest of the repository URL, the cluster handle, and
+/// each key's id with an HMAC-SHA256 of a fixed label under that key, so it matches only a
+/// keyring with the same keys and cannot be computed without them.
+pub fn binding_digest(repository_url: &str, cluster: &str, keyring: &Keyring) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [BINDING_LABEL, repository_url.as_bytes(), cluster.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for id in keyring.ids() {
+        let Some(key) = keyring.get(id) else { continue };
+        let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(key.bytes()) else { continue };
+        mac.update(BINDING_LABEL);
+        h.update((id.len() as u64).to_be_bytes());
+        h.update(id.as_bytes());
+        h.update(mac.finalize().into_bytes());
+    }
+    h.finalize().into()
+}
+
+/// The cheap check: the same config naming the same keyring file, unchanged since (device,
+/// inode, size, modification and change times), has the same binding without reading it.
+fn stamp_digest(repository_url: &str, cluster: &str, keyring_path: &str, file: &[u64]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in
+        [&b"tidemark spool stamp v1"[..], repository_url.as_bytes(), cluster.as_bytes(), keyring_path.as_bytes()]
+    {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    for v in file {
+        h.update(v.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+/// (binding digest, stamp) from an `.owner` file's text.
+fn parse_owner(text: &str) -> Option<([u8; 32], [u8; 32])> {
+    let mut lines = text.lines();
+    if lines.next()? != "tidemark spool owner v1" {
+        return None;
+    }
+    let field = |line: Option<&str>, name: &str| -> Option<[u8; 32]> {
+        let v = line?.strip_prefix(name)?.strip_prefix(' ')?;
+        hex::decode(v).ok()?.try_into().ok()
+    };
+    Some((field(lines.next(), "digest")?, field(lines.next(), "stamp")?))
+}
+
+/// Opens (creating it 0600 if missing) a file in the spool without truncating it.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(FILE_MODE).open(path)
+}
+
 /// Writes `data` to `dest` via a temp file in the same directory: never a partial `dest`.
 ///
 /// Not fsynced. What restore_command writes is read once by recovery, which asks again after
@@ -182,7 +438,14 @@ pub fn write_atomic_with<E>(
     let base = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
     let tmp = dir.join(format!("{base}{tmp_tag}{}", hex::encode(rand::random::<[u8; 6]>())));
     let res = (|| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(&io_err)?);
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        // Spooled files are plaintext WAL. A destination keeps the caller's umask: PostgreSQL
+        // runs restore_command under its own data-directory umask.
+        if tmp_tag == SPOOL_TMP {
+            opts.mode(FILE_MODE);
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, opts.open(&tmp).map_err(&io_err)?);
         fill(&mut out)?;
         out.flush().map_err(&io_err)?;
         std::fs::rename(&tmp, dest).map_err(&io_err)
@@ -234,6 +497,135 @@ impl Wanted {
 mod tests {
     use super::*;
     use crate::wal::name::DEFAULT_SEGMENT_SIZE;
+
+    const S1: &str = "000000010000000000000001";
+    const S2: &str = "000000010000000000000002";
+
+    fn keyring_file(dir: &Path, name: &str) -> PathBuf {
+        let p = dir.join(name);
+        Keyring::keygen(&p).unwrap();
+        p
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn binding_digest_depends_on_repository_cluster_and_every_key() {
+        let a = Keyring::generate("k1");
+        let same_id_other_key = Keyring::generate("k1");
+        let d = binding_digest;
+        assert_eq!(d("s3://b/p", "c", &a), d("s3://b/p", "c", &a));
+        assert_ne!(d("s3://b/p", "c", &a), d("s3://b/p", "c", &same_id_other_key));
+        assert_ne!(d("s3://b/p", "c", &a), d("s3://b/q", "c", &a));
+        assert_ne!(d("s3://b/p", "c", &a), d("s3://b/p", "d", &a));
+        // Fields are length-prefixed: moving a byte across a boundary is another binding.
+        assert_ne!(d("s3://b/pc", "", &a), d("s3://b/p", "c", &a));
+        let mut rotated = a.clone();
+        rotated.add_generated("k2");
+        assert_ne!(d("s3://b/p", "c", &a), d("s3://b/p", "c", &rotated));
+    }
+
+    #[test]
+    fn a_spool_serves_only_the_config_that_filled_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (ka, kb) = (keyring_file(d.path(), "ka"), keyring_file(d.path(), "kb"));
+        let sp = Spool::new(&d.path().join("spool"), "c");
+        let a = Owner::new("file:///r", "c", &ka);
+        assert_eq!(sp.binding(&a).unwrap(), Binding::Unbound);
+        // What an older tidemark (or anyone) left unbound is not trusted.
+        sp.put(S1, b"unbound").unwrap();
+        assert!(sp.claim(&a, Duration::ZERO).unwrap());
+        assert!(!sp.has(S1));
+        assert_eq!(sp.binding(&a).unwrap(), Binding::Bound);
+        sp.put(S1, b"a's").unwrap();
+        for other in
+            [Owner::new("file:///r", "c", &kb), Owner::new("file:///q", "c", &ka), Owner::new("file:///r", "d", &ka)]
+        {
+            assert_eq!(sp.binding(&other).unwrap(), Binding::Foreign, "{other:?}");
+        }
+        // An unchanged keyring file settles it without reading the keys.
+        let fast = Owner::new("file:///r", "c", &ka);
+        assert_eq!(sp.binding(&fast).unwrap(), Binding::Bound);
+        assert!(fast.keyring.get().is_none(), "the keyring was read");
+        // The same keys in a touched file: read once, still bound, and the stamp is renewed.
+        let f = std::fs::File::options().write(true).open(&ka).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60)).unwrap();
+        let touched = Owner::new("file:///r", "c", &ka);
+        assert_eq!(sp.binding(&touched).unwrap(), Binding::Bound);
+        assert!(touched.keyring.get().is_some());
+        let again = Owner::new("file:///r", "c", &ka);
+        assert_eq!(sp.binding(&again).unwrap(), Binding::Bound);
+        assert!(again.keyring.get().is_none());
+        // Another keyring claims it: everything but the lock and the log goes.
+        sp.mark(S2, "none");
+        sp.set_wanted(&Wanted { name: S1.into(), taken: false }).unwrap();
+        std::fs::write(sp.dir().join(PREFETCH_LOG), b"warnings").unwrap();
+        let b = Owner::new("file:///r", "c", &kb);
+        assert!(sp.claim(&b, Duration::ZERO).unwrap());
+        assert!(!sp.has(S1) && sp.wanted().is_none() && !sp.mark_path(S2, "none").exists());
+        assert!(sp.dir().join(PREFETCH_LOG).exists() && sp.dir().join(LOCK).exists());
+        assert_eq!(sp.binding(&b).unwrap(), Binding::Bound);
+        assert_eq!(sp.binding(&Owner::new("file:///r", "c", &ka)).unwrap(), Binding::Foreign);
+        // A damaged owner file vouches for nothing; a missing keyring is the caller's to report.
+        std::fs::write(sp.dir().join(OWNER), b"tidemark spool owner v1\ndigest zz\n").unwrap();
+        assert_eq!(sp.binding(&b).unwrap(), Binding::Foreign);
+        assert!(sp.claim(&b, Duration::ZERO).unwrap());
+        let gone = Owner::new("file:///r", "c", &d.path().join("no-keyring"));
+        assert!(matches!(sp.binding(&gone), Err(BindError::Keyring(_))));
+    }
+
+    #[test]
+    fn another_configs_running_read_ahead_is_stopped_before_the_spool_is_claimed() {
+        let d = tempfile::tempdir().unwrap();
+        let ka = keyring_file(d.path(), "ka");
+        let sp = Spool::new(d.path(), "c");
+        let a = Owner::new("file:///r", "c", &ka);
+        let lock = sp.lock_file().unwrap();
+        lock.try_lock().unwrap();
+        sp.put(S1, b"someone else's").unwrap();
+        assert!(!sp.claim(&a, Duration::from_millis(30)).unwrap(), "claimed while read-ahead runs");
+        assert!(sp.has(S1), "cleared under a running read-ahead");
+        // Read-ahead reads a non-segment request as the end of its window and quits.
+        let w = sp.wanted().unwrap();
+        assert!(w.window(4, DEFAULT_SEGMENT_SIZE).is_empty(), "{w:?}");
+        let quits = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(lock);
+        });
+        assert!(sp.claim(&a, Duration::from_secs(30)).unwrap());
+        quits.join().unwrap();
+        assert!(!sp.has(S1));
+        assert_eq!(sp.binding(&a).unwrap(), Binding::Bound);
+    }
+
+    #[test]
+    fn the_spool_is_private_and_an_old_one_of_ours_is_made_private() {
+        let d = tempfile::tempdir().unwrap();
+        let ka = keyring_file(d.path(), "ka");
+        let base = d.path().join("new/spool");
+        let sp = Spool::new(&base, "c");
+        assert!(sp.claim(&Owner::new("file:///r", "c", &ka), Duration::ZERO).unwrap());
+        sp.put(S1, b"plaintext WAL").unwrap();
+        sp.mark(S2, "error");
+        sp.set_wanted(&Wanted { name: S1.into(), taken: true }).unwrap();
+        write_atomic_with(&sp.path(S2), SPOOL_TMP, |e| e, |out| out.write_all(b"streamed")).unwrap();
+        for dir in [sp.dir(), base.as_path(), base.parent().unwrap()] {
+            assert_eq!(mode(dir), DIR_MODE, "{}", dir.display());
+        }
+        let mut files = 0;
+        for e in std::fs::read_dir(sp.dir()).unwrap().flatten() {
+            assert_eq!(mode(&e.path()), FILE_MODE, "{}", e.path().display());
+            files += 1;
+        }
+        assert!(files >= 6, "{files} files");
+        // A spool left 0755 with 0644 segments (older tidemark, loose umask) is ours: fixed.
+        std::fs::set_permissions(sp.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(sp.path(S1), std::fs::Permissions::from_mode(0o644)).unwrap();
+        sp.ensure_dir().unwrap();
+        assert_eq!((mode(sp.dir()), mode(&sp.path(S1))), (DIR_MODE, FILE_MODE));
+    }
 
     #[test]
     fn window_follows_segment_numbering() {
