@@ -105,10 +105,18 @@ pub fn bin() -> &'static Path {
             if std::fs::rename(&tmp, &dst).is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
-            // Copies of older builds are no use to anyone.
+            // Copies of builds a day old are no use to anyone; younger ones may belong to a
+            // test run of another checkout going on right now.
+            let day = std::time::Duration::from_secs(86_400);
             for e in std::fs::read_dir(&root).unwrap().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if (n.starts_with("build-") || n.starts_with("tidemark-")) && e.path() != dst {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|a| a > day);
+                if (n.starts_with("build-") || n.starts_with("tidemark-")) && e.path() != dst && old {
                     let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
