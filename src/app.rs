@@ -448,8 +448,9 @@ async fn require_cluster(repo: &Repository) -> Result<(), Failure> {
     let there = crate::catalog::policy::clusters(repo).await?;
     if there.is_empty() {
         return Err(anyhow::anyhow!(
-            "{} does not exist or holds no cluster: check repository.url (or has nothing been archived there yet?)",
-            repo.store().describe()
+            "{} does not exist or holds no cluster: check repository.url, or, if nothing was archived or backed up under '{}' yet, take a first backup with `tidemark backup create`",
+            repo.store().describe(),
+            repo.cluster()
         )
         .into());
     }

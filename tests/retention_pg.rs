@@ -140,3 +140,27 @@ fn daemon_takes_the_automatic_backup_when_one_is_due() {
     tm.stop_daemon();
     pg.stop();
 }
+
+#[test]
+fn daemon_start_after_a_recent_backup_waits_for_the_scheduled_time() {
+    let repo = common::postgres_dir("repo");
+    let mut pg = Pg::init();
+    let mut tm = Tidemark::for_pg("sched2", &Tidemark::fs_url(repo.path()), None, &pg);
+    pg.archive_to(&tm.config);
+    pg.start();
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    tm.start_daemon();
+    common::wait_for("the scheduler's first decision", std::time::Duration::from_secs(60), || {
+        tm.daemon_log().contains("waits for its next scheduled time")
+    });
+    let v = json(&tm.cmd(&["backup", "list", "--output", "json"]).output().unwrap());
+    let kinds: Vec<&str> = v.as_array().unwrap().iter().map(|b| b["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["manual"], "no automatic backup at start after a recent one");
+    // status says when the automatic backup runs.
+    let st = tm.cmd(&["--output", "json", "status"]).output().unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["next_backup"].is_string(), "{st}");
+    tm.stop_daemon();
+    pg.stop();
+}

@@ -43,6 +43,13 @@ pub fn holds_slot(m: &Manifest, now: DateTime<Utc>, stale_limit: Duration, holde
         }
 }
 
+/// Whether the catch-up a daemon start would take is deferred to the next slot: the cluster
+/// has a completed backup (of any kind) that stopped within the last day, so a backup right
+/// now would only duplicate it (pure).
+pub fn defer_start_catch_up(now: DateTime<Utc>, last_completed_stop: Option<DateTime<Utc>>) -> bool {
+    last_completed_stop.is_some_and(|t| now - t < chrono::Duration::days(1))
+}
+
 /// Longest wait between attempts.
 pub const MAX_RETRY_MINUTES: u32 = 30;
 
@@ -86,28 +93,51 @@ impl Retry {
     }
 }
 
-async fn maybe_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>) -> anyhow::Result<Option<String>> {
-    let Some((h, m)) = cfg.time_of_day() else { return Ok(None) };
+/// What one scheduler check decided.
+enum Decision {
+    /// Nothing to do.
+    Nothing,
+    /// The catch-up at start was deferred to the next slot.
+    Deferred,
+    /// A backup is due now.
+    Due,
+    /// A backup was taken.
+    Took(String),
+}
+
+async fn maybe_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_start: bool) -> anyhow::Result<Decision> {
+    Ok(match due_backup(cfg, repo, now, at_start).await? {
+        Decision::Due => Decision::Took(crate::backup::create(cfg, repo, BackupKind::Automatic).await?.id),
+        d => d,
+    })
+}
+
+/// Whether a backup is due now, deferred, or not due.
+async fn due_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_start: bool) -> anyhow::Result<Decision> {
+    let Some((h, m)) = cfg.time_of_day() else { return Ok(Decision::Nothing) };
     if cfg.backup.schedule != "daily" {
-        return Ok(None);
+        return Ok(Decision::Nothing);
     }
     if let Some(rec) = cluster::load(repo).await? {
         if rec.state == ClusterState::Deprovisioned || !rec.automatic_backups {
-            return Ok(None);
+            return Ok(Decision::Nothing);
         }
     }
     let limit = backup::stale_limit();
-    let last = backup::list(repo)
-        .await?
-        .into_iter()
+    let all = backup::list(repo).await?;
+    let last = all
+        .iter()
         .filter(|b| holds_slot(b, now, limit, b.lease.as_ref().is_some_and(backup::holder_gone)))
         .filter_map(|b| DateTime::parse_from_rfc3339(&b.start_time).ok().map(|t| t.with_timezone(&Utc)))
         .max();
     if !backup_due(now, h, m, last) {
-        return Ok(None);
+        return Ok(Decision::Nothing);
     }
-    let made = crate::backup::create(cfg, repo, BackupKind::Automatic).await?;
-    Ok(Some(made.id))
+    let recent = all.iter().filter(|b| b.state == BackupState::Completed).filter_map(|b| b.stop_at()).max();
+    if at_start && defer_start_catch_up(now, recent) {
+        return Ok(Decision::Deferred);
+    }
+    Ok(Decision::Due)
 }
 
 async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
@@ -133,17 +163,25 @@ pub async fn run(cfg: Config, repo: Repository) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sweep: Option<std::time::Instant> = None;
     let mut retry = Retry::default();
+    // The slot whose catch-up at start was deferred: its backup waits for the next slot.
+    let mut deferred: Option<DateTime<Utc>> = None;
+    let mut at_start = true;
     loop {
         tick.tick().await;
         let now = Utc::now();
         let slot = cfg.time_of_day().map(|(h, m)| last_slot(now, h, m));
-        if let Some(slot) = slot.filter(|&s| retry.may_try(now, s)) {
-            match maybe_backup(&cfg, &repo, now).await {
-                Ok(Some(id)) => {
+        if let Some(slot) = slot.filter(|&s| retry.may_try(now, s) && deferred != Some(s)) {
+            match maybe_backup(&cfg, &repo, now, at_start).await {
+                Ok(Decision::Took(id)) => {
                     tracing::info!(backup = %id, "automatic backup completed");
                     retry = Retry::default();
                 }
-                Ok(None) => {}
+                Ok(Decision::Deferred) => {
+                    deferred = Some(slot);
+                    let next = slot + chrono::Duration::days(1);
+                    tracing::info!(next = %next.to_rfc3339(), "a backup completed within the last day: the automatic backup waits for its next scheduled time");
+                }
+                Ok(Decision::Nothing | Decision::Due) => {}
                 Err(e) => {
                     let wait = retry.failed(Utc::now(), slot, minute);
                     tracing::warn!(
@@ -155,6 +193,7 @@ pub async fn run(cfg: Config, repo: Repository) {
                 }
             }
         }
+        at_start = false;
         if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             last_sweep = Some(std::time::Instant::now());
             if let Err(e) = sweep_and_apply(&repo).await {
@@ -179,6 +218,15 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_start_after_a_recent_backup_waits_for_the_slot() {
+        let now = t("2026-12-01T10:00:00Z");
+        assert!(!defer_start_catch_up(now, None), "never backed up: at once");
+        assert!(defer_start_catch_up(now, Some(t("2026-12-01T09:00:00Z"))));
+        assert!(defer_start_catch_up(now, Some(t("2026-11-30T10:00:01Z"))));
+        assert!(!defer_start_catch_up(now, Some(t("2026-11-30T10:00:00Z"))), "a day old: catch up");
     }
 
     #[test]

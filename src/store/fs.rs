@@ -77,8 +77,9 @@ impl Drop for TempFile {
     }
 }
 
-/// Creates `dir` and its missing parents with mode 0700.
-fn create_dirs(dir: &Path) -> std::io::Result<()> {
+/// Creates `dir` and its missing parents with mode 0700 (run as root, each takes the owner
+/// of the directory it is made in).
+pub fn create_dirs(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

@@ -7,7 +7,7 @@
 
 use std::cell::OnceCell;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,10 @@ impl Spool {
         let meta = match std::fs::metadata(&self.dir) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(&self.dir);
+                // Run as root (a hand-run wal-fetch), the directories take their parent's
+                // owner, so the database user can still use the spool (and restores' spools
+                // beside it) afterwards.
+                return crate::store::fs::create_dirs(&self.dir);
             }
             Err(e) => return Err(e),
         };
