@@ -255,7 +255,9 @@ fn spool_is_ours(spool: &Spool, cfg: &Config) -> Result<bool, Failure> {
         Ok(Binding::Bound) => Ok(true),
         // Without read-ahead nothing fills the spool: leave what is there alone.
         Ok(_) if cfg.fetch.prefetch == 0 => Ok(false),
-        Ok(_) => spool.claim(&owner, Duration::from_secs(3)),
+        // Only a switch of repository or keyring pays this wait (a read-ahead notices the
+        // stop request between downloads; a loaded host needed more than 3 s).
+        Ok(_) => spool.claim(&owner, Duration::from_secs(10)),
         Err(e) => Err(e),
     };
     match res {

@@ -576,3 +576,24 @@ fn metrics_off_loopback_need_metrics_public_and_are_logged_at_start() {
     let o = child.wait_with_output().unwrap();
     assert!(stderr(&o).contains("off loopback") && stderr(&o).contains(&addr), "{}", stderr(&o));
 }
+
+#[test]
+fn keygen_as_root_gives_the_keyring_to_the_database_user() {
+    use std::os::unix::fs::MetadataExt;
+    let s = setup("c12");
+    let d = common::postgres_dir("ring");
+    let ring = d.path().join("keyring");
+    let o = s.run(&["keygen", "--out", ring.to_str().unwrap()]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("owned by postgres"), "{}", stderr(&o));
+    let (uid, _) = common::postgres_ids();
+    assert_eq!(std::fs::metadata(&ring).unwrap().uid(), uid);
+    // A keyring the database user cannot read says whose it is and what to do.
+    std::os::unix::fs::chown(&s.tm.keyring, Some(0), Some(0)).unwrap();
+    let p = s.seg(S1, 7, 0);
+    common::chown_postgres(s.wal.path());
+    let o = s.tm.cmd_as_postgres(&["wal-push", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("owned by root") && e.contains("mode 600") && e.contains("chown"), "{e}");
+    assert!(!e.contains("create one with"), "the keyring exists: {e}");
+}

@@ -34,9 +34,12 @@ impl std::fmt::Debug for Key {
 /// Errors loading or writing a keyring.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    /// The file cannot be read.
+    /// The file does not exist.
     #[error("cannot read keyring {0}: {1}; create one with `tidemark keygen --out {0}`")]
     Read(PathBuf, std::io::Error),
+    /// The file exists but this user may not read it.
+    #[error("cannot read keyring {0}: {1} (it is owned by {2}, mode {3:o}, and this command runs as uid {4}); run tidemark as the keyring's owner (the database user, postgres.os_user), or give it to that user with `chown <os_user> {0}`")]
+    Denied(PathBuf, std::io::Error, String, u32, u32),
     /// The file is readable by group or others.
     #[error("keyring {0} is readable by group/other (mode {1:o}); fix it with `chmod 600 {0}`")]
     Permissions(PathBuf, u32),
@@ -116,7 +119,16 @@ impl Keyring {
         if mode & 0o077 != 0 {
             return Err(KeyringError::Permissions(path.to_path_buf(), mode));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| KeyringError::Read(path.to_path_buf(), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                use std::os::unix::fs::MetadataExt;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                KeyringError::Denied(path.to_path_buf(), e, user_name(meta.uid()), mode, me)
+            } else {
+                KeyringError::Read(path.to_path_buf(), e)
+            }
+        })?;
         Self::parse(&text).map_err(|m| KeyringError::Invalid(path.to_path_buf(), m))
     }
 
@@ -176,6 +188,19 @@ impl Keyring {
         ring.save(path)?;
         Ok((ring, id))
     }
+}
+
+/// The account name of `uid` from /etc/passwd, else `uid N`.
+pub fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 #[cfg(test)]
