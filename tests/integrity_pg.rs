@@ -568,3 +568,35 @@ fn check_proves_the_archive_path_and_names_what_is_wrong() {
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(failed(&v), ["archive_command", "daemon", "wal switch"].map(String::from).to_vec(), "{v:#}");
 }
+
+#[test]
+fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
+    use std::os::unix::fs::MetadataExt;
+    let repo = common::postgres_dir("repo");
+    let (mut pg, tm) = server("rooted", &Tidemark::fs_url(repo.path()));
+    pg.start();
+    pg.sql("create table t(id int primary key, who text)");
+    write_and_switch(&pg, "a", 100);
+    // An administrator's backup, as root.
+    let o = tm.cmd(&["--output", "json", "backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
+    let (uid, _) = common::postgres_ids();
+    let mut stack = vec![repo.path().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = e.metadata().unwrap();
+            assert_eq!(m.uid(), uid, "{} is not the database user's", e.path().display());
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    // Archiving (PostgreSQL's own archive_command, as postgres) goes on, and the database
+    // user can purge the administrator's backup.
+    write_and_switch(&pg, "b", 100);
+    pg.switch_wal_archived(Duration::from_secs(60));
+    let o = tm.cmd_as_postgres(&["backup", "purge", &id, "--yes"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(pg.sql("select failed_count from pg_stat_archiver") == "0", "{}", pg.log());
+}
