@@ -89,6 +89,9 @@ pub struct RepositoryConfig {
     pub region: Option<String>,
     /// S3-compatible endpoint.
     pub endpoint: Option<String>,
+    /// Most repository reads a command has in flight at once (open files on a directory,
+    /// requests on S3): bounded, so neither grows with the archive.
+    pub max_in_flight: usize,
 }
 
 /// `[encryption]`
@@ -203,7 +206,7 @@ impl Default for PostgresConfig {
 
 impl Default for RepositoryConfig {
     fn default() -> Self {
-        RepositoryConfig { url: "file:///var/lib/tidemark/repo".into(), region: None, endpoint: None }
+        RepositoryConfig { url: "file:///var/lib/tidemark/repo".into(), region: None, endpoint: None, max_in_flight: 32 }
     }
 }
 
@@ -417,6 +420,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "backup.time_of_day",
                 format!("'{}' must be HH:MM (UTC)", self.backup.time_of_day),
+            ));
+        }
+        if !(1..=1024).contains(&self.repository.max_in_flight) {
+            return Err(ConfigError::Invalid(
+                "repository.max_in_flight",
+                format!("{} must be between 1 and 1024", self.repository.max_in_flight),
             ));
         }
         let url = &self.repository.url;

@@ -39,6 +39,8 @@ pub struct Repository {
     cluster: String,
     /// EC2 endpoint override for the backups' EBS snapshots (part of the repository's data).
     ec2_endpoint: Option<String>,
+    /// Reads in flight at once when loading many objects (`repository.max_in_flight`).
+    in_flight: usize,
 }
 
 /// Reads everything from `r` while hashing it; returns (bytes read, hex digest).
@@ -98,17 +100,23 @@ impl Repository {
         let store = store::open(&cfg.repository.url, &cfg.store_options()).await?;
         let mut repo = Repository::new(store, Arc::new(keyring), cfg.archive.compression_level, &cfg.cluster);
         repo.ec2_endpoint = cfg.ebs.endpoint.clone();
+        repo.in_flight = cfg.repository.max_in_flight.max(1);
         Ok(repo)
     }
 
     /// Assembles a repository from parts.
     pub fn new(store: Arc<dyn ObjectStore>, keyring: Arc<Keyring>, level: i32, cluster: &str) -> Repository {
-        Repository { store, keyring, level, cluster: cluster.to_string(), ec2_endpoint: None }
+        Repository { store, keyring, level, cluster: cluster.to_string(), ec2_endpoint: None, in_flight: 32 }
     }
 
     /// The same repository seen as another cluster handle.
     pub fn for_cluster(&self, cluster: &str) -> Repository {
         Repository { cluster: cluster.to_string(), ..self.clone() }
+    }
+
+    /// How many reads to keep in flight when loading many objects.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// EC2 endpoint override for EBS snapshots, if any.

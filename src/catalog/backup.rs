@@ -467,7 +467,16 @@ pub async fn list(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
     let prefix = format!("{}backups/", repo.cluster_prefix());
     let metas = repo.store().list(&prefix).await?;
     let keys: Vec<String> = metas.into_iter().map(|m| m.key).filter(|k| k.ends_with("/manifest.json")).collect();
-    let loaded = futures::future::try_join_all(keys.iter().map(|k| repo.get_json::<Manifest>(k))).await?;
+    use futures::stream::{StreamExt, TryStreamExt};
+    // Bounded: open files and requests must not grow with the number of backups.
+    let reads = keys.into_iter().map(|k| {
+        let r = repo.clone();
+        async move { r.get_json::<Manifest>(&k).await }
+    });
+    let loaded: Vec<Option<Manifest>> = futures::stream::iter(reads)
+        .buffered(repo.in_flight())
+        .try_collect()
+        .await?;
     let mut out: Vec<Manifest> = loaded.into_iter().flatten().collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)

@@ -112,9 +112,6 @@ pub async fn load(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Opti
     repo.get_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size))).await
 }
 
-/// Index reads in flight at once while loading an archive view: bounded, so open files and
-/// requests do not grow with the archive.
-const LOAD_IN_FLIGHT: usize = 32;
 
 /// Timelines present in the archive.
 pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
@@ -155,7 +152,7 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
         .collect();
     use futures::stream::{StreamExt, TryStreamExt};
     let loaded: Vec<Option<SegmentIndex>> = futures::stream::iter(keys.iter().map(|(_, k)| repo.get_json(k)))
-        .buffered(LOAD_IN_FLIGHT)
+        .buffered(repo.in_flight())
         .try_collect()
         .await?;
     for ((n, _), idx) in keys.iter().zip(loaded) {
