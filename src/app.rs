@@ -261,6 +261,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             );
                         }
                     }
+                    for h in &report.foreign_histories {
+                        outln!("history {h}");
+                    }
                     for b in &report.backups {
                         if b.problems.is_empty() {
                             outln!("backup {} ({:?}): ok", b.id, b.state);

@@ -206,7 +206,12 @@ impl Default for PostgresConfig {
 
 impl Default for RepositoryConfig {
     fn default() -> Self {
-        RepositoryConfig { url: "file:///var/lib/tidemark/repo".into(), region: None, endpoint: None, max_in_flight: 32 }
+        RepositoryConfig {
+            url: "file:///var/lib/tidemark/repo".into(),
+            region: None,
+            endpoint: None,
+            max_in_flight: 32,
+        }
     }
 }
 

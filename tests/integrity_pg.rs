@@ -600,3 +600,39 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(pg.sql("select failed_count from pg_stat_archiver") == "0", "{}", pg.log());
 }
+
+#[test]
+fn stray_history_files_are_reported_and_never_followed() {
+    let repo = common::postgres_dir("repo");
+    let (mut pg, tm) = server("hist", &Tidemark::fs_url(repo.path()));
+    pg.start();
+    pg.sql("create table t(id int primary key, who text)");
+    write_and_switch(&pg, "a", 300);
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    write_and_switch(&pg, "b", 300);
+    pg.switch_wal_archived(Duration::from_secs(60));
+    // Planted by hand (not through wal-push, which refuses both): a history that branches
+    // from timeline 1 far ahead but has no WAL, and one whose lineage is not this cluster's.
+    let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = tidemark::repo::Repository::open(&cfg).await.unwrap();
+        for (tli, text) in [(2u32, "1\t10/0\tplanted\n"), (5, "4\t0/5000000\tplanted\n")] {
+            let key = r.wal_key(&tidemark::wal::name::WalFile::History(tli), 1 << 20);
+            r.put_sealed(&key, bytes::Bytes::from(text)).await.unwrap();
+        }
+    });
+    let v = tm.cmd(&["verify"]).output().unwrap();
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    assert!(stdout(&v).contains("00000005.history") && !stdout(&v).contains("00000002.history"), "{}", stdout(&v));
+    // `--latest` follows timeline 1 (the only lineage with WAL) and gets every row.
+    let want = pg.sql(CHECKSUM);
+    let scratch = common::postgres_dir("restore");
+    let dir = scratch.path().join("latest");
+    let (o, r) = restore_latest(&tm, &pg, &dir);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(r.sql(CHECKSUM), want);
+    let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("recovery_target_timeline = '1'"), "{conf}");
+}

@@ -473,10 +473,7 @@ pub async fn list(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
         let r = repo.clone();
         async move { r.get_json::<Manifest>(&k).await }
     });
-    let loaded: Vec<Option<Manifest>> = futures::stream::iter(reads)
-        .buffered(repo.in_flight())
-        .try_collect()
-        .await?;
+    let loaded: Vec<Option<Manifest>> = futures::stream::iter(reads).buffered(repo.in_flight()).try_collect().await?;
     let mut out: Vec<Manifest> = loaded.into_iter().flatten().collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)

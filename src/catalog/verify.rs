@@ -41,6 +41,9 @@ pub struct BackupReport {
 pub struct Report {
     /// True when nothing is wrong.
     pub ok: bool,
+    /// Timeline history files that cannot be this cluster's: unreadable, or whose lineage
+    /// holds none of the timelines with archived WAL.
+    pub foreign_histories: Vec<String>,
     /// Per timeline.
     pub timelines: Vec<TimelineReport>,
     /// Per backup.
@@ -98,6 +101,28 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
             breaks,
         });
     }
+    let mut foreign_histories = Vec::new();
+    let mut with_wal = std::collections::BTreeSet::new();
+    let all_tlis = wal_index::timelines(repo).await?;
+    for tli in &all_tlis {
+        let metas = repo.store().list(&repo.wal_prefix(*tli)).await?;
+        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
+            with_wal.insert(*tli);
+        }
+    }
+    for tli in &all_tlis {
+        let key = repo.wal_key(&crate::wal::name::WalFile::History(*tli), seg_size);
+        let Some(bytes) = repo.get_opened(&key).await? else { continue };
+        let name = format!("{tli:08X}.history");
+        match crate::wal::history::parse_history(&bytes, *tli) {
+            Err(e) => foreign_histories.push(format!("{name}: not a timeline history PostgreSQL can read ({e})")),
+            Ok(anc) if !anc.iter().any(|a| with_wal.contains(&a.timeline)) => foreign_histories.push(format!(
+                "{name}: its lineage ({}) holds none of the timelines with archived WAL; restores do not follow it",
+                anc.iter().map(|a| a.timeline.to_string()).collect::<Vec<_>>().join(", ")
+            )),
+            Ok(_) => {}
+        }
+    }
     let mut backups = Vec::new();
     for m in &manifests {
         let mut problems = Vec::new();
@@ -121,9 +146,10 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         }
         backups.push(BackupReport { id: m.id.clone(), state: m.state, problems });
     }
-    let ok = timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty())
+    let ok = foreign_histories.is_empty()
+        && timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty())
         && backups.iter().all(|b| b.problems.is_empty());
-    Ok(Report { ok, timelines, backups })
+    Ok(Report { ok, foreign_histories, timelines, backups })
 }
 
 #[cfg(test)]

@@ -112,7 +112,6 @@ pub async fn load(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Opti
     repo.get_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size))).await
 }
 
-
 /// Timelines present in the archive.
 pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
     let metas = repo.store().list(&repo.wal_root()).await?;

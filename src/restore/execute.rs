@@ -47,6 +47,9 @@ pub struct RecoverySettings {
     pub restore_command: String,
     /// Port for the new cluster.
     pub port: Option<u16>,
+    /// `recovery_target_timeline`: the lineage the plan chose (instead of `latest`, which a
+    /// stray history file in the archive could lead astray).
+    pub timeline: Option<u32>,
 }
 
 /// Checks DIR is absent or empty.
@@ -177,6 +180,9 @@ pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> Stri
         // PostgreSQL's timestamptz input wants a space and a numeric zone, not RFC 3339's T/Z.
         Target::Time(t) => c.push_str(&format!("recovery_target_time = '{}'\n", t.format("%Y-%m-%d %H:%M:%S%.6f+00"))),
         Target::Lsn(l) => c.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+    }
+    if let Some(t) = s.timeline {
+        c.push_str(&format!("recovery_target_timeline = '{t}'\n"));
     }
     if let Some(p) = s.port {
         c.push_str(&format!("port = {p}\n"));

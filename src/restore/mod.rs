@@ -167,7 +167,9 @@ pub async fn run_with(
     }
     restore_command.push_str(" wal-fetch %f %p");
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
-    let settings = execute::RecoverySettings { restore_command, port: req.port };
+    let timeline = follow_timeline(repo, &m).await?;
+    tracing::info!(timeline, "recovery follows this timeline");
+    let settings = execute::RecoverySettings { restore_command, port: req.port, timeline: Some(timeline) };
     let (data_dir, volumes) = match &m.ebs {
         Some(refs) if m.provider == "ebs" => {
             let mounted = crate::snapshot::ebs::restore_volumes(cfg, refs, &m, &req.target_dir, &req.ebs, host).await?;
@@ -195,7 +197,7 @@ pub async fn run_with(
         let r =
             tokio::task::spawn_blocking(move || execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600)))
                 .await??;
-        if let Err(e) = check_reached(&p, m.timeline, &r) {
+        if let Err(e) = check_reached(&p, m.timeline != timeline, &r) {
             // A cluster short of its target must not be mistaken for the restore asked for.
             let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
             let dir = data_dir.clone();
@@ -221,11 +223,39 @@ pub async fn run_with(
     })
 }
 
+/// The timeline recovery follows from backup `m`: the archive's history files that parse and
+/// descend from it with WAL of their own (see [`plan::lineage_timeline`]).
+pub async fn follow_timeline(repo: &Repository, m: &Manifest) -> anyhow::Result<u32> {
+    let (histories, with_wal) = archived_timelines(repo).await?;
+    Ok(plan::lineage_timeline(m.timeline, m.stop_lsn.unwrap_or(m.start_lsn), &histories, &with_wal))
+}
+
+/// The archive's readable timeline histories, and the timelines with WAL segments.
+pub async fn archived_timelines(
+    repo: &Repository,
+) -> anyhow::Result<(BTreeMap<u32, Vec<crate::wal::history::Ancestor>>, std::collections::BTreeSet<u32>)> {
+    let mut histories = BTreeMap::new();
+    let mut with_wal = std::collections::BTreeSet::new();
+    for tli in wal_index::timelines(repo).await? {
+        let metas = repo.store().list(&repo.wal_prefix(tli)).await?;
+        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
+            with_wal.insert(tli);
+        }
+        let key = repo.wal_key(&crate::wal::name::WalFile::History(tli), crate::wal::name::DEFAULT_SEGMENT_SIZE);
+        if let Some(bytes) = repo.get_opened(&key).await? {
+            if let Ok(anc) = crate::wal::history::parse_history(&bytes, tli) {
+                histories.insert(tli, anc);
+            }
+        }
+    }
+    Ok((histories, with_wal))
+}
+
 /// Whether recovery reached what the plan says it must (pure). Time and LSN targets end
 /// with PostgreSQL's own "recovery stopping" (it refuses to promote short of them); for
 /// `--latest`, replay must have applied the last complete archived record, unless recovery
-/// followed a newer timeline (then LSNs of the planned one do not compare).
-pub fn check_reached(p: &RestorePlan, timeline: u32, r: &execute::Reached) -> anyhow::Result<()> {
+/// was set to follow a newer timeline (then LSNs of the planned one do not compare).
+pub fn check_reached(p: &RestorePlan, followed_newer: bool, r: &execute::Reached) -> anyhow::Result<()> {
     match p.target {
         Target::Time(_) | Target::Lsn(_) => {
             if r.stopped.is_none() {
@@ -236,7 +266,6 @@ pub fn check_reached(p: &RestorePlan, timeline: u32, r: &execute::Reached) -> an
             }
         }
         Target::Latest => {
-            let followed_newer = r.timeline.is_some_and(|t| t > timeline + 1);
             if let (Some(want), false) = (p.must_reach, followed_newer) {
                 match r.redo_done {
                     Some(got) if got >= want => {}

@@ -119,6 +119,25 @@ pub fn chain_breaks(archive: &Archive, from: u64) -> Vec<ChainBreak> {
     out
 }
 
+/// The timeline recovery should follow from a backup on `backup_tli` (pure): the newest
+/// timeline whose history descends from `backup_tli` after the backup's consistency point
+/// (`stop`) and that has WAL archived; `backup_tli` itself when none does. A history file
+/// with no WAL of its own, or one that branched before the backup, is not followed.
+pub fn lineage_timeline(
+    backup_tli: u32,
+    stop: Lsn,
+    histories: &BTreeMap<u32, Vec<crate::wal::history::Ancestor>>,
+    with_wal: &std::collections::BTreeSet<u32>,
+) -> u32 {
+    histories
+        .iter()
+        .filter(|(tli, _)| **tli > backup_tli && with_wal.contains(tli))
+        .filter(|(_, anc)| anc.iter().any(|a| a.timeline == backup_tli && a.switchpoint >= stop))
+        .map(|(tli, _)| *tli)
+        .max()
+        .unwrap_or(backup_tli)
+}
+
 /// Walks consecutive segments from `first`, following each one's join: the last segment
 /// of the unbroken run and, if the run ends at a segment that does not continue it, why.
 /// `None` when `first` is missing (pure).
@@ -543,6 +562,28 @@ mod tests {
         // A newer backup taken after the break has a history of its own.
         let bs2 = [backup("b1", 2, 3, 31), backup("b2", 10, 11, 111)];
         assert_eq!(plan(&bs2, &a, Target::Latest, None).unwrap().backup, "b2");
+    }
+
+    #[test]
+    fn recovery_follows_only_archived_descendants_of_the_backup() {
+        use crate::wal::history::Ancestor;
+        let a = |timeline, lsn| Ancestor { timeline, switchpoint: Lsn(lsn) };
+        let mut h = BTreeMap::new();
+        let wal: std::collections::BTreeSet<u32> = [1, 2, 3].into();
+        assert_eq!(lineage_timeline(1, Lsn(100), &h, &wal), 1, "no history: stay");
+        h.insert(2, vec![a(1, 500)]);
+        h.insert(3, vec![a(1, 500), a(2, 900)]);
+        assert_eq!(lineage_timeline(1, Lsn(100), &h, &wal), 3);
+        assert_eq!(lineage_timeline(2, Lsn(600), &h, &wal), 3);
+        // A history without WAL of its own (planted, or not yet written to) is not followed.
+        h.insert(4, vec![a(1, 500), a(2, 900), a(3, 1000)]);
+        assert_eq!(lineage_timeline(1, Lsn(100), &h, &wal), 3);
+        // A branch before the backup's consistency point does not carry the backup.
+        assert_eq!(lineage_timeline(1, Lsn(700), &h, &wal), 1);
+        // Another branch of timeline 1, never of 2.
+        let mut h2 = BTreeMap::new();
+        h2.insert(5, vec![a(2, 100)]);
+        assert_eq!(lineage_timeline(1, Lsn(50), &h2, &[5].into()), 1);
     }
 
     #[test]
