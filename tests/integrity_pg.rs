@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Pg, Tidemark};
+use common::{Pg, Restored, Tidemark};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -21,36 +21,8 @@ fn stdout(o: &Output) -> String {
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || who, ',' order by id), '')) from t";
 
-/// A restored cluster, stopped on drop.
-struct Restored {
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-}
-
-impl Restored {
-    fn sql(&self, sql: &str) -> String {
-        common::psql(&self.sock, self.port, sql)
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = common::as_postgres(common::pg_bin().join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-w", "-m", "immediate", "stop"])
-            .output();
-    }
-}
-
 fn restore_latest(tm: &Tidemark, pg: &Pg, dir: &Path) -> (Output, Restored) {
-    let port = common::free_port();
-    let o = tm
-        .cmd(&["restore", "--target-dir", dir.to_str().unwrap(), "--latest", "--start", "--port", &port.to_string()])
-        .output()
-        .unwrap();
-    (o, Restored { dir: dir.to_path_buf(), sock: pg.sock.clone(), port })
+    common::restore_started(tm, pg, dir, &["--latest"])
 }
 
 /// A server with 1 MiB segments archiving through `tm`'s config, with a daemon.

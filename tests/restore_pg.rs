@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Moto, Pg, Tidemark};
+use common::{Moto, Pg, Restored, Tidemark};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -18,40 +18,11 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A restored cluster, stopped on drop.
-struct Restored {
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-}
-
-impl Restored {
-    fn sql(&self, sql: &str) -> String {
-        common::psql(&self.sock, self.port, sql)
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = common::as_postgres(common::pg_bin().join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-w", "-m", "immediate", "stop"])
-            .output();
-    }
-}
-
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || payload, ',' order by id), '')) from t";
 
 fn restore(tm: &Tidemark, pg: &Pg, dir: &Path, target: &[&str]) -> (Output, Restored) {
-    let port = common::free_port();
-    let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port"];
-    let p = port.to_string();
-    args.push(&p);
-    args.extend_from_slice(target);
-    let o = tm.cmd(&args).output().unwrap();
-    (o, Restored { dir: dir.to_path_buf(), sock: pg.sock.clone(), port })
+    common::restore_started(tm, pg, dir, target)
 }
 
 fn scenario(url: &str, endpoint: Option<String>) {

@@ -456,6 +456,44 @@ impl Drop for Pg {
     }
 }
 
+/// A restored cluster (started by `restore --start`), stopped on drop. It keeps the
+/// backup's socket directory: its source's.
+pub struct Restored {
+    /// Data directory.
+    pub dir: PathBuf,
+    /// Socket directory.
+    pub sock: PathBuf,
+    /// Port.
+    pub port: u16,
+}
+
+impl Restored {
+    /// Runs SQL against it.
+    pub fn sql(&self, sql: &str) -> String {
+        psql(&self.sock, self.port, sql)
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = as_postgres(pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-w", "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// `restore --target-dir DIR --start --port P TARGET...` as root, from backups of `source`.
+pub fn restore_started(tm: &Tidemark, source: &Pg, dir: &Path, target: &[&str]) -> (Output, Restored) {
+    let port = free_port();
+    let p = port.to_string();
+    let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port", &p];
+    args.extend_from_slice(target);
+    let o = tm.cmd(&args).output().unwrap();
+    (o, Restored { dir: dir.to_path_buf(), sock: source.sock.clone(), port })
+}
+
 /// Segment number of a 24-hex segment name (16 MiB segments).
 pub fn seg_no(name: &str) -> u64 {
     let log = u64::from_str_radix(&name[8..16], 16).unwrap();
@@ -720,44 +758,6 @@ impl FaultProxy {
     }
 }
 
-fn read_http(s: &mut TcpStream, to_eof: bool) -> std::io::Result<(String, Vec<u8>)> {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut body = buf[head_end..].to_vec();
-    let len = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
-    });
-    match len {
-        Some(len) => {
-            while body.len() < len {
-                let n = s.read(&mut chunk)?;
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-        }
-        None if to_eof => {
-            s.read_to_end(&mut body)?;
-        }
-        None => {}
-    }
-    Ok((head, body))
-}
-
 fn with_headers(head: &str, len: usize) -> String {
     let mut out = String::new();
     for (i, l) in head.trim_end().lines().enumerate() {
@@ -774,7 +774,7 @@ fn with_headers(head: &str, len: usize) -> String {
 
 fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>) -> std::io::Result<()> {
     use std::io::Write;
-    let (head, body) = read_http(&mut c, false)?;
+    let (head, body) = read_message(&mut c, false)?;
     let text = String::from_utf8_lossy(&body);
     let action = text.split('&').find_map(|kv| kv.strip_prefix("Action=")).unwrap_or("").to_string();
     let (throttle, rewrite, code) = {
@@ -803,7 +803,7 @@ fn serve_one(mut c: TcpStream, upstream: u16, faults: &std::sync::Mutex<Faults>)
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     up.write_all(with_headers(&head, body.len()).as_bytes())?;
     up.write_all(&body)?;
-    let (rhead, rbody) = read_http(&mut up, true)?;
+    let (rhead, rbody) = read_message(&mut up, true)?;
     let mut rtext = String::from_utf8_lossy(&rbody).into_owned();
     for (from, to) in &rewrite {
         rtext = rtext.replace(from, to);
@@ -820,7 +820,7 @@ pub fn imds_server(values: &'static [(&'static str, &'static str)]) -> u16 {
     std::thread::spawn(move || {
         for mut c in l.incoming().flatten() {
             use std::io::Write;
-            let Ok((head, _)) = read_http(&mut c, false) else { continue };
+            let Ok((head, _)) = read_message(&mut c, false) else { continue };
             let line = head.lines().next().unwrap_or_default().to_string();
             let has_token = head.to_ascii_lowercase().contains("x-aws-ec2-metadata-token: tok");
             let (status, body) = if line.starts_with("PUT /latest/api/token") {
