@@ -608,3 +608,58 @@ fn stray_history_files_are_reported_and_never_followed() {
     let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("recovery_target_timeline = '1'"), "{conf}");
 }
+
+/// `--output json ARGS` as postgres: its exit status must be `ok`, its stdout one JSON document.
+fn json_of(tm: &Tidemark, args: &[&str], ok: bool) -> serde_json::Value {
+    let mut full = vec!["--output", "json"];
+    full.extend_from_slice(args);
+    let o = tm.cmd_as_postgres(&full).output().unwrap();
+    assert_eq!(o.status.success(), ok, "{args:?}: {}{}", stdout(&o), stderr(&o));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", stdout(&o)))
+}
+
+#[test]
+fn every_command_prints_one_json_document() {
+    let repo = common::postgres_dir("repo");
+    let (mut pg, mut tm) = server("json", &Tidemark::fs_url(repo.path()));
+    pg.conf("archive_timeout = 60");
+    pg.start();
+    pg.sql("create table t(id int primary key, who text)");
+    write_and_switch(&pg, "a", 100);
+    tm.start_daemon();
+    let b = json_of(&tm, &["backup", "create"], true);
+    let id = b["id"].as_str().unwrap().to_string();
+    write_and_switch(&pg, "b", 100);
+    pg.switch_wal_archived(Duration::from_secs(60));
+    let scratch = common::postgres_dir("restore");
+    let target = scratch.path().join("r");
+    let ring = scratch.path().join("ring");
+    for (args, ok) in [
+        (vec!["status"], true),
+        (vec!["check", "--timeout", "30"], true),
+        (vec!["window"], true),
+        (vec!["verify"], true),
+        (vec!["backup", "list"], true),
+        (vec!["backup", "show", &id], true),
+        (vec!["backup", "orphaned"], true),
+        (vec!["policy", "show"], true),
+        (vec!["policy", "set", "--daily", "40", "--dry-run"], true),
+        (vec!["automatic-backups", "disable"], true),
+        (vec!["automatic-backups", "enable"], true),
+        (vec!["keygen", "--out", ring.to_str().unwrap()], true),
+        (vec!["restore", "--target-dir", target.to_str().unwrap(), "--latest"], true),
+        (vec!["backup", "show", "nosuch"], false),
+        (vec!["window", "--cluster", "nosuch"], false),
+        (vec!["restore", "--target-dir", target.to_str().unwrap(), "--latest"], false),
+        (vec!["backup", "purge", &id, "--yes"], true),
+    ] {
+        let v = json_of(&tm, &args, ok);
+        if !ok {
+            assert!(v["error"].is_string() && v["exit_code"] == 1, "{args:?}: {v}");
+        }
+    }
+    tm.stop_daemon();
+    let v = json_of(&tm, &["deprovision", "--yes"], true);
+    assert!(v.is_object(), "{v}");
+}
