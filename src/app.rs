@@ -245,7 +245,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                         for b in &t.breaks {
                             outln!("timeline {}: WAL history breaks at {b}", t.timeline);
                         }
-                        if t.gaps.is_empty() && t.breaks.is_empty() {
+                        if t.last.is_none() && t.gaps.is_empty() {
+                            outln!("timeline {}: a history file, no WAL segments archived", t.timeline);
+                        } else if t.gaps.is_empty() && t.breaks.is_empty() {
                             outln!("timeline {}: WAL continuous {range}", t.timeline);
                         } else if t.gaps.is_empty() {
                             outln!(
