@@ -76,12 +76,20 @@ pub fn chown_postgres(p: &Path) {
 
 /// The tidemark front end, copied with the agent beside it where the postgres user can run
 /// them (the checkout may not be). One copy per build, shared by every test process, so
-/// runs do not pile up copies.
+/// runs do not pile up copies. Copies are named after the build's target directory too:
+/// test runs of other checkouts (worktrees) sharing /tmp keep theirs.
 pub fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let srcs = [Path::new(env!("CARGO_BIN_EXE_tidemark")), Path::new(env!("CARGO_BIN_EXE_tidemark-agent"))];
-        let mut stamp = String::new();
+        // Which checkout built these: another worktree's runs must not lose their copy.
+        let owner = {
+            use sha2::{Digest, Sha256};
+            let dir = srcs[0].parent().unwrap_or(srcs[0]);
+            let h = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+            h[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let mut stamp = format!("-{owner}");
         for src in srcs {
             let meta = std::fs::metadata(src).unwrap();
             let t = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -105,10 +113,19 @@ pub fn bin() -> &'static Path {
             if std::fs::rename(&tmp, &dst).is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
-            // Copies of older builds are no use to anyone.
+            // Copies of this checkout's older builds are no use to anyone; another checkout's
+            // only once a day old (its tests may be running now).
+            let mine = format!("build-{owner}-");
+            let day_old = |e: &std::fs::DirEntry| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > Duration::from_secs(24 * 3600)))
+            };
             for e in std::fs::read_dir(&root).unwrap().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if (n.starts_with("build-") || n.starts_with("tidemark-")) && e.path() != dst {
+                let stale =
+                    n.starts_with(&mine) || ((n.starts_with("build-") || n.starts_with("tidemark-")) && day_old(&e));
+                if stale && e.path() != dst {
                     let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
