@@ -280,6 +280,64 @@ fn scenario(major: u32) {
     );
 }
 
+/// A major the reader does not know (here PostgreSQL 15's WAL relabelled with a future
+/// page magic on its way to the archive): archiving never stops, and `window` and a
+/// --target-time restore say commit times are unknown and what works, not "no commits".
+#[test]
+fn unknown_major_keeps_archiving_and_says_what_works() {
+    let repo_dir = common::postgres_dir("repo");
+    let url = Tidemark::fs_url(repo_dir.path());
+    let mut pg = Pg::init_major(15, &["--wal-segsize=1"]);
+    let tm = Tidemark::for_pg("future", &url, None, &pg);
+    pg.archive_to(&tm.config);
+    // Record CRCs do not cover page headers: relabelled WAL stays intact WAL of "PostgreSQL 19".
+    let script = tm.dir.path().join("relabel.py");
+    std::fs::write(
+        &script,
+        "import os, re, sys\np = sys.argv[1]\nif re.fullmatch(r'[0-9A-F]{24}', os.path.basename(p)):\n    with open(p, 'r+b') as f:\n        for off in range(0, os.fstat(f.fileno()).st_size, 8192):\n            f.seek(off)\n            if f.read(2) != b'\\0\\0':\n                f.seek(off)\n                f.write((0xD121).to_bytes(2, 'little'))\n",
+    )
+    .unwrap();
+    common::chown_postgres(&script);
+    pg.conf(&format!(
+        "archive_command = 'python3 {} %p && {} --config {} wal-push %p'",
+        script.display(),
+        common::bin().display(),
+        tm.config.display()
+    ));
+    pg.start();
+    pg.sql("create table t(id int)");
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait", "--output", "json"]).output().unwrap();
+    assert!(o.status.success(), "backup: {}\n{}", stderr(&o), pg.log());
+    pg.sql("insert into t select generate_series(1, 1000)");
+    let mark = pg.time_mark();
+    pg.sql("insert into t select generate_series(1, 1000)");
+    pg.switch_wal_archived(Duration::from_secs(120));
+    assert_eq!(pg.sql("select failed_count from pg_stat_archiver"), "0", "{}", pg.log());
+
+    let why = "unknown WAL page magic 0xD121 (a PostgreSQL newer than 18?) is not supported for time targets; --latest and --target-lsn work";
+    let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let repo = rt.block_on(tidemark::repo::Repository::open(&cfg)).unwrap();
+    let last = pg.done_segments().pop().unwrap();
+    let (_, start) = record::parse_segment_file_name(&last, SEG).unwrap();
+    let idx = rt.block_on(wal_index::load(&repo, Segment { timeline: 1, number: start / SEG }, SEG)).unwrap().unwrap();
+    assert_eq!(idx.error.as_deref(), Some(why));
+    assert_eq!((idx.first_commit_us, idx.last_commit_us), (None, None));
+
+    let o = tm.cmd(&["window"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains(&format!("by LSN; commit times unknown: {why}")), "{text}");
+    assert!(!text.contains("no commits"), "{text}");
+    let scratch = common::postgres_dir("restore");
+    let dir = scratch.path().join("t");
+    let o = tm.cmd(&["restore", "--target-dir", dir.to_str().unwrap(), "--target-time", &mark]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("commit times unknown: {why}")), "{}", stderr(&o));
+    assert!(!dir.exists());
+    eprintln!("window: {text}restore --target-time: {}", stderr(&o));
+}
+
 #[test]
 fn pg13() {
     scenario(13);

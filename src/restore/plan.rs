@@ -236,7 +236,11 @@ impl fmt::Display for Window {
                 write!(f, ", time {} .. {}", rfc3339(r.from_time), rfc3339(t))?;
             }
             if let Some(m) = r.unsupported {
-                write!(f, "; commit times unknown: {}", layout::unsupported_message(m))?;
+                // The headline already says why when no range has commit times.
+                match self.latest() {
+                    Some(_) => write!(f, "; commit times unknown: {}", layout::unsupported_message(m))?,
+                    None => f.write_str("; commit times unknown")?,
+                }
             }
             if let Some(b) = &r.broken {
                 write!(f, "; then the WAL breaks: {b}")?;
