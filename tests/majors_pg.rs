@@ -77,12 +77,12 @@ fn parse_time(s: &str) -> DateTime<Utc> {
 }
 
 /// The server's commit timestamps of `xids` (unix microseconds), where it recorded one.
-fn commit_ts(pg: &Pg, xids: &[u32]) -> BTreeMap<u32, i64> {
+fn commit_ts(sql: impl Fn(&str) -> String, xids: &[u32]) -> BTreeMap<u32, i64> {
     if xids.is_empty() {
         return BTreeMap::new();
     }
     let list: Vec<String> = xids.iter().map(u32::to_string).collect();
-    let out = pg.sql(&format!(
+    let out = sql(&format!(
         "select x::text || ' ' || coalesce(to_char(pg_xact_commit_timestamp(x) at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), '') from unnest('{{{}}}'::xid[]) x",
         list.join(",")
     ));
@@ -94,9 +94,9 @@ fn commit_ts(pg: &Pg, xids: &[u32]) -> BTreeMap<u32, i64> {
         .collect()
 }
 
-/// Inserts ids `lo..lo+100` in one transaction; returns its xid.
-fn batch(pg: &Pg, lo: u32) -> u32 {
-    let out = pg.sql(&format!(
+/// Inserts ids `lo..lo+100` in one transaction (with `sql`); returns its xid.
+fn batch(sql: impl Fn(&str) -> String, lo: u32) -> u32 {
+    let out = sql(&format!(
         "with ins as (insert into t select g, md5(g::text) from generate_series({lo}, {}) g returning 1) select (select count(*) from ins) || ' ' || txid_current()",
         lo + 99
     ));
@@ -149,7 +149,7 @@ fn scenario(major: u32) {
     let mut sums = Vec::new();
     let mut xids = Vec::new();
     for k in 0..3 {
-        xids.push(batch(&pg, 1001 + k * 100));
+        xids.push(batch(|q| pg.sql(q), 1001 + k * 100));
         sums.push(pg.sql(CHECKSUM));
         marks.push(pg.time_mark());
     }
@@ -177,7 +177,7 @@ fn scenario(major: u32) {
             .unwrap_or_else(|| panic!("PG{major}: no index for {name}"));
         assert_eq!(idx.error, None, "PG{major} {name}");
         let commits: Vec<_> = s.xact_ends.iter().filter(|e| e.kind.is_commit()).collect();
-        let times = commit_ts(&pg, &commits.iter().map(|e| e.xid).collect::<Vec<_>>());
+        let times = commit_ts(|q| pg.sql(q), &commits.iter().map(|e| e.xid).collect::<Vec<_>>());
         let mut server = Vec::new();
         for e in commits {
             let ts = *times.get(&e.xid).unwrap_or_else(|| panic!("PG{major}: no commit timestamp for {}", e.xid));
@@ -256,6 +256,51 @@ fn scenario(major: u32) {
     let o = tm.cmd(&["wal-fetch", &seg2, back.to_str().unwrap()]).env("TIDEMARK_CLUSTER", &copy).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(at_t2.join("pg_wal").join(&seg2)).unwrap());
+    // Its own backup and window, on timeline 2 (it needs its timeline's history archived:
+    // it promoted before archiving was on).
+    let as_copy = |args: &[&str]| {
+        tm.cmd_as_postgres(args)
+            .current_dir(&at_t2)
+            .env("TIDEMARK_CLUSTER", &copy)
+            .env("TIDEMARK_POSTGRES_DATA_DIR", &at_t2)
+            .env(
+                "TIDEMARK_POSTGRES_CONNINFO",
+                format!("host={} port={} user=postgres dbname=postgres", r.sock.display(), r.port),
+            )
+            .output()
+            .unwrap()
+    };
+    let o = as_copy(&["wal-push", "pg_wal/00000002.history"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = as_copy(&["backup", "create", "--wait", "--output", "json"]);
+    assert!(o.status.success(), "PG{major} copy backup: {}", stderr(&o));
+    let cb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!((&cb["state"], &cb["timeline"]), (&serde_json::json!("completed"), &serde_json::json!(2)), "{cb}");
+    let x2 = batch(|q| r.sql(q), 20_001);
+    let x2_ts = commit_ts(|q| r.sql(q), &[x2])[&x2];
+    let seg3 = r.sql("select pg_walfile_name(pg_current_wal_lsn())");
+    r.sql("select pg_switch_wal()");
+    common::wait_for("the copy to archive its commit", Duration::from_secs(60), || {
+        let last = r.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
+        last.len() >= 24 && last[..24] >= *seg3
+    });
+    let o = as_copy(&["window", "--output", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w2: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tls2 = w2["timelines"].as_array().unwrap();
+    assert_eq!(tls2.len(), 1, "{w2}");
+    assert_eq!(tls2[0]["timeline"], 2, "{w2}");
+    assert_eq!(
+        tls2[0]["earliest"].as_str().map(parse_time),
+        Some(parse_time(cb["stop_time"].as_str().unwrap())),
+        "{w2}"
+    );
+    assert_eq!(tls2[0]["latest"].as_str().map(|t| parse_time(t).timestamp_micros()), Some(x2_ts), "{w2}");
+    // The source's window is unchanged: still timeline 1 only.
+    let o = tm.cmd(&["window", "--output", "json"]).output().unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again, w);
+
     // ... and is refused under the source's.
     let o = tm
         .cmd_as_postgres(&["wal-push", &format!("pg_wal/{seg2}")])
@@ -266,6 +311,22 @@ fn scenario(major: u32) {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("restored from backup") && stderr(&o).contains("same handle"), "{}", stderr(&o));
     drop(r);
+
+    // Another major's binaries are refused before they start, naming both majors.
+    let other = if major == 15 { 16 } else { 15 };
+    let wrong = scratch.path().join("wrong-major");
+    let o = tm
+        .cmd(&["restore", "--target-dir", wrong.to_str().unwrap(), "--latest", "--start", "--port", "1"])
+        .env("TIDEMARK_POSTGRES_BIN_DIR", common::pg_major_bin(other))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("is PostgreSQL {major}, but postgres.bin_dir"))
+            && stderr(&o).contains(&format!("holds PostgreSQL {other}")),
+        "{}",
+        stderr(&o)
+    );
 
     // --latest: every row.
     let latest = scratch.path().join("latest");
