@@ -163,6 +163,7 @@ fn scenario(major: u32) {
     let repo = rt.block_on(tidemark::repo::Repository::open(&cfg)).unwrap();
     let mut found: BTreeMap<u32, (i64, u64)> = BTreeMap::new();
     let mut checked = 0;
+    let mut prev_last: Option<u64> = None;
     for name in pg.done_segments() {
         let Some((tli, start)) = record::parse_segment_file_name(&name, SEG) else { continue };
         let number = start / SEG;
@@ -176,6 +177,12 @@ fn scenario(major: u32) {
             .unwrap()
             .unwrap_or_else(|| panic!("PG{major}: no index for {name}"));
         assert_eq!(idx.error, None, "PG{major} {name}");
+        // Where the segment joins its predecessor, for the chain checks.
+        assert!(idx.chain && idx.last_complete_lsn.is_some(), "PG{major} {name}: {idx:?}");
+        if let (Some((_, prev)), Some(last)) = (idx.first_record, prev_last) {
+            assert_eq!(prev, last, "PG{major} {name}: xl_prev of its first record vs the last record before it");
+        }
+        prev_last = idx.last_record_lsn;
         let commits: Vec<_> = s.xact_ends.iter().filter(|e| e.kind.is_commit()).collect();
         let times = commit_ts(|q| pg.sql(q), &commits.iter().map(|e| e.xid).collect::<Vec<_>>());
         let mut server = Vec::new();
@@ -197,6 +204,9 @@ fn scenario(major: u32) {
         assert!(found.contains_key(x), "PG{major}: the index walk did not find the commit of xid {x}: {found:?}");
     }
     let t3_commit = found[&xids[2]].0;
+    // verify checks the join at every archived boundary and the backup.
+    let o = tm.cmd(&["verify"]).output().unwrap();
+    assert!(o.status.success(), "PG{major} verify: {}{}", stdout(&o), stderr(&o));
 
     // The window: from the backup's stop to the last commit (t3's batch), one timeline.
     let o = tm.cmd(&["window", "--output", "json"]).output().unwrap();
