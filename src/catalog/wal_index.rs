@@ -37,6 +37,9 @@ pub struct SegmentIndex {
     /// Start LSN of the last complete record in the segment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_complete_lsn: Option<u64>,
+    /// Page magic of a PostgreSQL major the reader does not read (`error` says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsupported_magic: Option<u16>,
 }
 
 impl SegmentIndex {
@@ -61,14 +64,13 @@ pub fn summarize(bytes: &[u8], seg: Segment, seg_size: u64) -> SegmentIndex {
 /// that cannot be read gets a summary naming why (archiving goes on regardless).
 #[derive(Debug)]
 pub struct IndexBuilder {
-    walk: Result<record::SegmentSummarizer, String>,
+    walk: Result<record::SegmentSummarizer, record::WalParseError>,
 }
 
 impl IndexBuilder {
     /// A builder for segment `seg`.
     pub fn new(seg: Segment, seg_size: u64) -> IndexBuilder {
-        let walk =
-            record::SegmentSummarizer::starting_at(seg_size, seg.start_lsn(seg_size).0).map_err(|e| e.to_string());
+        let walk = record::SegmentSummarizer::starting_at(seg_size, seg.start_lsn(seg_size).0);
         IndexBuilder { walk }
     }
 
@@ -76,14 +78,14 @@ impl IndexBuilder {
     pub fn feed(&mut self, piece: &[u8]) {
         if let Ok(w) = &mut self.walk {
             if let Err(e) = w.feed(piece) {
-                self.walk = Err(e.to_string());
+                self.walk = Err(e);
             }
         }
     }
 
     /// The summary.
     pub fn finish(self) -> SegmentIndex {
-        match self.walk.and_then(|w| w.finish().map_err(|e| e.to_string())) {
+        match self.walk.and_then(|w| w.finish()) {
             Ok(s) => SegmentIndex {
                 first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
                 last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
@@ -94,8 +96,16 @@ impl IndexBuilder {
                 last_record_lsn: s.last_record_lsn,
                 last_record_end: s.last_record_end_lsn,
                 last_complete_lsn: s.last_complete_lsn,
+                unsupported_magic: None,
             },
-            Err(e) => SegmentIndex { error: Some(e), ..SegmentIndex::default() },
+            Err(e) => SegmentIndex {
+                unsupported_magic: match e {
+                    record::WalParseError::UnsupportedMajor { magic, .. } => Some(magic),
+                    _ => None,
+                },
+                error: Some(e.to_string()),
+                ..SegmentIndex::default()
+            },
         }
     }
 }
@@ -161,8 +171,41 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
                 last: idx.last_commit_us,
                 join: idx.join(),
                 last_complete: idx.last_complete_lsn.filter(|_| idx.error.is_none()),
+                unsupported: idx.unsupported_magic,
             };
         }
     }
     Ok(Archive { seg_size, segments })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_of_an_unknown_major_is_summarized_with_why() {
+        let seg_size = 1u64 << 20;
+        let seg = Segment { timeline: 1, number: 3 };
+        // A long page header of PostgreSQL 12 WAL (magic 0xD101).
+        let mut bytes = vec![0u8; seg_size as usize];
+        bytes[0..2].copy_from_slice(&0xD101u16.to_le_bytes());
+        bytes[2..4].copy_from_slice(&0x0002u16.to_le_bytes());
+        bytes[4..8].copy_from_slice(&1u32.to_le_bytes());
+        bytes[8..16].copy_from_slice(&(3 * seg_size).to_le_bytes());
+        bytes[32..36].copy_from_slice(&(seg_size as u32).to_le_bytes());
+        bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let idx = summarize(&bytes, seg, seg_size);
+        assert_eq!(
+            idx.error.as_deref(),
+            Some("PostgreSQL 12 is not supported for time targets; --latest and --target-lsn work")
+        );
+        assert_eq!(idx.unsupported_magic, Some(0xD101));
+        assert_eq!((idx.first_commit_us, idx.last_commit_us), (None, None));
+        assert_eq!(idx.join(), Join::Unknown);
+        // Summaries written before this field read as before.
+        let old: SegmentIndex =
+            serde_json::from_str(r#"{"first_commit_us":null,"last_commit_us":null,"records":0,"error":"x"}"#)
+                .expect("old summary");
+        assert_eq!(old.unsupported_magic, None);
+    }
 }

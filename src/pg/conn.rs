@@ -105,11 +105,7 @@ impl Session {
 
     /// Starts a non-exclusive backup with an immediate checkpoint; returns the start LSN.
     pub async fn backup_start(&self, label: &str) -> anyhow::Result<Lsn> {
-        let sql = if self.version >= 150000 {
-            "select pg_backup_start($1, true)::text"
-        } else {
-            "select pg_start_backup($1, true, false)::text"
-        };
+        let (sql, _) = backup_sql(self.version);
         let row = self.client.query_one(sql, &[&label]).await.context("starting the backup")?;
         let lsn: String = row.get(0);
         Ok(lsn.parse()?)
@@ -119,11 +115,7 @@ impl Session {
     /// the archiver: PostgreSQL re-checks only once a second, so the caller waits for the
     /// stop segment in the repository instead (`backup::wait_for_wal`).
     pub async fn backup_stop(&self) -> anyhow::Result<StopResult> {
-        let sql = if self.version >= 150000 {
-            "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)"
-        } else {
-            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)"
-        };
+        let (_, sql) = backup_sql(self.version);
         let row = self.client.query_one(sql, &[]).await.context("stopping the backup")?;
         let lsn: String = row.get(0);
         Ok(StopResult {
@@ -131,5 +123,39 @@ impl Session {
             label: row.get(1),
             tablespace_map: row.get::<_, Option<String>>(2).unwrap_or_default(),
         })
+    }
+}
+
+/// The backup start and stop queries for `server_version_num` (pure). 15 renamed the
+/// functions and dropped exclusive backups; 12–14 take `exclusive = false` explicitly
+/// (non-exclusive: start and stop on one held session). Neither waits for the archiver
+/// (`wait_for_archive = false`): the caller polls the repository for the stop segment.
+pub fn backup_sql(version: u32) -> (&'static str, &'static str) {
+    if version >= 150000 {
+        ("select pg_backup_start($1, true)::text", "select lsn::text, labelfile, spcmapfile from pg_backup_stop(false)")
+    } else {
+        (
+            "select pg_start_backup($1, true, false)::text",
+            "select lsn::text, labelfile, spcmapfile from pg_stop_backup(false, false)",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_functions_per_major() {
+        for v in [130023, 140023] {
+            let (start, stop) = backup_sql(v);
+            assert!(start.contains("pg_start_backup($1, true, false)"), "{v}");
+            assert!(stop.contains("pg_stop_backup(false, false)"), "{v}");
+        }
+        for v in [150000, 160014, 170010, 180004] {
+            let (start, stop) = backup_sql(v);
+            assert!(start.contains("pg_backup_start($1, true)"), "{v}");
+            assert!(stop.contains("pg_backup_stop(false)"), "{v}");
+        }
     }
 }

@@ -72,3 +72,50 @@ pub fn find_bin_dir(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     bail!("PostgreSQL server programs (pg_ctl, initdb) not found; install PostgreSQL or set postgres.bin_dir")
 }
+
+/// The major of the server binaries in `bin_dir` (`postgres --version`).
+pub fn server_major(bin_dir: &Path) -> anyhow::Result<u32> {
+    let postgres = bin_dir.join("postgres");
+    let out = Command::new(&postgres)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", postgres.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match major_of_version_output(&text) {
+        Some(m) if out.status.success() => Ok(m),
+        _ => bail!("{} --version said {:?}: not a PostgreSQL server", postgres.display(), text.trim()),
+    }
+}
+
+/// The major in `postgres --version` output: `postgres (PostgreSQL) 16.14` (pure).
+pub fn major_of_version_output(text: &str) -> Option<u32> {
+    let v = text.split("(PostgreSQL) ").nth(1)?;
+    let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// The major in a data directory's `PG_VERSION` (`13`; `9.6` before 10) (pure).
+pub fn major_of_pg_version_file(text: &str) -> Option<u32> {
+    let t = text.trim();
+    let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+    // 9.x had two-part majors; only 10 and later are one number.
+    (t.len() == digits.len()).then(|| digits.parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors_from_version_output_and_pg_version() {
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 13.23\n"), Some(13));
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)\n"), Some(15));
+        assert_eq!(major_of_version_output("postgres (PostgreSQL) 18beta1"), Some(18));
+        assert_eq!(major_of_version_output("something else 15.1"), None);
+        for m in 13..=18 {
+            assert_eq!(major_of_pg_version_file(&format!("{m}\n")), Some(m));
+        }
+        assert_eq!(major_of_pg_version_file("9.6\n"), None);
+        assert_eq!(major_of_pg_version_file(""), None);
+    }
+}

@@ -659,6 +659,17 @@ pub fn start_and_wait(
     owner: Option<(u32, u32)>,
     limit: Duration,
 ) -> anyhow::Result<Reached> {
+    // A server of another major refuses the directory only in its log; say what to do here.
+    let pg_version = std::fs::read_to_string(target_dir.join("PG_VERSION")).unwrap_or_default();
+    if let Some(data_major) = ctl::major_of_pg_version_file(&pg_version) {
+        let bin_major = ctl::server_major(bin_dir)?;
+        if bin_major != data_major {
+            bail!(
+                "the restored cluster is PostgreSQL {data_major}, but postgres.bin_dir ({}) holds PostgreSQL {bin_major}: set postgres.bin_dir to PostgreSQL {data_major}'s binaries (the restored directory is complete; start it with PostgreSQL {data_major}'s pg_ctl, or restore again)",
+                bin_dir.display()
+            );
+        }
+    }
     let log = target_dir.join("tidemark-restore.log");
     let mut c = ctl::command(bin_dir.join("pg_ctl"), owner);
     c.arg("-D").arg(target_dir).arg("-l").arg(&log).args(["-W", "start"]).current_dir(target_dir);

@@ -11,6 +11,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
+use crate::wal::layout;
 use crate::wal::name::{Lsn, Segment};
 
 /// Where to recover to.
@@ -67,6 +68,8 @@ pub struct SegmentCommits {
     pub join: Join,
     /// Start LSN of the last complete record in it, when known.
     pub last_complete: Option<u64>,
+    /// Page magic of WAL from a PostgreSQL major the reader does not read (no commit times).
+    pub unsupported: Option<u16>,
 }
 
 /// A segment that does not continue the history of the segments before it: written by
@@ -206,6 +209,9 @@ pub struct Range {
     pub last_segment: u64,
     /// The segment after the run, archived but not continuing it (another history).
     pub broken: Option<ChainBreak>,
+    /// Page magic of a segment in the run whose major the reader does not read: its commit
+    /// times are unknown, so only LSN and latest targets reach into it.
+    pub unsupported: Option<u16>,
 }
 
 /// The restorable window: one range per usable backup, oldest first.
@@ -224,6 +230,10 @@ impl Window {
     pub fn latest(&self) -> Option<DateTime<Utc>> {
         self.ranges.iter().filter_map(|r| r.to_time).max()
     }
+    /// Why commit times are unknown, when a range holds WAL of a major the reader does not read.
+    pub fn commit_times_unknown(&self) -> Option<String> {
+        self.ranges.iter().find_map(|r| r.unsupported).map(layout::unsupported_message)
+    }
 }
 
 impl fmt::Display for Window {
@@ -233,13 +243,23 @@ impl fmt::Display for Window {
         }
         match (self.earliest(), self.latest()) {
             (Some(a), Some(b)) => write!(f, "restorable by time from {} to {}", rfc3339(a), rfc3339(b))?,
-            (Some(a), None) => write!(f, "restorable from {} (no commits archived after it yet)", rfc3339(a))?,
+            (Some(a), None) => match self.commit_times_unknown() {
+                Some(why) => write!(f, "restorable from {} by LSN; commit times unknown: {why}", rfc3339(a))?,
+                None => write!(f, "restorable from {} (no commits archived after it yet)", rfc3339(a))?,
+            },
             _ => {}
         }
         for r in &self.ranges {
             write!(f, "\n  backup {}: LSN {} .. {}", r.backup, r.from_lsn, r.to_lsn)?;
             if let Some(t) = r.to_time {
                 write!(f, ", time {} .. {}", rfc3339(r.from_time), rfc3339(t))?;
+            }
+            if let Some(m) = r.unsupported {
+                // The headline already says why when no range has commit times.
+                match self.latest() {
+                    Some(_) => write!(f, "; commit times unknown: {}", layout::unsupported_message(m))?,
+                    None => f.write_str("; commit times unknown")?,
+                }
             }
             if let Some(b) = &r.broken {
                 write!(f, "; then the WAL breaks: {b}")?;
@@ -294,6 +314,9 @@ pub enum PlanError {
     /// Target after the last archived commit / WAL.
     #[error("target {0} is after the end of the archive (use --latest for everything archived)\n{1}")]
     AfterEnd(Target, Window),
+    /// A time target over WAL whose commit times are unknown (a major the reader does not read).
+    #[error("cannot restore to {0}: commit times unknown: {1}\n{2}")]
+    CommitTimesUnknown(Target, String, Window),
     /// Target falls in a gap of the archive.
     #[error("target {0} falls in a gap of the archived WAL (run `tidemark verify`)\n{1}")]
     InGap(Target, Window),
@@ -321,6 +344,7 @@ pub fn range_of(b: &BackupPoint, archive: &Archive) -> Option<Range> {
     }
     let last_commit = archive.segments.range(stop..=end).filter_map(|(_, c)| c.last).max();
     let to_time = last_commit.and_then(us_to_time).filter(|t| *t >= b.stop_time);
+    let unsupported = archive.segments.range(start..=end).find_map(|(_, c)| c.unsupported);
     Some(Range {
         backup: b.id.clone(),
         from_time: b.stop_time,
@@ -329,6 +353,7 @@ pub fn range_of(b: &BackupPoint, archive: &Archive) -> Option<Range> {
         to_lsn: Lsn((end + 1) * seg),
         last_segment: end,
         broken,
+        unsupported,
     })
 }
 
@@ -385,6 +410,9 @@ pub fn plan(
             ));
         };
         if !reaches(target, &r) {
+            if let (Target::Time(_), Some(m)) = (target, r.unsupported) {
+                return Err(PlanError::CommitTimesUnknown(target, layout::unsupported_message(m), w));
+            }
             return Err(PlanError::BadBackup(id.into(), format!("it cannot reach {target}"), w));
         }
         if let (Target::Latest, Some(b)) = (target, r.broken) {
@@ -410,11 +438,14 @@ pub fn plan(
         .filter(|r| reaches(target, r))
         .max_by(|a, b| a.from_lsn.cmp(&b.from_lsn).then(a.from_time.cmp(&b.from_time)));
     let Some(r) = best else {
-        let err = match target {
-            Target::Time(t) if w.earliest().is_some_and(|e| t < e) => PlanError::BeforeOldest(target, w),
-            Target::Time(t) if w.latest().is_none_or(|l| t > l) => PlanError::AfterEnd(target, w),
-            Target::Lsn(l) if w.ranges.iter().all(|r| l < r.from_lsn) => PlanError::BeforeOldest(target, w),
-            Target::Lsn(l) if w.ranges.iter().all(|r| l >= r.to_lsn) => PlanError::AfterEnd(target, w),
+        let unknown = w.commit_times_unknown();
+        let err = match (target, unknown) {
+            (Target::Time(t), _) if w.earliest().is_some_and(|e| t < e) => PlanError::BeforeOldest(target, w),
+            // Not "after the end": the archive may well hold commits after t, unread.
+            (Target::Time(_), Some(why)) => PlanError::CommitTimesUnknown(target, why, w),
+            (Target::Time(t), None) if w.latest().is_none_or(|l| t > l) => PlanError::AfterEnd(target, w),
+            (Target::Lsn(l), _) if w.ranges.iter().all(|r| l < r.from_lsn) => PlanError::BeforeOldest(target, w),
+            (Target::Lsn(l), _) if w.ranges.iter().all(|r| l >= r.to_lsn) => PlanError::AfterEnd(target, w),
             _ => PlanError::InGap(target, w),
         };
         return Err(err);
@@ -459,6 +490,7 @@ mod tests {
                     last: Some(us(n as i64 * 10 + 5)),
                     join: Join::Starts { prev: (n - 1) * 1000 + 500, last: n * 1000 + 500 },
                     last_complete: Some(n * 1000 + 400),
+                    unsupported: None,
                 },
             );
         }
@@ -674,5 +706,40 @@ mod tests {
     fn nothing_restorable_without_backups() {
         let e = plan(&[], &archive(1..=3), Target::Latest, None).unwrap_err();
         assert!(e.to_string().contains("backup create"));
+    }
+
+    #[test]
+    fn unsupported_major_says_commit_times_unknown_not_no_commits() {
+        // Segments of PostgreSQL 12 WAL: stored and joined by LSN, no commit times.
+        let mut a = archive(2..=6);
+        for c in a.segments.values_mut() {
+            *c = SegmentCommits { unsupported: Some(0xD101), ..SegmentCommits::default() };
+        }
+        let bs = [backup("b1", 2, 3, 31)];
+        let w = window(&bs, &a);
+        let why = "PostgreSQL 12 is not supported for time targets; --latest and --target-lsn work";
+        assert_eq!(w.commit_times_unknown().as_deref(), Some(why));
+        let text = w.to_string();
+        assert!(
+            text.starts_with(&format!("restorable from {} by LSN; commit times unknown: {why}", rfc3339(t(31)))),
+            "{text}"
+        );
+        assert!(!text.contains("no commits"), "{text}");
+        for only in [None, Some("b1")] {
+            let e = plan(&bs, &a, Target::Time(t(40)), only).unwrap_err();
+            assert!(matches!(e, PlanError::CommitTimesUnknown(..)), "{e}");
+            assert!(e.to_string().contains(&format!("commit times unknown: {why}")), "{e}");
+        }
+        // Before the backup is still before the oldest point.
+        assert!(matches!(plan(&bs, &a, Target::Time(t(10)), None), Err(PlanError::BeforeOldest(..))));
+        // LSN and latest targets plan as before.
+        assert_eq!(plan(&bs, &a, Target::Lsn(Lsn(5 * SEG)), None).unwrap().last_segment, 5);
+        assert_eq!(plan(&bs, &a, Target::Latest, None).unwrap().last_segment, 6);
+        // An unknown magic (a future major) is named by its magic.
+        a.segments.get_mut(&2).unwrap().unsupported = Some(0xD121);
+        for c in a.segments.values_mut().skip(1) {
+            c.unsupported = Some(0xD121);
+        }
+        assert!(window(&bs, &a).to_string().contains("unknown WAL page magic 0xD121"));
     }
 }

@@ -3,7 +3,8 @@
 /// Facts read from a segment's first page header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
-    /// `xlp_magic`: identifies the WAL format version (PostgreSQL 15 is 0xD110).
+    /// `xlp_magic`: identifies the WAL format version (13 is 0xD106 ... 18 is 0xD118; see
+    /// [`crate::wal::layout`]).
     pub magic: u16,
     /// Timeline of the page.
     pub timeline: u32,
@@ -52,7 +53,8 @@ pub fn parse(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
         return Err(HeaderError::TooShort(bytes.len()));
     }
     let magic = u16_at(bytes, 0);
-    // PostgreSQL 9.x used 0xD0xx; 10..17 use 0xD097..0xD118.
+    // PostgreSQL 9.x used 0xD0xx; 10..18 use 0xD097..0xD118. A major the record reader does
+    // not read is still WAL: it is archived, only without commit times.
     if !(0xD000..=0xD1FF).contains(&magic) {
         return Err(HeaderError::BadMagic(magic));
     }

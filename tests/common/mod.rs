@@ -1,4 +1,4 @@
-//! Test harness: real PostgreSQL 15 (as the `postgres` OS user), a local moto server for S3,
+//! Test harness: real PostgreSQL (15, or any major 13–18 with [`Pg::init_major`]; as the `postgres` OS user), a local moto server for S3,
 //! a TCP proxy to take the store away and bring it back, and the tidemark binary.
 #![allow(dead_code)]
 
@@ -26,6 +26,27 @@ pub fn free_port() -> u16 {
 /// PostgreSQL binaries.
 pub fn pg_bin() -> PathBuf {
     PathBuf::from(std::env::var("TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+}
+
+/// Server binaries (initdb, pg_ctl, postgres) of PostgreSQL `major`: from TEST_PG_MAJORS
+/// ("13=/path/bin 14=/path/bin ..."; tests/run.sh installs them under target/pg/), else
+/// target/pg/<major>/bin of this checkout, else (15) [`pg_bin`]. Client tools (psql,
+/// pgbench) stay [`pg_bin`]'s: they work against every server.
+pub fn pg_major_bin(major: u32) -> PathBuf {
+    let listed = std::env::var("TEST_PG_MAJORS").unwrap_or_default();
+    let from_env = listed.split_whitespace().find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.parse::<u32>().ok()? == major).then(|| PathBuf::from(v))
+    });
+    let installed = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/pg/{major}/bin"));
+    let bin = match from_env {
+        Some(b) => b,
+        None if installed.join("postgres").is_file() => installed,
+        None if major == 15 => pg_bin(),
+        None => panic!("no PostgreSQL {major} server binaries: run tests/run.sh (it installs them under target/pg/) or set TEST_PG_MAJORS"),
+    };
+    assert!(bin.join("postgres").is_file(), "no postgres in {} (PostgreSQL {major})", bin.display());
+    bin
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -76,12 +97,20 @@ pub fn chown_postgres(p: &Path) {
 
 /// The tidemark front end, copied with the agent beside it where the postgres user can run
 /// them (the checkout may not be). One copy per build, shared by every test process, so
-/// runs do not pile up copies.
+/// runs do not pile up copies. Copies are named after the build's target directory too:
+/// test runs of other checkouts (worktrees) sharing /tmp keep theirs.
 pub fn bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let srcs = [Path::new(env!("CARGO_BIN_EXE_tidemark")), Path::new(env!("CARGO_BIN_EXE_tidemark-agent"))];
-        let mut stamp = String::new();
+        // Which checkout built these: another worktree's runs must not lose their copy.
+        let owner = {
+            use sha2::{Digest, Sha256};
+            let dir = srcs[0].parent().unwrap_or(srcs[0]);
+            let h = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+            h[..6].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let mut stamp = format!("-{owner}");
         for src in srcs {
             let meta = std::fs::metadata(src).unwrap();
             let t = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -105,18 +134,19 @@ pub fn bin() -> &'static Path {
             if std::fs::rename(&tmp, &dst).is_err() {
                 let _ = std::fs::remove_dir_all(&tmp);
             }
-            // Copies of builds a day old are no use to anyone; younger ones may belong to a
-            // test run of another checkout going on right now.
-            let day = std::time::Duration::from_secs(86_400);
+            // Copies of this checkout's older builds are no use to anyone; another checkout's
+            // only once a day old (its tests may be running now).
+            let mine = format!("build-{owner}-");
+            let day_old = |e: &std::fs::DirEntry| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|a| a > Duration::from_secs(24 * 3600)))
+            };
             for e in std::fs::read_dir(&root).unwrap().flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|a| a > day);
-                if (n.starts_with("build-") || n.starts_with("tidemark-")) && e.path() != dst && old {
+                let stale =
+                    n.starts_with(&mine) || ((n.starts_with("build-") || n.starts_with("tidemark-")) && day_old(&e));
+                if stale && e.path() != dst {
                     let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
                 }
             }
@@ -249,7 +279,7 @@ impl Drop for Proxy {
     }
 }
 
-/// A PostgreSQL 15 cluster in a temp dir, run as `postgres`.
+/// A PostgreSQL cluster in a temp dir, run as `postgres` (15 unless made with [`Pg::init_major`]).
 pub struct Pg {
     /// Owning temp dir.
     pub dir: tempfile::TempDir,
@@ -259,6 +289,8 @@ pub struct Pg {
     pub sock: PathBuf,
     /// Port.
     pub port: u16,
+    /// Server binaries (initdb, pg_ctl, postgres) this cluster runs with.
+    pub bin: PathBuf,
     running: bool,
 }
 
@@ -275,20 +307,30 @@ impl Pg {
 
     /// initdb with extra arguments (e.g. `--wal-segsize=1`).
     pub fn init_with(data: Option<PathBuf>, initdb_args: &[&str]) -> Pg {
+        Self::init_bin(pg_bin(), data, initdb_args)
+    }
+
+    /// initdb a cluster of PostgreSQL `major` (see [`pg_major_bin`]) with extra arguments.
+    pub fn init_major(major: u32, initdb_args: &[&str]) -> Pg {
+        Self::init_bin(pg_major_bin(major), None, initdb_args)
+    }
+
+    /// initdb with the server binaries in `bin`.
+    pub fn init_bin(bin: PathBuf, data: Option<PathBuf>, initdb_args: &[&str]) -> Pg {
         let dir = postgres_dir("pg");
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let sock = dir.path().join("sock");
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(&sock);
         run_ok(
-            as_postgres(pg_bin().join("initdb"))
+            as_postgres(bin.join("initdb"))
                 .args(["-A", "trust", "-U", "postgres"])
                 .args(initdb_args)
                 .arg("-D")
                 .arg(&data),
         );
         let port = free_port();
-        let pg = Pg { dir, data, sock, port, running: false };
+        let pg = Pg { dir, data, sock, port, bin, running: false };
         pg.conf(&format!(
             "port = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nfsync = off\nshared_buffers = 64MB\n",
             pg.sock.display()
@@ -307,7 +349,7 @@ impl Pg {
         std::fs::create_dir_all(&sock).unwrap();
         chown_postgres(dir.path());
         let port = free_port();
-        let pg = Pg { dir, data, sock, port, running: false };
+        let pg = Pg { dir, data, sock, port, bin: self.bin.clone(), running: false };
         pg.conf(&format!("port = {port}\nunix_socket_directories = '{}'\n", pg.sock.display()));
         pg
     }
@@ -323,7 +365,7 @@ impl Pg {
     pub fn start(&mut self) {
         let log = self.dir.path().join("server.log");
         run_ok(
-            as_postgres(pg_bin().join("pg_ctl"))
+            as_postgres(self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .arg("-l")
@@ -336,7 +378,7 @@ impl Pg {
     /// Stops (fast shutdown).
     pub fn stop(&mut self) {
         if self.running {
-            run_ok(as_postgres(pg_bin().join("pg_ctl")).arg("-D").arg(&self.data).args(["-w", "-m", "fast", "stop"]));
+            run_ok(as_postgres(self.bin.join("pg_ctl")).arg("-D").arg(&self.data).args(["-w", "-m", "fast", "stop"]));
             self.running = false;
         }
     }
@@ -447,7 +489,7 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_postgres(pg_bin().join("pg_ctl"))
+            let _ = as_postgres(self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-w", "-m", "immediate", "stop"])
@@ -519,16 +561,23 @@ pub struct Tidemark {
 impl Tidemark {
     /// A config for `cluster` with repository `url` (and S3 `endpoint`), for `data_dir`.
     pub fn new(cluster: &str, url: &str, endpoint: Option<&str>, data_dir: &Path) -> Tidemark {
-        Self::with_conninfo(cluster, url, endpoint, data_dir, "")
+        Self::with_conninfo(cluster, url, endpoint, data_dir, "", &pg_bin())
     }
 
-    /// The same, for a running server reachable with `conninfo`.
+    /// The same, for a running server reachable with `conninfo`; restores run its binaries.
     pub fn for_pg(cluster: &str, url: &str, endpoint: Option<&str>, pg: &Pg) -> Tidemark {
         let conninfo = format!("host={} port={} user=postgres dbname=postgres", pg.sock.display(), pg.port);
-        Self::with_conninfo(cluster, url, endpoint, &pg.data, &conninfo)
+        Self::with_conninfo(cluster, url, endpoint, &pg.data, &conninfo, &pg.bin)
     }
 
-    fn with_conninfo(cluster: &str, url: &str, endpoint: Option<&str>, data_dir: &Path, conninfo: &str) -> Tidemark {
+    fn with_conninfo(
+        cluster: &str,
+        url: &str,
+        endpoint: Option<&str>,
+        data_dir: &Path,
+        conninfo: &str,
+        bin_dir: &Path,
+    ) -> Tidemark {
         let dir = postgres_dir("tm");
         let keyring = dir.path().join("keyring");
         let socket = dir.path().join("tidemark.sock");
@@ -539,7 +588,7 @@ impl Tidemark {
             format!(
                 "cluster = \"{cluster}\"\n[postgres]\ndata_dir = \"{}\"\nconninfo = \"{conninfo}\"\nbin_dir = \"{}\"\n[repository]\nurl = \"{url}\"\n{ep}[encryption]\nkeyring = \"{}\"\n[archive]\nworkers = 4\n[backup]\nschedule = \"{schedule}\"\n[fetch]\nprefetch = 4\nspool_dir = \"{}\"\n[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
                 data_dir.display(),
-                pg_bin().display(),
+                bin_dir.display(),
                 keyring.display(),
                 dir.path().join("spool").display(),
                 socket.display(),
