@@ -31,6 +31,9 @@ fn server(handle: &str, url: &str) -> (Pg, Tidemark) {
     let mut tm = Tidemark::for_pg(handle, url, None, &pg);
     // No automatic backup at daemon start: each server's WAL moves only when the test says.
     tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+    // One push at a time: parallel push-ahead lets a loser's later segment slip in ahead
+    // of the gap its refused predecessor leaves (a known gap, see the README).
+    tm.daemon_env.push(("TIDEMARK_ARCHIVE_WORKERS".into(), "1".into()));
     pg.archive_to(&tm.config);
     (pg, tm)
 }
@@ -69,6 +72,7 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         let mut copy = primary.cold_copy();
         let mut tm_c = Tidemark::for_pg(&handle, &url, None, &copy);
         tm_c.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+        tm_c.daemon_env.push(("TIDEMARK_ARCHIVE_WORKERS".into(), "1".into()));
         std::fs::copy(&tm_p.keyring, &tm_c.keyring).unwrap();
         copy.archive_to(&tm_c.config);
         primary.start();
