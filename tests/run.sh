@@ -53,8 +53,15 @@ for spec in $pg_majors; do
   fi
   majors_env="$majors_env $major=$dest/bin"
 done
-# The postgres OS user runs these servers: it must reach them through target/.
+# The postgres OS user runs these servers: it must reach them through target/. A checkout
+# it cannot traverse (under /root, say) gets a copy where it can.
 chmod -R a+rX "$root/target/pg"
+if ! runuser -u postgres -- test -x "$root/target/pg/13/bin/postgres"; then
+  mirror=/tmp/tidemark-pg-majors-$(printf '%s' "$root" | sha256sum | cut -c1-12)
+  say "the postgres user cannot reach $root/target/pg: using a copy in $mirror"
+  rm -rf "$mirror" && cp -a "$root/target/pg" "$mirror" && chmod -R a+rX "$mirror"
+  majors_env=${majors_env//"$root/target/pg"/"$mirror"}
+fi
 export TEST_PG_MAJORS=$majors_env
 export TEST_PG_BIN=/usr/lib/postgresql/15/bin
 # Never let the AWS SDK reach for instance metadata or real credentials.
