@@ -102,21 +102,12 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         });
     }
     let mut foreign_histories = Vec::new();
-    let mut with_wal = std::collections::BTreeSet::new();
-    let all_tlis = wal_index::timelines(repo).await?;
-    for tli in &all_tlis {
-        let metas = repo.store().list(&repo.wal_prefix(*tli)).await?;
-        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
-            with_wal.insert(*tli);
-        }
-    }
-    for tli in &all_tlis {
-        let key = repo.wal_key(&crate::wal::name::WalFile::History(*tli), seg_size);
-        let Some(bytes) = repo.get_opened(&key).await? else { continue };
+    let files = wal_index::timeline_files(repo).await?;
+    for (tli, parsed) in &files.histories {
         let name = format!("{tli:08X}.history");
-        match crate::wal::history::parse_history(&bytes, *tli) {
+        match parsed {
             Err(e) => foreign_histories.push(format!("{name}: not a timeline history PostgreSQL can read ({e})")),
-            Ok(anc) if !anc.iter().any(|a| with_wal.contains(&a.timeline)) => foreign_histories.push(format!(
+            Ok(anc) if !anc.iter().any(|a| files.with_wal.contains(&a.timeline)) => foreign_histories.push(format!(
                 "{name}: its lineage ({}) holds none of the timelines with archived WAL; restores do not follow it",
                 anc.iter().map(|a| a.timeline.to_string()).collect::<Vec<_>>().join(", ")
             )),

@@ -122,6 +122,34 @@ pub async fn load(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Opti
     repo.get_json(&repo.wal_index_key(seg.timeline, &seg.name(seg_size))).await
 }
 
+/// What the archive holds per timeline: the timelines with WAL segments, and each
+/// timeline's history file as parsed (`Err` saying why PostgreSQL could not read it).
+#[derive(Debug, Default)]
+pub struct TimelineFiles {
+    /// Timelines with at least one segment archived.
+    pub with_wal: std::collections::BTreeSet<u32>,
+    /// Timeline → its history file's ancestors, or why it does not parse.
+    pub histories: BTreeMap<u32, Result<Vec<crate::wal::history::Ancestor>, String>>,
+}
+
+/// Reads which timelines have WAL and every archived history file (one listing per
+/// timeline; restores and `verify` share it).
+pub async fn timeline_files(repo: &Repository) -> Result<TimelineFiles, RepoError> {
+    let mut out = TimelineFiles::default();
+    for tli in timelines(repo).await? {
+        let metas = repo.store().list(&repo.wal_prefix(tli)).await?;
+        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
+            out.with_wal.insert(tli);
+        }
+        // A history file's name does not depend on the segment size.
+        let key = repo.wal_key(&crate::wal::name::WalFile::History(tli), crate::wal::name::DEFAULT_SEGMENT_SIZE);
+        if let Some(bytes) = repo.get_opened(&key).await? {
+            out.histories.insert(tli, crate::wal::history::parse_history(&bytes, tli));
+        }
+    }
+    Ok(out)
+}
+
 /// Timelines present in the archive.
 pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
     let metas = repo.store().list(&repo.wal_root()).await?;

@@ -226,29 +226,10 @@ pub async fn run_with(
 /// The timeline recovery follows from backup `m`: the archive's history files that parse and
 /// descend from it with WAL of their own (see [`plan::lineage_timeline`]).
 pub async fn follow_timeline(repo: &Repository, m: &Manifest) -> anyhow::Result<u32> {
-    let (histories, with_wal) = archived_timelines(repo).await?;
-    Ok(plan::lineage_timeline(m.timeline, m.stop_lsn.unwrap_or(m.start_lsn), &histories, &with_wal))
-}
-
-/// The archive's readable timeline histories, and the timelines with WAL segments.
-pub async fn archived_timelines(
-    repo: &Repository,
-) -> anyhow::Result<(BTreeMap<u32, Vec<crate::wal::history::Ancestor>>, std::collections::BTreeSet<u32>)> {
-    let mut histories = BTreeMap::new();
-    let mut with_wal = std::collections::BTreeSet::new();
-    for tli in wal_index::timelines(repo).await? {
-        let metas = repo.store().list(&repo.wal_prefix(tli)).await?;
-        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
-            with_wal.insert(tli);
-        }
-        let key = repo.wal_key(&crate::wal::name::WalFile::History(tli), crate::wal::name::DEFAULT_SEGMENT_SIZE);
-        if let Some(bytes) = repo.get_opened(&key).await? {
-            if let Ok(anc) = crate::wal::history::parse_history(&bytes, tli) {
-                histories.insert(tli, anc);
-            }
-        }
-    }
-    Ok((histories, with_wal))
+    let files = wal_index::timeline_files(repo).await?;
+    let readable: BTreeMap<u32, Vec<crate::wal::history::Ancestor>> =
+        files.histories.into_iter().filter_map(|(t, h)| Some((t, h.ok()?))).collect();
+    Ok(plan::lineage_timeline(m.timeline, m.stop_lsn.unwrap_or(m.start_lsn), &readable, &files.with_wal))
 }
 
 /// Whether recovery reached what the plan says it must (pure). Time and LSN targets end
