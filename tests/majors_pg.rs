@@ -312,12 +312,7 @@ fn scenario(major: u32) {
     assert_eq!(again, w);
 
     // ... and is refused under the source's.
-    let o = tm
-        .cmd_as_postgres(&["wal-push", &format!("pg_wal/{seg2}")])
-        .current_dir(&at_t2)
-        .env("TIDEMARK_POSTGRES_DATA_DIR", &at_t2)
-        .output()
-        .unwrap();
+    let o = tm.push_from(&at_t2, &seg2, None);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("restored from backup") && stderr(&o).contains("same handle"), "{}", stderr(&o));
     drop(r);

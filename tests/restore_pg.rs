@@ -128,22 +128,11 @@ fn scenario(url: &str, endpoint: Option<String>) {
     let hist = at_t2.join("pg_wal/00000002.history");
     assert!(hist.is_file());
     // (Configured as its own data directory: files are archived only from the configured pg_wal.)
-    let o = tm
-        .cmd_as_postgres(&["wal-push", "pg_wal/00000002.history"])
-        .current_dir(&at_t2)
-        .env("TIDEMARK_POSTGRES_DATA_DIR", &at_t2)
-        .output()
-        .unwrap();
+    let o = tm.push_from(&at_t2, "00000002.history", None);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("restored from backup") && stderr(&o).contains("same handle"), "{}", stderr(&o));
     // Under a handle of its own, the history file archives (and fetches back identical).
-    let o = tm
-        .cmd_as_postgres(&["wal-push", "pg_wal/00000002.history"])
-        .current_dir(&at_t2)
-        .env("TIDEMARK_POSTGRES_DATA_DIR", &at_t2)
-        .env("TIDEMARK_CLUSTER", "pitr-copy")
-        .output()
-        .unwrap();
+    let o = tm.push_from(&at_t2, "00000002.history", Some("pitr-copy"));
     assert!(o.status.success(), "{}", stderr(&o));
     let back = scratch.path().join("history.back");
     let o = tm

@@ -622,6 +622,17 @@ impl Tidemark {
         c
     }
 
+    /// `wal-push pg_wal/FILE` as postgres, the way a restored cluster at `data_dir` runs its
+    /// archive_command (this config, pointed at that data directory), under `cluster` if given.
+    pub fn push_from(&self, data_dir: &Path, file: &str, cluster: Option<&str>) -> Output {
+        let mut c = self.cmd_as_postgres(&["wal-push", &format!("pg_wal/{file}")]);
+        c.current_dir(data_dir).env("TIDEMARK_POSTGRES_DATA_DIR", data_dir);
+        if let Some(h) = cluster {
+            c.env("TIDEMARK_CLUSTER", h);
+        }
+        c.output().unwrap()
+    }
+
     /// Starts the daemon as postgres and waits for its socket to answer.
     pub fn start_daemon(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).unwrap();
