@@ -232,6 +232,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        Command::WalIndex { action } => {
+            let cfg = load_config(&cli)?;
+            let (cluster, full) = match action {
+                crate::cli::WalIndexAction::Rebuild { cluster } => (cluster, true),
+                crate::cli::WalIndexAction::RollUp { cluster } => (cluster, false),
+            };
+            let repo = open_existing(&cfg, cluster.as_deref()).await?;
+            let done = crate::catalog::wal_index::roll_up_all(&repo, full).await?;
+            match cli.output {
+                Output::Json => outln!("{}", serde_json::to_string_pretty(&done).map_err(anyhow::Error::from)?),
+                Output::Text => {
+                    for (tli, d) in &done {
+                        outln!(
+                            "timeline {tli}: {} block(s) written, {} segment(s) summarized from their bytes, {} per-segment summaries folded in",
+                            d.blocks,
+                            d.summarized,
+                            d.folded
+                        );
+                    }
+                    if done.is_empty() {
+                        outln!("no WAL archived: nothing to index");
+                    }
+                }
+            }
+            Ok(0)
+        }
         Command::Verify { cluster, deep } => {
             let cfg = load_config(&cli)?;
             let repo = open_existing(&cfg, cluster.as_deref()).await?;
@@ -244,6 +270,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                             format!("{} .. {}", t.first.as_deref().unwrap_or("-"), t.last.as_deref().unwrap_or("-"));
                         for b in &t.breaks {
                             outln!("timeline {}: WAL history breaks at {b}", t.timeline);
+                        }
+                        if t.unindexed_count > 0 {
+                            outln!(
+                                "timeline {}: {} archived segment(s) have no commit-time summary ({}{}): restores treat them as missing; run `tidemark wal-index rebuild`",
+                                t.timeline,
+                                t.unindexed_count,
+                                t.unindexed.join(", "),
+                                if t.unindexed_count > t.unindexed.len() { ", ..." } else { "" }
+                            );
                         }
                         if t.last.is_none() && t.gaps.is_empty() {
                             outln!("timeline {}: a history file, no WAL segments archived", t.timeline);

@@ -166,11 +166,35 @@ pub enum Command {
     },
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
+    /// The commit-time index of the archived WAL (derived data the daemon keeps rolled up).
+    WalIndex {
+        /// What to do.
+        #[command(subcommand)]
+        action: WalIndexAction,
+    },
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.
     Keygen {
         /// Keyring file (written with mode 0600).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+    },
+}
+
+/// `wal-index` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WalIndexAction {
+    /// Rebuild it: every block of every timeline rewritten from the summaries that read and
+    /// the archived segments themselves (for a deleted or damaged index, or an old archive).
+    Rebuild {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+    },
+    /// Roll the per-segment summaries up into blocks now (the daemon does this every minute).
+    RollUp {
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
     },
 }
 

@@ -52,6 +52,17 @@ async fn contract(s: Arc<dyn ObjectStore>) {
     assert_eq!(metas.len(), 1);
     assert_eq!((metas[0].key.as_str(), metas[0].size), ("a/one", 6));
 
+    // One level: direct objects, and the directories below folded into prefixes.
+    let l = s.list_level("a/").await.unwrap();
+    let keys: Vec<&str> = l.objects.iter().map(|m| m.key.as_str()).collect();
+    assert_eq!(keys, ["a/empty", "a/one", "a/two"]);
+    assert_eq!(l.dirs, ["a/sub/"]);
+    assert_eq!(s.list_level("nothing/").await.unwrap(), store::Level::default());
+    let some = s.list_some("a/", 2).await.unwrap();
+    assert!(!some.is_empty() && some.len() <= 2, "{some:?}");
+    assert!(some.iter().all(|m| m.key.starts_with("a/")));
+    assert!(s.list_some("nothing/", 5).await.unwrap().is_empty());
+
     // Delete.
     s.delete("a/one").await.unwrap();
     assert!(s.get("a/one").await.unwrap().is_none());
@@ -75,6 +86,23 @@ async fn contract(s: Arc<dyn ObjectStore>) {
     assert_eq!(all[0].key, "many/00000");
     assert_eq!(all[n - 1].key, format!("many/{:05}", n - 1));
     assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    // A level listing paginates too, objects and directories alike.
+    futures::future::try_join_all((0..1_100).map(|i| {
+        let s = s.clone();
+        async move { s.put(&format!("many/d{i:05}/x"), Bytes::from_static(b"x")).await }
+    }))
+    .await
+    .unwrap();
+    let l = s.list_level("many/").await.unwrap();
+    assert_eq!((l.objects.len(), l.dirs.len()), (n, 1_100));
+    assert_eq!(l.dirs[1_099], "many/d01099/");
+    // A range of keys, across pages, with either end open.
+    let keys = |v: Vec<store::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    let r = keys(s.list_between("many/", Some("many/00100"), Some("many/01200")).await.unwrap());
+    assert_eq!((r.len(), r[0].as_str(), r[r.len() - 1].as_str()), (1_099, "many/00101", "many/01199"));
+    let r = keys(s.list_between("many/", Some("many/01230"), None).await.unwrap());
+    assert_eq!(&r[..4], ["many/01231", "many/01232", "many/01233", "many/d00000/x"]);
+    assert_eq!(keys(s.list_between("many/", None, Some("many/00002")).await.unwrap()), ["many/00000", "many/00001"]);
 }
 
 #[tokio::test]

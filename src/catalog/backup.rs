@@ -465,8 +465,9 @@ pub async fn load(repo: &Repository, id: &str) -> Result<Option<Manifest>, RepoE
 /// Every backup of the repository's cluster, oldest first.
 pub async fn list(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
     let prefix = format!("{}backups/", repo.cluster_prefix());
-    let metas = repo.store().list(&prefix).await?;
-    let keys: Vec<String> = metas.into_iter().map(|m| m.key).filter(|k| k.ends_with("/manifest.json")).collect();
+    // One level: the backup directories, never the bundles inside them.
+    let level = repo.store().list_level(&prefix).await?;
+    let keys: Vec<String> = level.dirs.into_iter().map(|d| format!("{d}manifest.json")).collect();
     use futures::stream::{StreamExt, TryStreamExt};
     // Bounded: open files and requests must not grow with the number of backups.
     let reads = keys.into_iter().map(|k| {

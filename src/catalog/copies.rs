@@ -44,21 +44,103 @@ async fn keys(r: &Repository, prefix: &str) -> anyhow::Result<BTreeSet<String>> 
     Ok(r.store().list(prefix).await?.into_iter().map(|m| m.key).collect())
 }
 
-/// Mirrors every cluster of `src` into `dst` (the repository for `region`).
-pub async fn sync(cfg: &Config, src: &Repository, dst: &Repository, region: &str) -> anyhow::Result<Synced> {
-    let mut out = Synced { region: region.to_string(), ..Default::default() };
-    let kms = cfg.regions.get(region).and_then(|r| r.kms_key_id.clone());
-    for h in policy::clusters(src).await? {
-        let (s, d) = (src.for_cluster(&h), dst.for_cluster(&h));
-        let base = s.cluster_prefix();
-        // The cluster record, WAL and its index: copy what is missing, drop what is gone.
-        let rec = format!("{base}cluster.json");
-        copy_object(&s, &d, &rec).await?;
-        for sub in ["wal/", "wal-index/"] {
-            let prefix = format!("{base}{sub}");
-            let (have, copied) = (keys(&s, &prefix).await?, keys(&d, &prefix).await?);
-            for k in have.difference(&copied) {
-                if copy_object(&s, &d, k).await? {
+/// What the daemon's copier remembers between syncs, so that a sync costs what is new:
+/// the last WAL key copied per region, cluster and timeline, and when each region was last
+/// reconciled in full (everything listed on both sides, what the source lost deleted).
+#[derive(Debug, Default)]
+pub struct Marks {
+    wal: std::collections::HashMap<(String, String, u32), Mark>,
+    full_at: std::collections::HashMap<String, std::time::Instant>,
+}
+
+/// One timeline's copy mark: every key up to `below` is copied, and so are `recent`.
+#[derive(Debug, Default)]
+struct Mark {
+    below: String,
+    recent: BTreeSet<String>,
+}
+
+/// Keys after the mark listed again each sync (more than parallel pushes run at once).
+const MARK_TRAIL: usize = 256;
+
+/// How often the copier lists everything on both sides.
+pub const FULL_RECONCILE: Duration = Duration::from_secs(3600);
+
+/// Copies the WAL of one cluster: in full (both sides listed, what the source lost
+/// deleted), or from the high-water mark of each timeline on.
+async fn sync_wal(
+    s: &Repository,
+    d: &Repository,
+    region: &str,
+    marks: &mut Marks,
+    full: bool,
+    out: &mut Synced,
+) -> anyhow::Result<()> {
+    let h = s.cluster().to_string();
+    let base = s.cluster_prefix();
+    let prefix = format!("{base}wal/");
+    if full {
+        let (have, copied) = (keys(s, &prefix).await?, keys(d, &prefix).await?);
+        for k in have.difference(&copied) {
+            if copy_object(s, d, k).await? {
+                out.objects += 1;
+            }
+        }
+        for k in copied.difference(&have) {
+            d.store().delete(k).await?;
+            out.deleted += 1;
+        }
+        marks.wal.retain(|(r, c, _), _| !(r == region && *c == h));
+        for tli in crate::catalog::wal_index::timelines(s).await? {
+            let tp = s.wal_prefix(tli);
+            let mut mark = Mark::default();
+            mark.recent = have.range(tp.clone()..).take_while(|k| k.starts_with(&tp)).cloned().collect();
+            while mark.recent.len() > MARK_TRAIL {
+                if let Some(k) = mark.recent.pop_first() {
+                    mark.below = k;
+                }
+            }
+            marks.wal.insert((region.to_string(), h.clone(), tli), mark);
+        }
+        return Ok(());
+    }
+    for tli in crate::catalog::wal_index::timelines(s).await? {
+        let slot = (region.to_string(), h.clone(), tli);
+        let mark = marks.wal.entry(slot).or_default();
+        let after = (!mark.below.is_empty()).then_some(mark.below.as_str());
+        let listed = s.store().list_between(&s.wal_prefix(tli), after, None).await?;
+        for m in &listed {
+            if !mark.recent.contains(&m.key) {
+                if copy_object(s, d, &m.key).await? {
+                    out.objects += 1;
+                }
+                mark.recent.insert(m.key.clone());
+            }
+        }
+        // The mark trails the newest keys: segments pushed ahead in parallel can land
+        // behind ones already copied, and the window after the mark is listed again.
+        while mark.recent.len() > MARK_TRAIL {
+            if let Some(k) = mark.recent.pop_first() {
+                mark.below = k;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies one cluster's commit-time index: per-segment summaries and blocks by name (one
+/// directory level each), and each timeline's summary, which a roll-up rewrites in place.
+async fn sync_index(s: &Repository, d: &Repository, out: &mut Synced) -> anyhow::Result<()> {
+    let base = format!("{}wal-index/", s.cluster_prefix());
+    let timelines = s.store().list_level(&base).await?.dirs;
+    for tp in timelines {
+        for dir in [tp.clone(), format!("{tp}range/")] {
+            let names = |l: crate::store::Level| l.objects.into_iter().map(|m| m.key).collect::<BTreeSet<String>>();
+            let have = names(s.store().list_level(&dir).await?);
+            let copied = names(d.store().list_level(&dir).await?);
+            for k in &have {
+                let rewritten = k.ends_with("/summary");
+                if (rewritten || !copied.contains(k)) && copy_object(s, d, k).await? {
                     out.objects += 1;
                 }
             }
@@ -67,6 +149,35 @@ pub async fn sync(cfg: &Config, src: &Repository, dst: &Repository, region: &str
                 out.deleted += 1;
             }
         }
+    }
+    Ok(())
+}
+
+/// Mirrors every cluster of `src` into `dst` (the repository for `region`), in full.
+pub async fn sync(cfg: &Config, src: &Repository, dst: &Repository, region: &str) -> anyhow::Result<Synced> {
+    sync_marked(cfg, src, dst, region, &mut Marks::default()).await
+}
+
+/// Mirrors every cluster of `src` into `dst`, WAL from the marks on, in full when the
+/// region was not reconciled within [`FULL_RECONCILE`].
+pub async fn sync_marked(
+    cfg: &Config,
+    src: &Repository,
+    dst: &Repository,
+    region: &str,
+    marks: &mut Marks,
+) -> anyhow::Result<Synced> {
+    let mut out = Synced { region: region.to_string(), ..Default::default() };
+    let kms = cfg.regions.get(region).and_then(|r| r.kms_key_id.clone());
+    let full = marks.full_at.get(region).is_none_or(|t| t.elapsed() >= FULL_RECONCILE);
+    for h in policy::clusters(src).await? {
+        let (s, d) = (src.for_cluster(&h), dst.for_cluster(&h));
+        let base = s.cluster_prefix();
+        // The cluster record, WAL and its index: copy what is missing, drop what is gone.
+        let rec = format!("{base}cluster.json");
+        copy_object(&s, &d, &rec).await?;
+        sync_wal(&s, &d, region, marks, full, &mut out).await?;
+        sync_index(&s, &d, &mut out).await?;
         // Backups: completed ones copied whole, then their manifest; gone ones purged.
         let src_backups = backup::list(&s).await?;
         let dst_backups = backup::list(&d).await?;
@@ -95,6 +206,9 @@ pub async fn sync(cfg: &Config, src: &Repository, dst: &Repository, region: &str
             purge::purge(&d, &c.id).await.with_context(|| format!("purging {} from the {region} copy", c.id))?;
             out.purged += 1;
         }
+    }
+    if full {
+        marks.full_at.insert(region.to_string(), std::time::Instant::now());
     }
     Ok(out)
 }
@@ -160,11 +274,16 @@ pub async fn targets(cfg: &Config, src: &Repository) -> anyhow::Result<Vec<(Stri
     Ok(out)
 }
 
-/// Syncs every copy region once.
+/// Syncs every copy region once, in full.
 pub async fn sync_all(cfg: &Config, src: &Repository) -> anyhow::Result<Vec<Synced>> {
+    sync_all_marked(cfg, src, &mut Marks::default()).await
+}
+
+/// Syncs every copy region once, from the marks on (the daemon's minute tick).
+pub async fn sync_all_marked(cfg: &Config, src: &Repository, marks: &mut Marks) -> anyhow::Result<Vec<Synced>> {
     let mut out = Vec::new();
     for (r, dst) in targets(cfg, src).await? {
-        out.push(sync(cfg, src, &dst, &r).await?);
+        out.push(sync_marked(cfg, src, &dst, &r, marks).await?);
     }
     Ok(out)
 }

@@ -123,12 +123,19 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> anyhow::Result<Applied> {
             purge::purge(&r, &m.id).await?;
             applied.backups.push(format!("{h}/{}", m.id));
         }
-        for w in wal_deletions(&r, plan).await? {
+        let deletions = wal_deletions(&r, plan).await?;
+        for w in &deletions {
             r.store().delete(&w.key).await?;
             if let Some(ix) = &w.index_key {
                 r.store().delete(ix).await?;
             }
             applied.wal_objects += 1;
+        }
+        if let (false, Some(&keep_from)) = (deletions.is_empty(), plan.wal_keep_from.get(&h)) {
+            let seg_size = crate::wal::fetch::segment_size(&r).await?;
+            for tli in crate::catalog::wal_index::timelines(&r).await? {
+                crate::catalog::wal_index::forget_below(&r, tli, seg_size, keep_from / seg_size).await?;
+            }
         }
     }
     Ok(applied)
@@ -155,7 +162,15 @@ pub async fn wal_deletions(r: &Repository, plan: &Plan) -> anyhow::Result<Vec<Wa
     let Some(&keep_from) = plan.wal_keep_from.get(&h) else { return Ok(Vec::new()) };
     let seg_size = crate::wal::fetch::segment_size(r).await?;
     let mut out = Vec::new();
-    for o in r.store().list(&r.wal_root()).await? {
+    // Per timeline, only the keys that sort before the keep-from segment: a purge lists what
+    // it may delete, not the whole archive.
+    let mut below = Vec::new();
+    for tli in crate::catalog::wal_index::timelines(r).await? {
+        let floor = Segment { timeline: tli, number: keep_from / seg_size };
+        let before = format!("{}{}", r.wal_prefix(tli), floor.name(seg_size));
+        below.extend(r.store().list_between(&r.wal_prefix(tli), None, Some(&before)).await?);
+    }
+    for o in below {
         let name = o.key.rsplit('/').next().unwrap_or_default();
         let Ok(file) = WalFile::parse(name, seg_size) else { continue };
         // History files are tiny and every later timeline needs them: never purged.

@@ -23,6 +23,12 @@ pub struct TimelineReport {
     /// Segment boundaries where the later segment does not continue the earlier ones'
     /// history (another server archiving under this handle, or a planted segment).
     pub breaks: Vec<String>,
+    /// Archived segments the commit-time index does not know (restores treat them as
+    /// missing until `tidemark wal-index rebuild`), the first few by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unindexed: Vec<String>,
+    /// How many archived segments the index does not know.
+    pub unindexed_count: usize,
 }
 
 /// One backup's check.
@@ -93,12 +99,16 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
             .into_iter()
             .map(|b| format!("{}: {b}", name(b.segment)))
             .collect();
+        let unindexed: Vec<u64> =
+            have.iter().filter(|n| **n >= first.unwrap_or(0) && !archive.has(**n)).copied().collect();
         timelines.push(TimelineReport {
             timeline: tli,
             first: first.map(name),
             last: have.last().map(|n| name(*n)),
             gaps: gap_names,
             breaks,
+            unindexed: unindexed.iter().take(10).map(|n| name(*n)).collect(),
+            unindexed_count: unindexed.len(),
         });
     }
     let mut foreign_histories = Vec::new();
@@ -138,7 +148,7 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         backups.push(BackupReport { id: m.id.clone(), state: m.state, problems });
     }
     let ok = foreign_histories.is_empty()
-        && timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty())
+        && timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty() && t.unindexed_count == 0)
         && backups.iter().all(|b| b.problems.is_empty());
     Ok(Report { ok, foreign_histories, timelines, backups })
 }

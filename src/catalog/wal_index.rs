@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::repo::{RepoError, Repository};
-use crate::restore::plan::{Archive, Join, SegmentCommits};
+use crate::restore::plan::{roll_up, Archive, Join, SegmentCommits};
 use crate::wal::name::{timeline_hex, Segment};
 use crate::wal::record;
 
@@ -137,8 +137,13 @@ pub struct TimelineFiles {
 pub async fn timeline_files(repo: &Repository) -> Result<TimelineFiles, RepoError> {
     let mut out = TimelineFiles::default();
     for tli in timelines(repo).await? {
-        let metas = repo.store().list(&repo.wal_prefix(tli)).await?;
-        if metas.iter().any(|o| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24)) {
+        // A few keys tell whether segments are there; the history file sorts first.
+        let is_segment = |o: &crate::store::ObjectMeta| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24);
+        let mut metas = repo.store().list_some(&repo.wal_prefix(tli), 16).await?;
+        if metas.len() >= 16 && !metas.iter().any(is_segment) {
+            metas = repo.store().list(&repo.wal_prefix(tli)).await?;
+        }
+        if metas.iter().any(is_segment) {
             out.with_wal.insert(tli);
         }
         // A history file's name does not depend on the segment size.
@@ -152,11 +157,14 @@ pub async fn timeline_files(repo: &Repository) -> Result<TimelineFiles, RepoErro
 
 /// Timelines present in the archive.
 pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
-    let metas = repo.store().list(&repo.wal_root()).await?;
-    let mut out: Vec<u32> = metas
+    // One level: the timeline directories, not the segments in them.
+    let level = repo.store().list_level(&repo.wal_root()).await?;
+    let mut out: Vec<u32> = level
+        .dirs
         .iter()
-        .filter_map(|m| {
-            m.key.strip_prefix(&repo.wal_root())?.split('/').next().and_then(|t| u32::from_str_radix(t, 16).ok())
+        .filter_map(|d| {
+            let t = d.strip_prefix(&repo.wal_root())?.trim_end_matches('/');
+            (t.len() == 8).then(|| u32::from_str_radix(t, 16).ok()).flatten()
         })
         .collect();
     out.sort();
@@ -164,46 +172,290 @@ pub async fn timelines(repo: &Repository) -> Result<Vec<u32>, RepoError> {
     Ok(out)
 }
 
-/// The archived segments of `timeline` from segment `from` on, with their commit times.
-pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from: u64) -> Result<Archive, RepoError> {
-    let wal = repo.store().list(&repo.wal_prefix(timeline)).await?;
-    let mut segments: BTreeMap<u64, SegmentCommits> = BTreeMap::new();
-    for m in &wal {
-        let name = m.key.rsplit('/').next().unwrap_or_default();
-        if let Ok(s) = Segment::parse(name, seg_size) {
-            if s.number >= from {
-                segments.insert(s.number, SegmentCommits::default());
-            }
-        }
+/// Segments per roll-up block at most: those sharing the first 22 characters of their name
+/// (timeline, log, and the segment's high digits), so a block is one listing prefix.
+pub const BLOCK: u64 = 256;
+
+/// First segment of the block holding segment `n` (pure).
+pub fn block_of(n: u64, seg_size: u64) -> u64 {
+    let per_log = crate::wal::name::segments_per_log(seg_size);
+    n - (n % per_log) % BLOCK
+}
+
+/// Last segment of the block starting at `first` (pure).
+pub fn block_end(first: u64, seg_size: u64) -> u64 {
+    let per_log = crate::wal::name::segments_per_log(seg_size);
+    let log_end = first - first % per_log + per_log - 1;
+    (first + BLOCK - 1).min(log_end)
+}
+
+/// A rolled-up block's summaries: `wal-index/<TLI>/range/<first segment>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockIndex {
+    /// Segment number → its summary.
+    pub segments: BTreeMap<u64, SegmentIndex>,
+}
+
+/// What one timeline's rolled-up blocks hold: `wal-index/<TLI>/summary`. Readers take the
+/// runs of a block from here and read the block itself only when a later summary of one
+/// of its segments arrived after the roll-up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimelineSummary {
+    /// Format version.
+    pub version: u32,
+    /// Block's first segment → its runs (first segment, the run).
+    pub blocks: BTreeMap<u64, Vec<(u64, SegmentCommits)>>,
+}
+
+/// What the planner takes from one segment's summary (pure).
+pub fn commits_of(idx: &SegmentIndex) -> SegmentCommits {
+    SegmentCommits {
+        first: idx.first_commit_us,
+        last: idx.last_commit_us,
+        join: idx.join(),
+        last_complete: idx.last_complete_lsn.filter(|_| idx.error.is_none()),
+        unsupported: idx.unsupported_magic,
+        more: 0,
     }
-    let idx_prefix = format!("clusters/{}/wal-index/{}/", repo.cluster(), timeline_hex(timeline));
-    let keys: Vec<(u64, String)> = repo
-        .store()
-        .list(&idx_prefix)
-        .await?
+}
+
+/// The runs a block's summaries fold into (pure).
+pub fn block_runs(block: &BlockIndex) -> Vec<(u64, SegmentCommits)> {
+    let entries: BTreeMap<u64, SegmentCommits> = block.segments.iter().map(|(n, i)| (*n, commits_of(i))).collect();
+    roll_up(&entries).into_iter().collect()
+}
+
+fn index_prefix(repo: &Repository, timeline: u32) -> String {
+    format!("clusters/{}/wal-index/{}/", repo.cluster(), timeline_hex(timeline))
+}
+
+/// Key of the timeline's roll-up summary.
+pub fn summary_key(repo: &Repository, timeline: u32) -> String {
+    format!("{}summary", index_prefix(repo, timeline))
+}
+
+/// Key of a rolled-up block.
+pub fn block_key(repo: &Repository, timeline: u32, first: u64, seg_size: u64) -> String {
+    format!("{}range/{}", index_prefix(repo, timeline), Segment { timeline, number: first }.name(seg_size))
+}
+
+/// The per-segment summaries not rolled up yet (the tail): segment number → key.
+async fn tail_keys(repo: &Repository, timeline: u32, seg_size: u64) -> Result<BTreeMap<u64, String>, RepoError> {
+    let level = repo.store().list_level(&index_prefix(repo, timeline)).await?;
+    Ok(level
+        .objects
         .into_iter()
         .filter_map(|m| {
             let s = Segment::parse(m.key.rsplit('/').next()?, seg_size).ok()?;
-            segments.contains_key(&s.number).then_some((s.number, m.key))
+            (s.timeline == timeline).then_some((s.number, m.key))
         })
-        .collect();
+        .collect())
+}
+
+/// Reads many sealed JSON documents, a bounded number at a time.
+async fn load_many<T: serde::de::DeserializeOwned>(
+    repo: &Repository,
+    keys: impl IntoIterator<Item = String>,
+) -> Result<Vec<Option<T>>, RepoError> {
     use futures::stream::{StreamExt, TryStreamExt};
-    let loaded: Vec<Option<SegmentIndex>> = futures::stream::iter(keys.iter().map(|(_, k)| repo.get_json(k)))
-        .buffered(repo.in_flight())
-        .try_collect()
-        .await?;
-    for ((n, _), idx) in keys.iter().zip(loaded) {
-        if let (Some(idx), Some(c)) = (idx, segments.get_mut(n)) {
-            *c = SegmentCommits {
-                first: idx.first_commit_us,
-                last: idx.last_commit_us,
-                join: idx.join(),
-                last_complete: idx.last_complete_lsn.filter(|_| idx.error.is_none()),
-                unsupported: idx.unsupported_magic,
-            };
+    let keys: Vec<String> = keys.into_iter().collect();
+    let reads = keys.into_iter().map(|k| {
+        let repo = repo.clone();
+        async move { repo.get_json::<T>(&k).await }
+    });
+    futures::stream::iter(reads).buffered(repo.in_flight()).try_collect().await
+}
+
+/// The archived segments of `timeline` from segment `from` on, with their commit times,
+/// as the index knows them: the roll-up summary's runs plus the summaries of the tail. Its
+/// cost follows the tail, not the archive: one listing of the index directory, the summary,
+/// and the tail's summaries. A segment archived without a summary (a push that died between
+/// the two, an archive of an older tidemark) reads as missing until `wal-index rebuild`.
+pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from: u64) -> Result<Archive, RepoError> {
+    let tail = tail_keys(repo, timeline, seg_size).await?;
+    let tail: Vec<(u64, String)> = tail.into_iter().filter(|(n, _)| *n >= from).collect();
+    let summary: TimelineSummary = repo.get_json(&summary_key(repo, timeline)).await?.unwrap_or_default();
+    let loaded: Vec<Option<SegmentIndex>> = load_many(repo, tail.iter().map(|(_, k)| k.clone())).await?;
+    let tail: BTreeMap<u64, SegmentIndex> =
+        tail.into_iter().zip(loaded).filter_map(|((n, _), i)| Some((n, i?))).collect();
+    let mut segments: BTreeMap<u64, SegmentCommits> = BTreeMap::new();
+    for (&block, runs) in summary.blocks.range(block_of(from, seg_size)..) {
+        let late: Vec<u64> = tail.range(block..=block_end(block, seg_size)).map(|(n, _)| *n).collect();
+        if late.is_empty() {
+            segments.extend(runs.iter().copied());
+            continue;
+        }
+        // Summaries that arrived after the block was rolled up: merge them with its detail.
+        match repo.get_json::<BlockIndex>(&block_key(repo, timeline, block, seg_size)).await? {
+            Some(detail) => segments.extend(detail.segments.iter().map(|(n, i)| (*n, commits_of(i)))),
+            None => segments.extend(runs.iter().copied()),
         }
     }
+    for (n, idx) in &tail {
+        // A run already holds it (a summary written twice, or left by a roll-up that died).
+        let in_run = segments.range(..=*n).next_back().is_some_and(|(k, c)| c.more > 0 && k + c.more >= *n);
+        if !in_run {
+            segments.insert(*n, commits_of(idx));
+        }
+    }
+    let segments = roll_up(&segments).into_iter().filter(|(k, c)| k + c.more >= from).collect();
     Ok(Archive { seg_size, segments })
+}
+
+/// What a roll-up did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RollUp {
+    /// Blocks written.
+    pub blocks: usize,
+    /// Segments summarized from their archived bytes (their summary was missing).
+    pub summarized: usize,
+    /// Per-segment summaries folded into blocks and removed.
+    pub folded: usize,
+}
+
+/// Summarizes an archived segment from its bytes; `None` when it is not archived.
+async fn summarize_archived(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Option<SegmentIndex>, RepoError> {
+    let key = repo.wal_key(&crate::wal::name::WalFile::Segment(seg), seg_size);
+    let Some(bytes) = repo.get_opened(&key).await? else { return Ok(None) };
+    Ok(Some(tokio::task::spawn_blocking(move || summarize(&bytes, seg, seg_size)).await.unwrap_or_else(|e| {
+        SegmentIndex { error: Some(format!("summarizing failed: {e}")), ..SegmentIndex::default() }
+    })))
+}
+
+/// Rolls the timeline's index up: every block below the newest one with archived WAL gets
+/// one object with all its summaries (a segment archived without one is summarized from its
+/// bytes), the summary gets its runs, and the per-segment summaries folded in are removed.
+/// With `full`, every block with archived WAL is rewritten and the summary made anew (from
+/// the blocks that open, the per-segment summaries, and the segments themselves).
+/// Crash-safe at every step: a block is written before the summary names it, and
+/// per-segment summaries are removed only after both; readers merge what is left over.
+pub async fn roll_up_timeline(
+    repo: &Repository,
+    timeline: u32,
+    seg_size: u64,
+    full: bool,
+) -> Result<RollUp, RepoError> {
+    let mut done = RollUp::default();
+    let mut summary: TimelineSummary = if full {
+        TimelineSummary::default()
+    } else {
+        repo.get_json(&summary_key(repo, timeline)).await?.unwrap_or_default()
+    };
+    summary.version = 1;
+    let tail = tail_keys(repo, timeline, seg_size).await?;
+    // WAL not rolled up yet: after the last rolled block (everything, when rebuilding).
+    let rolled_to = summary.blocks.keys().next_back().map(|b| block_end(*b, seg_size));
+    let wal_prefix = repo.wal_prefix(timeline);
+    let after = rolled_to.map(|e| format!("{wal_prefix}{}", Segment { timeline, number: e }.name(seg_size)));
+    let archived: std::collections::BTreeSet<u64> = repo
+        .store()
+        .list_between(&wal_prefix, after.as_deref(), None)
+        .await?
+        .iter()
+        .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
+        .filter(|s| s.timeline == timeline)
+        .map(|s| s.number)
+        .collect();
+    let Some(&newest) = archived.iter().next_back().or(tail.keys().next_back()) else {
+        return Ok(done);
+    };
+    let newest_block = block_of(newest, seg_size);
+    // Blocks to write: those with WAL not rolled up, and those with late summaries.
+    let mut blocks: std::collections::BTreeSet<u64> = archived.iter().map(|n| block_of(*n, seg_size)).collect();
+    blocks.extend(tail.keys().map(|n| block_of(*n, seg_size)));
+    blocks.retain(|b| *b < newest_block);
+    for block in blocks {
+        let end = block_end(block, seg_size);
+        let mut detail = match repo.get_json::<BlockIndex>(&block_key(repo, timeline, block, seg_size)).await {
+            Ok(d) => d.unwrap_or_default(),
+            // Derived data: a rebuild replaces a block that does not open from the segments.
+            Err(e) if full => {
+                tracing::warn!(timeline, block, error = %e, "wal index block unreadable; rebuilding it from the segments");
+                BlockIndex::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let in_tail: Vec<(u64, String)> = tail.range(block..=end).map(|(n, k)| (*n, k.clone())).collect();
+        let loaded: Vec<Option<SegmentIndex>> = load_many(repo, in_tail.iter().map(|(_, k)| k.clone())).await?;
+        for ((n, _), idx) in in_tail.iter().zip(loaded) {
+            if let Some(idx) = idx {
+                detail.segments.insert(*n, idx);
+            }
+        }
+        let missing: Vec<u64> =
+            archived.range(block..=end).filter(|n| !detail.segments.contains_key(n)).copied().collect();
+        use futures::stream::{StreamExt, TryStreamExt};
+        let reads = missing.into_iter().map(|n| {
+            let repo = repo.clone();
+            async move { summarize_archived(&repo, Segment { timeline, number: n }, seg_size).await.map(|i| (n, i)) }
+        });
+        let summarized: Vec<(u64, Option<SegmentIndex>)> =
+            futures::stream::iter(reads).buffered(repo.in_flight().min(8)).try_collect().await?;
+        for (n, idx) in summarized {
+            if let Some(idx) = idx {
+                detail.segments.insert(n, idx);
+                done.summarized += 1;
+            }
+        }
+        if detail.segments.is_empty() {
+            continue;
+        }
+        repo.put_json(&block_key(repo, timeline, block, seg_size), &detail).await?;
+        summary.blocks.insert(block, block_runs(&detail));
+        done.blocks += 1;
+        tracing::debug!(timeline, block, segments = detail.segments.len(), "wal index block rolled up");
+    }
+    // The newest block stays per-segment; a segment there that lost its summary (a push
+    // that died between the two) gets one from its bytes.
+    let lost: Vec<u64> = archived.range(newest_block..).filter(|n| !tail.contains_key(n)).copied().collect();
+    for n in lost {
+        let seg = Segment { timeline, number: n };
+        if let Some(idx) = summarize_archived(repo, seg, seg_size).await? {
+            save(repo, seg, seg_size, &idx).await?;
+            done.summarized += 1;
+        }
+    }
+    if done.blocks == 0 {
+        return Ok(done);
+    }
+    repo.put_json(&summary_key(repo, timeline), &summary).await?;
+    for (n, key) in &tail {
+        if summary.blocks.contains_key(&block_of(*n, seg_size)) && *n < newest_block {
+            repo.store().delete(key).await?;
+            done.folded += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// Rolls up (or with `full`, rebuilds) the index of every timeline: timeline → what it did.
+pub async fn roll_up_all(repo: &Repository, full: bool) -> Result<BTreeMap<u32, RollUp>, RepoError> {
+    let seg_size = crate::wal::fetch::segment_size(repo).await?;
+    let mut out = BTreeMap::new();
+    for tli in timelines(repo).await? {
+        out.insert(tli, roll_up_timeline(repo, tli, seg_size, full).await?);
+    }
+    Ok(out)
+}
+
+/// Forgets the index of segments below `floor` after the WAL purge removed them: the
+/// blocks that end below it, from the summary and the store.
+pub async fn forget_below(repo: &Repository, timeline: u32, seg_size: u64, floor: u64) -> Result<usize, RepoError> {
+    let key = summary_key(repo, timeline);
+    let Some(mut summary) = repo.get_json::<TimelineSummary>(&key).await? else { return Ok(0) };
+    let gone: Vec<u64> = summary.blocks.keys().copied().filter(|b| block_end(*b, seg_size) < floor).collect();
+    if gone.is_empty() {
+        return Ok(0);
+    }
+    for b in &gone {
+        summary.blocks.remove(b);
+    }
+    // The summary first: a block it no longer names is never read.
+    repo.put_json(&key, &summary).await?;
+    for b in &gone {
+        repo.store().delete(&block_key(repo, timeline, *b, seg_size)).await?;
+    }
+    Ok(gone.len())
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ pub async fn run(cfg: Config, repo: Repository) {
     // The slot whose catch-up at start was deferred: its backup waits for the next slot.
     let mut deferred: Option<DateTime<Utc>> = None;
     let mut at_start = true;
+    let mut copy_marks = crate::catalog::copies::Marks::default();
     loop {
         tick.tick().await;
         let now = Utc::now();
@@ -200,8 +201,23 @@ pub async fn run(cfg: Config, repo: Repository) {
                 tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour");
             }
         }
+        // The commit-time index stays rolled up, so reading it costs what changed lately.
+        match crate::catalog::wal_index::roll_up_all(&repo, false).await {
+            Ok(done) => {
+                for (tli, d) in done.iter().filter(|(_, d)| d.blocks > 0) {
+                    tracing::info!(
+                        timeline = tli,
+                        blocks = d.blocks,
+                        summarized = d.summarized,
+                        folded = d.folded,
+                        "wal index rolled up"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "wal index roll-up failed; retrying in a minute"),
+        }
         // Cross-region copies trail the source by at most a tick plus the copy time.
-        match crate::catalog::copies::sync_all(&cfg, &repo).await {
+        match crate::catalog::copies::sync_all_marked(&cfg, &repo, &mut copy_marks).await {
             Ok(done) => {
                 for s in done.iter().filter(|s| s.objects + s.backups + s.purged + s.deleted > 0) {
                     tracing::info!(region = %s.region, objects = s.objects, backups = s.backups, snapshots = s.snapshots, purged = s.purged, "cross-region copy synced");

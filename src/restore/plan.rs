@@ -41,7 +41,7 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// How an archived segment joins the WAL before it, from its push-time summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Join {
     /// Not known (no summary, an unreadable segment, or a summary from before chain checks).
     #[default]
@@ -57,8 +57,11 @@ pub enum Join {
     },
 }
 
-/// Commit times found in one archived segment (unix microseconds), and how it joins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Commit times found in one archived segment (unix microseconds), and how it joins; or the
+/// same for a rolled-up run of consecutive segments known to be archived and to join one
+/// another (`more` > 0): then `join` is that of the run as a whole (the first record
+/// starting in it points back to `prev`, the last starts at `last`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct SegmentCommits {
     /// Earliest commit time.
     pub first: Option<i64>,
@@ -70,6 +73,9 @@ pub struct SegmentCommits {
     pub last_complete: Option<u64>,
     /// Page magic of WAL from a PostgreSQL major the reader does not read (no commit times).
     pub unsupported: Option<u16>,
+    /// Further consecutive segments this entry stands for (0: one segment).
+    #[serde(default)]
+    pub more: u64,
 }
 
 /// A segment that does not continue the history of the segments before it: written by
@@ -101,15 +107,18 @@ impl fmt::Display for ChainBreak {
 /// segment that broke, so a run of foreign segments reports once, where it begins.
 pub fn chain_breaks(archive: &Archive, from: u64) -> Vec<ChainBreak> {
     let mut out = Vec::new();
-    let mut last_start: Option<u64> = None;
+    let begin = archive.covering(from).map_or(from, |(k, _)| k);
+    // What runs into `from` from before it carries on; the join at `from` itself is not
+    // checked (what precedes it is outside the walk).
+    let mut last_start: Option<u64> = carried_into(archive, begin);
     let mut prev_n: Option<u64> = None;
-    for (&n, c) in archive.segments.range(from..) {
+    for (n, c) in archive.overlapping(from, u64::MAX) {
         if prev_n.is_some_and(|p| p + 1 != n) {
             last_start = None;
         }
         match c.join {
             Join::Starts { prev, last } => {
-                if let Some(expected) = last_start.filter(|e| *e != prev) {
+                if let Some(expected) = last_start.filter(|e| *e != prev && n > from) {
                     out.push(ChainBreak { segment: n, found: prev, expected });
                 }
                 last_start = Some(last);
@@ -117,7 +126,7 @@ pub fn chain_breaks(archive: &Archive, from: u64) -> Vec<ChainBreak> {
             Join::Continuation => {}
             Join::Unknown => last_start = None,
         }
-        prev_n = Some(n);
+        prev_n = Some(n + c.more);
     }
     out
 }
@@ -145,12 +154,15 @@ pub fn lineage_timeline(
 /// of the unbroken run and, if the run ends at a segment that does not continue it, why.
 /// `None` when `first` is missing (pure).
 pub fn unbroken_run(archive: &Archive, first: u64) -> Option<(u64, Option<ChainBreak>)> {
-    let at = archive.segments.get(&first)?;
-    let mut n = first;
+    let (start, at) = archive.covering(first)?;
+    // A run is unbroken inside: the walk goes on from its end.
+    let mut n = start + at.more;
     // The last record start seen, carried over segments of pure continuation.
     let mut last_start = match at.join {
         Join::Starts { last, .. } => Some(last),
-        _ => None,
+        // Only a record begun earlier runs through it: the carry comes from before.
+        Join::Continuation => carried_into(archive, start),
+        Join::Unknown => None,
     };
     while let Some(next) = archive.segments.get(&(n + 1)) {
         match next.join {
@@ -163,9 +175,25 @@ pub fn unbroken_run(archive: &Archive, first: u64) -> Option<(u64, Option<ChainB
             Join::Continuation => {}
             Join::Unknown => last_start = None,
         }
-        n += 1;
+        n += 1 + next.more;
     }
     Some((n, None))
+}
+
+/// The last record start before segment `n`, through contiguous continuation segments.
+fn carried_into(archive: &Archive, n: u64) -> Option<u64> {
+    let mut expect = n;
+    for (k, c) in archive.segments.range(..n).rev() {
+        if k + c.more + 1 != expect {
+            return None;
+        }
+        match c.join {
+            Join::Starts { last, .. } => return Some(last),
+            Join::Continuation => expect = *k,
+            Join::Unknown => return None,
+        }
+    }
+    None
 }
 
 /// The archived segments of one timeline.
@@ -173,8 +201,96 @@ pub fn unbroken_run(archive: &Archive, first: u64) -> Option<(u64, Option<ChainB
 pub struct Archive {
     /// Segment size.
     pub seg_size: u64,
-    /// Segment number → its commit times.
+    /// First segment number → the commit times of it (and of the `more` segments after it).
     pub segments: BTreeMap<u64, SegmentCommits>,
+}
+
+impl Archive {
+    /// The entry that covers segment `n`, with the segment it starts at.
+    pub fn covering(&self, n: u64) -> Option<(u64, &SegmentCommits)> {
+        let (&k, c) = self.segments.range(..=n).next_back()?;
+        (k.saturating_add(c.more) >= n).then_some((k, c))
+    }
+
+    /// The entries that overlap segments `first..=last`, in order.
+    pub fn overlapping(&self, first: u64, last: u64) -> impl DoubleEndedIterator<Item = (u64, &SegmentCommits)> {
+        let start = self.covering(first).map_or(first, |(k, _)| k);
+        self.segments.range(start..=last.max(start)).map(|(k, c)| (*k, c)).filter(move |(k, _)| *k <= last)
+    }
+
+    /// Whether segment `n` is archived.
+    pub fn has(&self, n: u64) -> bool {
+        self.covering(n).is_some()
+    }
+
+    /// How many segments the archive holds.
+    pub fn count(&self) -> u64 {
+        self.segments.values().map(|c| c.more + 1).sum()
+    }
+
+    /// The last archived segment.
+    pub fn last(&self) -> Option<u64> {
+        self.segments.iter().next_back().map(|(k, c)| k + c.more)
+    }
+}
+
+/// Folds consecutive entries that join one another into runs (pure): what the planner,
+/// the window and the chain checks conclude from the result is what they conclude from the
+/// entries themselves (commit times following WAL order, as PostgreSQL writes them), except
+/// that a time target may read to the end of its run. Entries
+/// with an unknown join, or of a major the reader does not read, stay as they are.
+pub fn roll_up(entries: &BTreeMap<u64, SegmentCommits>) -> BTreeMap<u64, SegmentCommits> {
+    let mut out: BTreeMap<u64, SegmentCommits> = BTreeMap::new();
+    let mut open: Option<(u64, SegmentCommits)> = None;
+    for (&n, c) in entries {
+        let joined = open.as_ref().and_then(|(k, r)| {
+            if k + r.more + 1 != n || c.unsupported.is_some() {
+                return None;
+            }
+            let join = match (r.join, c.join) {
+                // Not (Continuation, Starts): a break at the Starts would be reported where
+                // the run begins instead of at its own segment.
+                (Join::Continuation, Join::Continuation) => Join::Continuation,
+                (j @ Join::Starts { .. }, Join::Continuation) => j,
+                (Join::Starts { prev, last: x }, Join::Starts { prev: p, last }) if p == x => {
+                    Join::Starts { prev, last }
+                }
+                _ => return None,
+            };
+            let min = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).min();
+            let max = |a: Option<i64>, b: Option<i64>| a.into_iter().chain(b).max();
+            Some(SegmentCommits {
+                first: min(r.first, c.first),
+                last: max(r.last, c.last),
+                join,
+                last_complete: c.last_complete.or(r.last_complete),
+                unsupported: None,
+                more: r.more + 1 + c.more,
+            })
+        });
+        match joined {
+            Some(m) => {
+                if let Some((_, r)) = open.as_mut() {
+                    *r = m;
+                }
+            }
+            None => {
+                if let Some((k, r)) = open.take() {
+                    out.insert(k, r);
+                }
+                let foldable = c.join != Join::Unknown && c.unsupported.is_none();
+                if foldable {
+                    open = Some((n, *c));
+                } else {
+                    out.insert(n, *c);
+                }
+            }
+        }
+    }
+    if let Some((k, r)) = open {
+        out.insert(k, r);
+    }
+    out
 }
 
 /// What the planner needs of a completed backup.
@@ -291,8 +407,9 @@ pub struct RestorePlan {
 /// summaries of segments `first..=last` know; where the newest segment that has records has
 /// no usable summary (an unknown PostgreSQL major, an old summary), at least its start.
 fn latest_record(archive: &Archive, first: u64, last: u64) -> Option<Lsn> {
-    for (n, c) in archive.segments.range(first..=last).rev() {
-        if let Some(l) = c.last_complete {
+    for (n, c) in archive.overlapping(first, last).rev() {
+        // A run that begins before `first` may hold its newest record before it too.
+        if let Some(l) = c.last_complete.filter(|l| n >= first || *l >= first * archive.seg_size) {
             return Some(Lsn(l));
         }
         if c.join == Join::Unknown {
@@ -318,7 +435,7 @@ pub enum PlanError {
     #[error("cannot restore to {0}: commit times unknown: {1}\n{2}")]
     CommitTimesUnknown(Target, String, Window),
     /// Target falls in a gap of the archive.
-    #[error("target {0} falls in a gap of the archived WAL (run `tidemark verify`)\n{1}")]
+    #[error("target {0} falls in a gap of the archived WAL (run `tidemark verify`; segments it finds archived but not indexed come back with `tidemark wal-index rebuild`)\n{1}")]
     InGap(Target, Window),
     /// `--latest` over an archive whose WAL breaks into another history.
     #[error("cannot restore --latest: {0}. The end of the archive is not one server's history (a second server archived under this handle, or a segment was planted): run `tidemark verify`, then restore to a point before the break with --target-time or --target-lsn, or move the foreign segments out of the archive\n{1}")]
@@ -342,9 +459,9 @@ pub fn range_of(b: &BackupPoint, archive: &Archive) -> Option<Range> {
     if end < stop {
         return None;
     }
-    let last_commit = archive.segments.range(stop..=end).filter_map(|(_, c)| c.last).max();
+    let last_commit = archive.overlapping(stop, end).filter_map(|(_, c)| c.last).max();
     let to_time = last_commit.and_then(us_to_time).filter(|t| *t >= b.stop_time);
-    let unsupported = archive.segments.range(start..=end).find_map(|(_, c)| c.unsupported);
+    let unsupported = archive.overlapping(start, end).find_map(|(_, c)| c.unsupported);
     Some(Range {
         backup: b.id.clone(),
         from_time: b.stop_time,
@@ -373,11 +490,11 @@ fn last_needed(target: Target, r: &Range, archive: &Archive, timeline: u32) -> u
             let t_us = t.timestamp_micros();
             // The first segment holding a commit at or after the target: recovery stops there.
             let from = Segment::containing(timeline, r.from_lsn, archive.seg_size).number;
+            // In a rolled-up run, its last segment: at most the run is read past the target.
             archive
-                .segments
-                .range(from..=r.last_segment)
+                .overlapping(from, r.last_segment)
                 .find(|(_, c)| c.last.is_some_and(|l| l >= t_us))
-                .map_or(r.last_segment, |(n, _)| *n)
+                .map_or(r.last_segment, |(n, c)| (n + c.more).min(r.last_segment))
         }
     }
 }
@@ -491,6 +608,7 @@ mod tests {
                     join: Join::Starts { prev: (n - 1) * 1000 + 500, last: n * 1000 + 500 },
                     last_complete: Some(n * 1000 + 400),
                     unsupported: None,
+                    more: 0,
                 },
             );
         }
@@ -741,5 +859,74 @@ mod tests {
             c.unsupported = Some(0xD121);
         }
         assert!(window(&bs, &a).to_string().contains("unknown WAL page magic 0xD121"));
+    }
+
+    mod rolled_up {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A segment: present or not, its join (chaining, foreign, continuation, unknown), commits.
+        fn seg() -> impl Strategy<Value = Option<(u8, Option<i64>)>> {
+            prop::option::weighted(0.9, (0u8..10, prop::option::of(0i64..50)))
+        }
+
+        fn build(specs: &[Option<(u8, Option<i64>)>]) -> Archive {
+            let mut a = Archive { seg_size: SEG, segments: BTreeMap::new() };
+            for (i, s) in specs.iter().enumerate() {
+                let Some((kind, c)) = s else { continue };
+                let n = i as u64 + 1;
+                let join = match kind {
+                    0 => Join::Unknown,
+                    1 => Join::Continuation,
+                    2 => Join::Starts { prev: 77, last: n * SEG + 500 },
+                    _ => Join::Starts { prev: (n - 1) * SEG + 500, last: n * SEG + 500 },
+                };
+                let commit = c.map(|s| us(n as i64 * 100 + s));
+                a.segments.insert(
+                    n,
+                    SegmentCommits {
+                        first: commit,
+                        last: commit.map(|c| c + 7),
+                        join,
+                        last_complete: matches!(join, Join::Starts { .. }).then_some(n * SEG + 400),
+                        unsupported: (*kind == 9).then_some(0xD101),
+                        more: 0,
+                    },
+                );
+            }
+            a
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
+            #[test]
+            fn plans_the_same_as_the_segments(specs in prop::collection::vec(seg(), 1..60), b1 in 1u64..30, t_at in 0i64..6_000, l_at in 0u64..60) {
+                let a = build(&specs);
+                let r = Archive { seg_size: SEG, segments: roll_up(&a.segments) };
+                prop_assert_eq!(r.count(), a.count());
+                prop_assert_eq!(r.last(), a.last());
+                for n in 0..70 {
+                    prop_assert_eq!(r.has(n), a.has(n));
+                }
+                prop_assert_eq!(chain_breaks(&r, 0), chain_breaks(&a, 0));
+                prop_assert_eq!(chain_breaks(&r, b1), chain_breaks(&a, b1));
+                // Stop times as in real WAL: no earlier segment commits after the stop.
+                let bs = [backup("b1", b1, b1 + 1, (b1 as i64 + 1) * 100), backup("b2", b1 + 5, b1 + 5, (b1 as i64 + 5) * 100)];
+                prop_assert_eq!(window(&bs, &r), window(&bs, &a));
+                let lsn = Target::Lsn(Lsn(l_at * SEG + 99));
+                for target in [Target::Latest, lsn] {
+                    prop_assert_eq!(plan(&bs, &r, target, None), plan(&bs, &a, target, None));
+                }
+                let time = Target::Time(t(t_at));
+                match (plan(&bs, &r, time, None), plan(&bs, &a, time, None)) {
+                    (Ok(x), Ok(y)) => {
+                        prop_assert_eq!(&x.backup, &y.backup);
+                        prop_assert_eq!(x.first_segment, y.first_segment);
+                        prop_assert!(x.last_segment >= y.last_segment);
+                    }
+                    (x, y) => prop_assert_eq!(x, y),
+                }
+            }
+        }
     }
 }

@@ -154,6 +154,37 @@ fn publish_if_absent(tmp: TempFile, path: &Path) -> std::io::Result<PutOutcome> 
     }
 }
 
+/// One directory's entries under `prefix` (which ends in '/'); nothing deeper is read.
+fn level_blocking(root: &Path, prefix: &str, max: Option<usize>) -> std::io::Result<super::Level> {
+    let dir = root.join(prefix.trim_end_matches('/'));
+    let mut out = super::Level::default();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        if max.is_some_and(|m| out.objects.len() >= m) {
+            break;
+        }
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            out.dirs.push(format!("{prefix}{name}/"));
+        } else if ft.is_file() {
+            out.objects.push(ObjectMeta { key: format!("{prefix}{name}"), size: entry.metadata()?.len() });
+        }
+    }
+    out.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    out.dirs.sort();
+    Ok(out)
+}
+
 fn list_blocking(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectMeta>> {
     // Only walk the deepest directory the prefix names; filter the rest by string prefix.
     let dir_part = match prefix.rfind('/') {
@@ -305,6 +336,32 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         let p = prefix.to_string();
         tokio::task::spawn_blocking(move || list_blocking(&root, &p))
+            .await
+            .map_err(|e| self.err("list", prefix, e))?
+            .map_err(|e| self.err("list", prefix, e))
+    }
+
+    async fn list_level(&self, prefix: &str) -> Result<super::Level, StoreError> {
+        if !prefix.ends_with('/') {
+            return Ok(super::level_of(prefix, self.list(prefix).await?));
+        }
+        let root = self.root.clone();
+        let p = prefix.to_string();
+        tokio::task::spawn_blocking(move || level_blocking(&root, &p, None))
+            .await
+            .map_err(|e| self.err("list", prefix, e))?
+            .map_err(|e| self.err("list", prefix, e))
+    }
+
+    async fn list_some(&self, prefix: &str, max: usize) -> Result<Vec<ObjectMeta>, StoreError> {
+        if !prefix.ends_with('/') {
+            let mut all = self.list(prefix).await?;
+            all.truncate(max);
+            return Ok(all);
+        }
+        let root = self.root.clone();
+        let p = prefix.to_string();
+        tokio::task::spawn_blocking(move || level_blocking(&root, &p, Some(max)).map(|l| l.objects))
             .await
             .map_err(|e| self.err("list", prefix, e))?
             .map_err(|e| self.err("list", prefix, e))

@@ -1,5 +1,6 @@
 //! The object store seam: one trait, a folder-free file per backend, one constructor.
 
+pub mod counting;
 pub mod fs;
 pub mod s3;
 
@@ -17,6 +18,15 @@ pub struct ObjectMeta {
     pub key: String,
     /// Size in bytes.
     pub size: u64,
+}
+
+/// One level of a listing: the objects directly under a prefix and the "directories" below it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Level {
+    /// Objects whose key has no further '/' after the prefix, sorted by key.
+    pub objects: Vec<ObjectMeta>,
+    /// Key prefixes one level down, each ending in '/', sorted.
+    pub dirs: Vec<String>,
 }
 
 /// Result of a conditional put.
@@ -78,6 +88,34 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+    /// One level under `prefix` (which ends in '/'): S3 lists with a delimiter, fs reads one
+    /// directory, so what lies deeper (bundles, WAL) costs nothing. Default: from [`Self::list`].
+    async fn list_level(&self, prefix: &str) -> Result<Level, StoreError> {
+        Ok(level_of(prefix, self.list(prefix).await?))
+    }
+    /// The objects under `prefix` whose keys sort after `after` and before `before` (either
+    /// open), sorted: S3 starts the listing after `after` and stops at `before`, so a range
+    /// costs what it holds, not what the prefix holds. Default: from [`Self::list`].
+    async fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b))
+            .collect())
+    }
+    /// Up to about `max` objects under `prefix`, in no promised order: enough to tell whether
+    /// there are any without listing them all. Default: from [`Self::list`].
+    async fn list_some(&self, prefix: &str, max: usize) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut all = self.list(prefix).await?;
+        all.truncate(max);
+        Ok(all)
+    }
     /// Deletes an object; deleting an absent object is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Human-readable location, e.g. `s3://bucket/prefix`.
@@ -148,6 +186,26 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Folds a full listing into one level under `prefix` (pure).
+pub fn level_of(prefix: &str, all: Vec<ObjectMeta>) -> Level {
+    let mut out = Level::default();
+    for m in all {
+        let Some(rest) = m.key.strip_prefix(prefix) else { continue };
+        match rest.find('/') {
+            Some(i) => {
+                let d = format!("{prefix}{}", &rest[..=i]);
+                if out.dirs.last() != Some(&d) {
+                    out.dirs.push(d);
+                }
+            }
+            None => out.objects.push(m),
+        }
+    }
+    out.dirs.sort();
+    out.dirs.dedup();
+    out
+}
+
 /// Attempts per object read (see [`ObjectStore::get_bytes`]).
 pub const READ_ATTEMPTS: u32 = 5;
 
@@ -208,6 +266,15 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_level_keeps_direct_objects_and_folds_deeper_ones() {
+        let m = |k: &str| ObjectMeta { key: k.into(), size: 1 };
+        let l = level_of("b/", vec![m("b/1/manifest"), m("b/1/data/x"), m("b/2/m"), m("b/top"), m("c/other")]);
+        assert_eq!(l.objects, vec![m("b/top")]);
+        assert_eq!(l.dirs, vec!["b/1/".to_string(), "b/2/".to_string()]);
+        assert_eq!(level_of("none/", vec![m("b/x")]), Level::default());
+    }
 
     #[test]
     fn read_backoff_grows_and_is_bounded() {

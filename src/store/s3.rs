@@ -287,6 +287,84 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn list_level(&self, prefix: &str) -> Result<super::Level, StoreError> {
+        let full_prefix =
+            if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{}", self.prefix, prefix) };
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut out = super::Level::default();
+        while let Some(page) = pages.try_next().await.map_err(|e| self.err("list", prefix, e))? {
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    out.objects
+                        .push(ObjectMeta { key: self.strip(k).to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
+                }
+            }
+            for p in page.common_prefixes() {
+                if let Some(d) = p.prefix() {
+                    out.dirs.push(self.strip(d).to_string());
+                }
+            }
+        }
+        out.objects.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dirs.sort();
+        Ok(out)
+    }
+
+    async fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let full_prefix =
+            if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{}", self.prefix, prefix) };
+        let mut req = self.client.list_objects_v2().bucket(&self.bucket).prefix(&full_prefix);
+        if let Some(a) = after {
+            req = req.start_after(self.full(a)?);
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        'pages: while let Some(page) = pages.try_next().await.map_err(|e| self.err("list", prefix, e))? {
+            for o in page.contents() {
+                let Some(k) = o.key() else { continue };
+                let key = self.strip(k);
+                if before.is_some_and(|b| key >= b) {
+                    break 'pages;
+                }
+                out.push(ObjectMeta { key: key.to_string(), size: o.size().unwrap_or(0).max(0) as u64 });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list_some(&self, prefix: &str, max: usize) -> Result<Vec<ObjectMeta>, StoreError> {
+        let full_prefix =
+            if self.prefix.is_empty() { prefix.to_string() } else { format!("{}/{}", self.prefix, prefix) };
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full_prefix)
+            .max_keys(i32::try_from(max.clamp(1, 1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| self.err("list", prefix, e))?;
+        Ok(page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta { key: self.strip(o.key()?).to_string(), size: o.size().unwrap_or(0).max(0) as u64 })
+            })
+            .collect())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full(key)?;
         self.client

@@ -85,7 +85,8 @@ pub fn check_segment_size(seg_size: u64) -> Result<(), NameError> {
     }
 }
 
-fn segments_per_log(seg_size: u64) -> u64 {
+/// Segments in one 4 GiB log file (the middle 8 digits of a segment name).
+pub fn segments_per_log(seg_size: u64) -> u64 {
     0x1_0000_0000 / seg_size
 }
 
