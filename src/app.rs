@@ -366,6 +366,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             res.map_err(|f| per_file::fetch_abort(name, f))
         }
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
+        Command::WalRemove { file, cluster, yes } => wal_remove(&cli, file, cluster.as_deref(), *yes).await,
         Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
         Command::DaemonStats => {
             let cfg = load_config(&cli)?;
@@ -379,6 +380,55 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
     }
+}
+
+/// `wal-remove`: says what goes and why; removes it only with `--yes` (exit 2 without, like
+/// the other deleting commands, but with the list on stdout so it can be reviewed first).
+async fn wal_remove(cli: &Cli, file: &str, cluster: Option<&str>, yes: bool) -> Result<u8, Failure> {
+    use crate::catalog::wal_remove;
+    let cfg = load_config(cli)?;
+    let repo = open_existing(&cfg, cluster).await?;
+    let seg_size = fetch::segment_size(&repo).await?;
+    let wal_file = crate::wal::name::WalFile::parse(file.trim(), seg_size).map_err(|e| {
+        usage(format!(
+            "{e}: give a WAL file name as archived, such as 00000002.history or 000000010000000000000007 (see `tidemark verify`)"
+        ))
+    })?;
+    let r = wal_remove::plan(&repo, &wal_file, seg_size).await?;
+    if !yes {
+        let confirm = format!("nothing removed: add --yes to remove {} object(s) of {}", r.objects.len(), r.file);
+        match cli.output {
+            Output::Json => outln!(
+                "{}",
+                serde_json::json!({
+                    "cluster": r.cluster, "file": r.file, "would_remove": r.objects, "removed": [],
+                    "reason": r.reason, "error": confirm, "exit_code": 2,
+                })
+            ),
+            Output::Text => {
+                outln!("would remove {} of cluster {} ({}):", r.file, r.cluster, r.reason);
+                for k in &r.objects {
+                    outln!("  {k}");
+                }
+            }
+        }
+        eprintln!("tidemark: {confirm}");
+        return Ok(2);
+    }
+    wal_remove::remove(&repo, &r).await?;
+    match cli.output {
+        Output::Json => outln!(
+            "{}",
+            serde_json::json!({ "cluster": r.cluster, "file": r.file, "removed": r.objects, "reason": r.reason })
+        ),
+        Output::Text => {
+            outln!("removed {} of cluster {} ({}):", r.file, r.cluster, r.reason);
+            for k in &r.objects {
+                outln!("  {k}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// `wal-push`, second step: archive the file without a daemon.

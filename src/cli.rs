@@ -45,6 +45,19 @@ pub enum Command {
         /// Destination path.
         dest: PathBuf,
     },
+    /// Remove one WAL object (segment, .history, .partial, .backup) and its summary from the
+    /// archive: what `verify` flags as foreign, or what no backup needs. Without --yes, only
+    /// says what would go (exit 2).
+    WalRemove {
+        /// WAL file name, as in the archive (e.g. 00000005.history, 000000010000000000000007).
+        file: String,
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Confirm: the object is deleted permanently.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Read ahead the segments after NAME into the spool (started by wal-fetch).
     #[command(hide = true)]
     WalPrefetch {
