@@ -14,7 +14,7 @@ use crate::repo::Repository;
 use crate::restore::plan::{rfc3339, Target};
 use crate::wal::fetch::{self, FetchOutcome};
 use crate::wal::push::Archiver;
-use crate::wal::spool::Spool;
+use crate::wal::spool::{Spool, SPOOL_TMP};
 
 pub use crate::failure::Failure;
 
@@ -447,13 +447,14 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
         return Ok(n);
     }
     let n = fetch::segment_size(repo).await?;
-    let _ = std::fs::create_dir_all(spool.dir()).and_then(|_| std::fs::write(&cache, n.to_string()));
+    let _ =
+        spool.ensure_dir().and_then(|_| crate::wal::spool::write_atomic(&cache, n.to_string().as_bytes(), SPOOL_TMP));
     Ok(n)
 }
 
 /// `wal-fetch`, second step: reads the file from the archive; exit 1 when it is not there.
 async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
-    let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
+    let spool = per_file::spool_of(cfg);
     let repo = Repository::open(cfg).await?;
     let seg_size = cached_segment_size(&repo, &spool).await?;
     let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
@@ -468,7 +469,7 @@ async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result
 /// `wal-prefetch`: read-ahead that follows recovery until it goes quiet; exits at once when
 /// another one holds the spool lock.
 async fn wal_prefetch(cfg: &Config, name: &str) -> Result<u8, Failure> {
-    let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
+    let spool = per_file::spool_of(cfg);
     let lock = spool.lock_file().map_err(|e| anyhow::anyhow!("spool lock in {}: {e}", spool.dir().display()))?;
     if lock.try_lock().is_err() {
         return Ok(0);
