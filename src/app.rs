@@ -595,8 +595,22 @@ fn summary(m: &Manifest) -> serde_json::Value {
 async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     match action {
-        BackupAction::Create { wait: _ } => {
+        BackupAction::Create { wait } => {
             let repo = Repository::open(&cfg).await?;
+            if !wait {
+                if let Some(id) = backup_by_daemon(&cfg).await? {
+                    match cli.output {
+                        Output::Json => outln!(
+                            "{}",
+                            serde_json::json!({ "id": id, "cluster": repo.cluster(), "state": "running", "taken_by": "daemon" })
+                        ),
+                        Output::Text => outln!(
+                            "backup {id} started: the daemon takes it; `tidemark backup list` shows when it is completed (or use --wait)"
+                        ),
+                    }
+                    return Ok(0);
+                }
+            }
             let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
             match cli.output {
                 Output::Json => outln!("{}", summary(&m)),
@@ -704,6 +718,37 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+    }
+}
+
+/// `backup create` without `--wait`: hands the backup to the daemon (`Some(id)` once it is
+/// running there). `None` when no daemon answers, or one too old to take backups: the caller
+/// takes it in the foreground, because backups never depend on the daemon being up.
+async fn backup_by_daemon(cfg: &Config) -> Result<Option<String>, Failure> {
+    let socket = &cfg.daemon.socket;
+    // The daemon answers after its sweep, the PostgreSQL session and the running record.
+    match control::call(socket, &Request::Backup, Duration::from_secs(120)).await {
+        Ok(Response::BackupStarted { id }) => Ok(Some(id)),
+        Ok(Response::Error { message }) if message.starts_with("bad request") => {
+            eprintln!("tidemark: the daemon at {} does not take backups (an older version); taking the backup in the foreground", socket.display());
+            Ok(None)
+        }
+        Ok(Response::Error { message }) => {
+            Err(anyhow::anyhow!("the daemon could not start the backup: {message}").into())
+        }
+        Ok(other) => Err(anyhow::anyhow!("unexpected answer from the daemon at {}: {other:?}", socket.display()).into()),
+        Err(control::ClientError::NoDaemon(..)) => {
+            eprintln!(
+                "tidemark: no daemon answers at {}; taking the backup in the foreground (this command returns when it is completed)",
+                socket.display()
+            );
+            Ok(None)
+        }
+        // The daemon may have started it: running another could make two.
+        Err(e @ control::ClientError::Broken(..)) => Err(anyhow::anyhow!(
+            "{e}; the backup may be running in the daemon: check `tidemark backup list` before trying again (or take one in the foreground with --wait)"
+        )
+        .into()),
     }
 }
 

@@ -190,9 +190,10 @@ pub enum Command {
 /// `backup` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BackupAction {
-    /// Take a manual backup now (runs until it completes).
+    /// Take a manual backup now: the daemon takes it and this returns at once with its id;
+    /// with no daemon answering, or with --wait, it runs here until it completes.
     Create {
-        /// Wait until the backup is completed (always the case in this version).
+        /// Take the backup here and return only when it is completed (exit 0) or failed.
         #[arg(long)]
         wait: bool,
     },

@@ -69,7 +69,7 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         primary.start();
         primary.sql("create table t(id int primary key, who text)");
         write_and_switch(&primary, "both", 1000);
-        let o = tm_p.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+        let o = tm_p.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
         assert!(o.status.success(), "backup: {}", stderr(&o));
         primary.stop();
         // The copy: same system identifier, same history so far, its own daemon and config
@@ -252,7 +252,7 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
             // The winner's history restores; a target inside its data directory is refused.
             winner.sql("create table t(id int primary key, who text)");
             write_and_switch(winner, "winner", 200);
-            let o = tm_w.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+            let o = tm_w.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
             assert!(o.status.success(), "backup: {}", stderr(&o));
             write_and_switch(winner, "winner", 200);
             winner.switch_wal_archived(Duration::from_secs(60));
@@ -295,7 +295,7 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     pg.start();
     tm.start_daemon();
     pg.pgbench(&["-i", "-q", "-s", "2"]);
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "backup through the faulty store: {}", stderr(&o));
     let archived = |pg: &Pg| pg.sql("select archived_count from pg_stat_archiver").parse::<u64>().unwrap();
     for kill in 0..3 {
@@ -380,7 +380,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     tm.start_daemon();
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "start", 1000);
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let (mut pushes, mut backups_killed, mut purges_killed) = (0, 0, 0);
     for round in 0..20 {
@@ -402,7 +402,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
                 // A backup, SIGKILLed once its record says it is running, or while it is
                 // paused mid-copy (pg_backup_start done, data half copied).
                 write_and_switch(&pg, "backup", 500);
-                let mut cmd = tm.cmd_as_postgres(&["backup", "create"]);
+                let mut cmd = tm.cmd_as_postgres(&["backup", "create", "--wait"]);
                 let paused = round % 2 == 0;
                 if paused {
                     cmd.env("TIDEMARK_FAILPOINT", "backup-copy:pause").stderr(std::process::Stdio::piped());
@@ -424,7 +424,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
             _ => {
                 // A purge of the oldest completed backup, crashed (abort, no cleanup) after it
                 // marks the record, half-way through its data, or before removing the record.
-                let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+                let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
                 assert!(o.status.success(), "{}", stderr(&o));
                 let oldest = backups(&tm)
                     .into_iter()
@@ -449,7 +449,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     }
     pg.switch_wal_archived(Duration::from_secs(120));
     // The next backup's sweep marks the killed ones failed; none stays running.
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let list = backups(&tm);
     assert!(list.iter().all(|b| b["state"] != "running"), "a killed backup still running: {list:?}");
@@ -561,7 +561,7 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "a", 100);
     // An administrator's backup, as root.
-    let o = tm.cmd(&["--output", "json", "backup", "create"]).output().unwrap();
+    let o = tm.cmd(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
     let (uid, _) = common::postgres_ids();
@@ -696,7 +696,7 @@ fn every_command_prints_one_json_document() {
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "a", 100);
     tm.start_daemon();
-    let b = json_of(&tm, &["backup", "create"], true);
+    let b = json_of(&tm, &["backup", "create", "--wait"], true);
     let id = b["id"].as_str().unwrap().to_string();
     write_and_switch(&pg, "b", 100);
     pg.switch_wal_archived(Duration::from_secs(60));
