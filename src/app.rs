@@ -14,7 +14,7 @@ use crate::repo::Repository;
 use crate::restore::plan::{rfc3339, Target};
 use crate::wal::fetch::{self, FetchOutcome};
 use crate::wal::push::Archiver;
-use crate::wal::spool::Spool;
+use crate::wal::spool::{Spool, SPOOL_TMP};
 
 pub use crate::failure::Failure;
 
@@ -401,6 +401,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             res.map_err(|f| per_file::fetch_abort(name, f))
         }
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
+        Command::WalRemove { file, cluster, yes } => wal_remove(&cli, file, cluster.as_deref(), *yes).await,
         Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
         Command::DaemonStats => {
             let cfg = load_config(&cli)?;
@@ -414,6 +415,55 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
     }
+}
+
+/// `wal-remove`: says what goes and why; removes it only with `--yes` (exit 2 without, like
+/// the other deleting commands, but with the list on stdout so it can be reviewed first).
+async fn wal_remove(cli: &Cli, file: &str, cluster: Option<&str>, yes: bool) -> Result<u8, Failure> {
+    use crate::catalog::wal_remove;
+    let cfg = load_config(cli)?;
+    let repo = open_existing(&cfg, cluster).await?;
+    let seg_size = fetch::segment_size(&repo).await?;
+    let wal_file = crate::wal::name::WalFile::parse(file.trim(), seg_size).map_err(|e| {
+        usage(format!(
+            "{e}: give a WAL file name as archived, such as 00000002.history or 000000010000000000000007 (see `tidemark verify`)"
+        ))
+    })?;
+    let r = wal_remove::plan(&repo, &wal_file, seg_size).await?;
+    if !yes {
+        let confirm = format!("nothing removed: add --yes to remove {} object(s) of {}", r.objects.len(), r.file);
+        match cli.output {
+            Output::Json => outln!(
+                "{}",
+                serde_json::json!({
+                    "cluster": r.cluster, "file": r.file, "would_remove": r.objects, "removed": [],
+                    "reason": r.reason, "error": confirm, "exit_code": 2,
+                })
+            ),
+            Output::Text => {
+                outln!("would remove {} of cluster {} ({}):", r.file, r.cluster, r.reason);
+                for k in &r.objects {
+                    outln!("  {k}");
+                }
+            }
+        }
+        eprintln!("tidemark: {confirm}");
+        return Ok(2);
+    }
+    wal_remove::remove(&repo, &r).await?;
+    match cli.output {
+        Output::Json => outln!(
+            "{}",
+            serde_json::json!({ "cluster": r.cluster, "file": r.file, "removed": r.objects, "reason": r.reason })
+        ),
+        Output::Text => {
+            outln!("removed {} of cluster {} ({}):", r.file, r.cluster, r.reason);
+            for k in &r.objects {
+                outln!("  {k}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// `wal-push`, second step: archive the file without a daemon.
@@ -432,13 +482,14 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
         return Ok(n);
     }
     let n = fetch::segment_size(repo).await?;
-    let _ = std::fs::create_dir_all(spool.dir()).and_then(|_| std::fs::write(&cache, n.to_string()));
+    let _ =
+        spool.ensure_dir().and_then(|_| crate::wal::spool::write_atomic(&cache, n.to_string().as_bytes(), SPOOL_TMP));
     Ok(n)
 }
 
 /// `wal-fetch`, second step: reads the file from the archive; exit 1 when it is not there.
 async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
-    let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
+    let spool = per_file::spool_of(cfg);
     let repo = Repository::open(cfg).await?;
     let seg_size = cached_segment_size(&repo, &spool).await?;
     let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
@@ -453,7 +504,7 @@ async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result
 /// `wal-prefetch`: read-ahead that follows recovery until it goes quiet; exits at once when
 /// another one holds the spool lock.
 async fn wal_prefetch(cfg: &Config, name: &str) -> Result<u8, Failure> {
-    let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
+    let spool = per_file::spool_of(cfg);
     let lock = spool.lock_file().map_err(|e| anyhow::anyhow!("spool lock in {}: {e}", spool.dir().display()))?;
     if lock.try_lock().is_err() {
         return Ok(0);
@@ -579,8 +630,22 @@ fn summary(m: &Manifest) -> serde_json::Value {
 async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     match action {
-        BackupAction::Create { wait: _ } => {
+        BackupAction::Create { wait } => {
             let repo = Repository::open(&cfg).await?;
+            if !wait {
+                if let Some(id) = backup_by_daemon(&cfg).await? {
+                    match cli.output {
+                        Output::Json => outln!(
+                            "{}",
+                            serde_json::json!({ "id": id, "cluster": repo.cluster(), "state": "running", "taken_by": "daemon" })
+                        ),
+                        Output::Text => outln!(
+                            "backup {id} started: the daemon takes it; `tidemark backup list` shows when it is completed (or use --wait)"
+                        ),
+                    }
+                    return Ok(0);
+                }
+            }
             let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
             match cli.output {
                 Output::Json => outln!("{}", summary(&m)),
@@ -688,6 +753,37 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+    }
+}
+
+/// `backup create` without `--wait`: hands the backup to the daemon (`Some(id)` once it is
+/// running there). `None` when no daemon answers, or one too old to take backups: the caller
+/// takes it in the foreground, because backups never depend on the daemon being up.
+async fn backup_by_daemon(cfg: &Config) -> Result<Option<String>, Failure> {
+    let socket = &cfg.daemon.socket;
+    // The daemon answers after its sweep, the PostgreSQL session and the running record.
+    match control::call(socket, &Request::Backup, Duration::from_secs(120)).await {
+        Ok(Response::BackupStarted { id }) => Ok(Some(id)),
+        Ok(Response::Error { message }) if message.starts_with("bad request") => {
+            eprintln!("tidemark: the daemon at {} does not take backups (an older version); taking the backup in the foreground", socket.display());
+            Ok(None)
+        }
+        Ok(Response::Error { message }) => {
+            Err(anyhow::anyhow!("the daemon could not start the backup: {message}").into())
+        }
+        Ok(other) => Err(anyhow::anyhow!("unexpected answer from the daemon at {}: {other:?}", socket.display()).into()),
+        Err(control::ClientError::NoDaemon(..)) => {
+            eprintln!(
+                "tidemark: no daemon answers at {}; taking the backup in the foreground (this command returns when it is completed)",
+                socket.display()
+            );
+            Ok(None)
+        }
+        // The daemon may have started it: running another could make two.
+        Err(e @ control::ClientError::Broken(..)) => Err(anyhow::anyhow!(
+            "{e}; the backup may be running in the daemon: check `tidemark backup list` before trying again (or take one in the foreground with --wait)"
+        )
+        .into()),
     }
 }
 

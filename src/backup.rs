@@ -170,6 +170,18 @@ async fn sweep_first(repo: &Repository) {
     }
 }
 
+/// `create`, telling `started` the backup's id as soon as it is recorded as running (the
+/// daemon answers a `backup create` without `--wait` then). A backup that fails before that
+/// drops `started` unsent; the error is the result.
+pub async fn create_notifying(
+    cfg: &Config,
+    repo: &Repository,
+    kind: BackupKind,
+    started: tokio::sync::oneshot::Sender<String>,
+) -> anyhow::Result<Manifest> {
+    create_inner(cfg, repo, kind, None, Some(started)).await
+}
+
 /// `create` with the freeze seam given (tests); `None` uses the freeze-guard process.
 pub async fn create_with(
     cfg: &Config,
@@ -177,7 +189,38 @@ pub async fn create_with(
     kind: BackupKind,
     freezer: Option<&dyn Freezer>,
 ) -> anyhow::Result<Manifest> {
+    create_inner(cfg, repo, kind, freezer, None).await
+}
+
+/// A backup of this cluster that is running with a live lease (after the sweep marked the
+/// abandoned ones failed), if any: two backups never run at once.
+async fn running_backup(repo: &Repository) -> anyhow::Result<Option<Manifest>> {
+    let now = chrono::Utc::now();
+    Ok(backup::list(repo).await?.into_iter().find(|m| {
+        m.state == BackupState::Running
+            && backup::stale_reason(m, now, backup::stale_limit(), m.lease.as_ref().is_some_and(backup::holder_gone))
+                .is_none()
+    }))
+}
+
+async fn create_inner(
+    cfg: &Config,
+    repo: &Repository,
+    kind: BackupKind,
+    freezer: Option<&dyn Freezer>,
+    started: Option<tokio::sync::oneshot::Sender<String>>,
+) -> anyhow::Result<Manifest> {
     sweep_first(repo).await;
+    if let Some(r) = running_backup(repo).await? {
+        let by = r.lease.as_ref().map(|l| format!(" by {} pid {}, alive at {}", l.host, l.pid, l.heartbeat_at));
+        bail!(
+            "backup {} of cluster {} is already running (started {}{}); two backups never run at once: wait until `tidemark backup list` shows it completed, then try again",
+            r.id,
+            repo.cluster(),
+            r.start_time,
+            by.unwrap_or_default()
+        );
+    }
     let session = Session::connect(&cfg.postgres.conninfo).await?;
     let info = session.info().await?;
     if info.archive_mode == "off" {
@@ -235,6 +278,10 @@ pub async fn create_with(
     };
     backup::save(repo, &m).await?;
     tracing::info!(backup = %id, ?kind, "backup started");
+    if let Some(tx) = started {
+        // The asker may have gone away meanwhile; the backup goes on regardless.
+        let _ = tx.send(id.clone());
+    }
     let heartbeat = Heartbeat::start(repo, &m, backup::heartbeat_interval());
 
     let captured = match cfg.backup.provider.as_str() {

@@ -45,6 +45,19 @@ pub enum Command {
         /// Destination path.
         dest: PathBuf,
     },
+    /// Remove one WAL object (segment, .history, .partial, .backup) and its summary from the
+    /// archive: what `verify` flags as foreign, or what no backup needs. Without --yes, only
+    /// says what would go (exit 2).
+    WalRemove {
+        /// WAL file name, as in the archive (e.g. 00000005.history, 000000010000000000000007).
+        file: String,
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+        /// Confirm: the object is deleted permanently.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Read ahead the segments after NAME into the spool (started by wal-fetch).
     #[command(hide = true)]
     WalPrefetch {
@@ -201,9 +214,10 @@ pub enum WalIndexAction {
 /// `backup` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum BackupAction {
-    /// Take a manual backup now (runs until it completes).
+    /// Take a manual backup now: the daemon takes it and this returns at once with its id;
+    /// with no daemon answering, or with --wait, it runs here until it completes.
     Create {
-        /// Wait until the backup is completed (always the case in this version).
+        /// Take the backup here and return only when it is completed (exit 0) or failed.
         #[arg(long)]
         wait: bool,
     },

@@ -218,7 +218,7 @@ fn wal_push_via_daemon(cfg: &Config, path: &Path) -> Result<Option<u8>, Failure>
 /// `wal-fetch`, local step: moves the segment from read-ahead's spool to `dest` (`true`),
 /// waiting for it when running read-ahead has it in hand, and keeps read-ahead going.
 fn wal_fetch_from_spool(config: Option<&Path>, cfg: &Config, name: &str, dest: &Path) -> Result<bool, Failure> {
-    let spool = Spool::new(&cfg.fetch.spool_dir, &cfg.cluster);
+    let spool = spool_of(cfg);
     let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
     // The spool only ever holds segments, and only one filled for this repository and keyring
     // is served (or filled): segments another config spooled, this one might not open.
@@ -244,6 +244,20 @@ fn wal_fetch_from_spool(config: Option<&Path>, cfg: &Config, name: &str, dest: &
         tracing::info!(file = %name, outcome = ?FetchOutcome::FromSpool, "wal-fetch");
     }
     Ok(from_spool)
+}
+
+/// The configured spool. Run as root, it is kept `postgres.os_user`'s (a user that does not
+/// exist leaves it to the directory owners, and says so once here).
+pub fn spool_of(cfg: &Config) -> Spool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let ids = if unsafe { libc::geteuid() } == 0 {
+        crate::pg::ctl::os_user_ids(&cfg.postgres.os_user)
+            .inspect_err(|e| tracing::warn!(error = %e, "spool files keep their directory's owner"))
+            .ok()
+    } else {
+        None
+    };
+    Spool::new(&cfg.fetch.spool_dir, &cfg.cluster).owned_by(ids)
 }
 
 /// Whether the spool may be served and filled for this config: bound to it already, or
@@ -294,17 +308,12 @@ pub fn fetch_abort(name: &str, f: Failure) -> Failure {
 
 /// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
 fn start_prefetcher(config: Option<&Path>, spool: &Spool, name: &str) {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let Ok(exe) = agent_exe() else {
         return;
     };
     // Its warnings go to a log in the spool: PostgreSQL never shows a detached child's stderr.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(crate::wal::spool::FILE_MODE)
-        .open(spool.dir().join("prefetch.log"))
+    let log = crate::wal::spool::append_log(&spool.dir().join("prefetch.log"))
         .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from);
     let mut cmd = std::process::Command::new(exe);
     if let Some(c) = config {

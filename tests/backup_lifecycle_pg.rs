@@ -77,7 +77,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
 
     // A manual backup paused inside its copy, then killed as kill -9 would.
     let mut child = tm
-        .cmd_as_postgres(&["backup", "create", "--output", "json"])
+        .cmd_as_postgres(&["backup", "create", "--wait", "--output", "json"])
         .env("TIDEMARK_FAILPOINT", "backup-copy:pause")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -131,7 +131,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
 
     // The next backup's sweep: the dead holder's backup is failed, with the reason; the old
     // leftovers are gone, the fresh ones stay; the root stays.
-    let o = tm.cmd_as_postgres(&["backup", "create", "--output", "json"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait", "--output", "json"]).output().unwrap();
     let next = json(&o)["id"].as_str().unwrap().to_string();
     let shown = json(&tm.cmd(&["backup", "show", &id, "--output", "json"]).output().unwrap());
     assert_eq!(shown["state"], "failed", "{shown}");
@@ -156,6 +156,49 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
         tm.daemon_log().contains(&format!("killed/{id}"))
     });
     tm.stop_daemon();
+    pg.stop();
+}
+
+#[test]
+fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
+    let repo = common::postgres_dir("repo");
+    let mut pg = Pg::init();
+    let mut tm = Tidemark::for_pg("handed", &Tidemark::fs_url(repo.path()), None, &pg);
+    pg.archive_to(&tm.config);
+    pg.start();
+    pg.sql("create table t as select g from generate_series(1, 1000) g");
+    // The daemon's backups hold inside their copy until the test says go: "returns before it
+    // completes" is then certain, not a race with a small database.
+    let go = tm.dir.path().join("go");
+    tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
+    tm.daemon_env.push(("TIDEMARK_FAILPOINT".into(), format!("backup-copy:pause-until:{}", go.display())));
+    tm.start_daemon();
+    let o = tm.cmd_as_postgres(&["--output", "json", "backup", "create"]).output().unwrap();
+    let started = json(&o);
+    assert_eq!((&started["state"], &started["taken_by"]), (&"running".into(), &"daemon".into()), "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    assert_eq!(state_of(&tm, &id).as_deref(), Some("running"));
+    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    // Two never run at once: neither through the daemon nor in the foreground (the lease).
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("never run at once"), "{}", stderr(&o));
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("backup {id} of cluster handed is already running")), "{}", stderr(&o));
+    // Go: the daemon finishes it.
+    std::fs::write(&go, b"").unwrap();
+    common::wait_for("the daemon's backup to complete", Duration::from_secs(120), || {
+        state_of(&tm, &id).as_deref() == Some("completed")
+    });
+    assert!(tm.daemon_log().contains("manual backup completed"), "{}", tm.daemon_log());
+    // No daemon: the backup is taken here, and says so.
+    tm.stop_daemon();
+    let o = tm.cmd_as_postgres(&["--output", "json", "backup", "create"]).output().unwrap();
+    let here = json(&o);
+    assert!(stderr(&o).contains("no daemon answers") && stderr(&o).contains("foreground"), "{}", stderr(&o));
+    assert_eq!(here["state"], "completed", "{here}");
+    let done = list(&tm).iter().filter(|b| b["state"] == "completed").count();
+    assert_eq!(done, 2);
     pg.stop();
 }
 

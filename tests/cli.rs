@@ -344,14 +344,15 @@ fn serial_fetches_hit_the_read_ahead_spool() {
     common::wait_for("read-ahead to spool 4 segments", Duration::from_secs(60), || {
         names[1..5].iter().all(|n| spool.join(n).is_file())
     });
-    // Plaintext WAL: private whatever the umask of the command that made the spool.
+    // Plaintext WAL: private whatever the umask of the command that made the spool, and,
+    // though this wal-fetch (and the read-ahead it started) ran as root, the database user's.
+    use std::os::unix::fs::MetadataExt;
+    let (uid, _) = common::postgres_ids();
     assert_eq!(mode(&spool), 0o700);
+    assert_eq!(std::fs::metadata(&spool).unwrap().uid(), uid);
     for e in std::fs::read_dir(&spool).unwrap().flatten() {
-        // The agent's segment-size cache (a number, not WAL) is still written with the umask
-        // (src/app.rs `cached_segment_size`); the directory keeps it private.
-        if e.file_name() != ".segment_size" {
-            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
-        }
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        assert_eq!(e.metadata().unwrap().uid(), uid, "{} is root's", e.path().display());
     }
     for (i, n) in names.iter().enumerate().skip(1) {
         if i == 5 {

@@ -27,8 +27,13 @@ fn restore_latest(tm: &Tidemark, pg: &Pg, dir: &Path) -> (Output, Restored) {
 
 /// A server with 1 MiB segments archiving through `tm`'s config, with a daemon.
 fn server(handle: &str, url: &str) -> (Pg, Tidemark) {
+    server_at(handle, url, None)
+}
+
+/// `server`, with an S3 `endpoint` for the repository.
+fn server_at(handle: &str, url: &str, endpoint: Option<&str>) -> (Pg, Tidemark) {
     let pg = Pg::init_with(None, &["--wal-segsize=1"]);
-    let mut tm = Tidemark::for_pg(handle, url, None, &pg);
+    let mut tm = Tidemark::for_pg(handle, url, endpoint, &pg);
     // No automatic backup at daemon start: each server's WAL moves only when the test says.
     tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
     // One push at a time: parallel push-ahead lets a loser's later segment slip in ahead
@@ -64,7 +69,7 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         primary.start();
         primary.sql("create table t(id int primary key, who text)");
         write_and_switch(&primary, "both", 1000);
-        let o = tm_p.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+        let o = tm_p.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
         assert!(o.status.success(), "backup: {}", stderr(&o));
         primary.stop();
         // The copy: same system identifier, same history so far, its own daemon and config
@@ -179,8 +184,10 @@ fn planted_segment_is_caught(
     assert!(stderr(&o).contains("stopped early") && stderr(&o).contains("planned"), "{}", stderr(&o));
     assert!(dir.join("TIDEMARK_RESTORE_INCOMPLETE").is_file(), "the directory must stay marked incomplete");
     drop(r);
-    // The planted segment removed, the archive is one history again.
-    std::fs::remove_file(wal_dir.join(&next)).unwrap();
+    // The planted segment removed (no backup needs it), the archive is one history again.
+    let o = tm_w.cmd_as_postgres(&["wal-remove", &next, "--yes"]).output().unwrap();
+    assert!(o.status.success() && stdout(&o).contains("removed"), "{}{}", stdout(&o), stderr(&o));
+    assert!(!wal_dir.join(&next).exists());
     let v = tm_w.cmd(&["verify"]).output().unwrap();
     assert!(v.status.success(), "{}", stdout(&v));
 }
@@ -245,7 +252,7 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
             // The winner's history restores; a target inside its data directory is refused.
             winner.sql("create table t(id int primary key, who text)");
             write_and_switch(winner, "winner", 200);
-            let o = tm_w.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+            let o = tm_w.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
             assert!(o.status.success(), "backup: {}", stderr(&o));
             write_and_switch(winner, "winner", 200);
             winner.switch_wal_archived(Duration::from_secs(60));
@@ -288,7 +295,7 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     pg.start();
     tm.start_daemon();
     pg.pgbench(&["-i", "-q", "-s", "2"]);
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "backup through the faulty store: {}", stderr(&o));
     let archived = |pg: &Pg| pg.sql("select archived_count from pg_stat_archiver").parse::<u64>().unwrap();
     for kill in 0..3 {
@@ -373,7 +380,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     tm.start_daemon();
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "start", 1000);
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let (mut pushes, mut backups_killed, mut purges_killed) = (0, 0, 0);
     for round in 0..20 {
@@ -395,7 +402,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
                 // A backup, SIGKILLed once its record says it is running, or while it is
                 // paused mid-copy (pg_backup_start done, data half copied).
                 write_and_switch(&pg, "backup", 500);
-                let mut cmd = tm.cmd_as_postgres(&["backup", "create"]);
+                let mut cmd = tm.cmd_as_postgres(&["backup", "create", "--wait"]);
                 let paused = round % 2 == 0;
                 if paused {
                     cmd.env("TIDEMARK_FAILPOINT", "backup-copy:pause").stderr(std::process::Stdio::piped());
@@ -417,7 +424,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
             _ => {
                 // A purge of the oldest completed backup, crashed (abort, no cleanup) after it
                 // marks the record, half-way through its data, or before removing the record.
-                let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+                let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
                 assert!(o.status.success(), "{}", stderr(&o));
                 let oldest = backups(&tm)
                     .into_iter()
@@ -442,7 +449,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     }
     pg.switch_wal_archived(Duration::from_secs(120));
     // The next backup's sweep marks the killed ones failed; none stays running.
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let list = backups(&tm);
     assert!(list.iter().all(|b| b["state"] != "running"), "a killed backup still running: {list:?}");
@@ -554,7 +561,7 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "a", 100);
     // An administrator's backup, as root.
-    let o = tm.cmd(&["--output", "json", "backup", "create"]).output().unwrap();
+    let o = tm.cmd(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
     let (uid, _) = common::postgres_ids();
@@ -578,27 +585,44 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
 }
 
 #[test]
-fn stray_history_files_are_reported_and_never_followed() {
+fn stray_history_files_are_reported_never_followed_and_removed() {
     let repo = common::postgres_dir("repo");
-    let (mut pg, tm) = server("hist", &Tidemark::fs_url(repo.path()));
+    stray_history_files(&Tidemark::fs_url(repo.path()), None);
+}
+
+#[test]
+fn stray_history_files_in_s3_are_reported_never_followed_and_removed() {
+    let moto = common::Moto::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(moto.create_bucket("hist"));
+    stray_history_files("s3://hist/p", Some(&moto.endpoint()));
+}
+
+/// Two history files planted by hand: `verify` names the foreign one, `--latest` follows
+/// timeline 1, and `wal-remove` takes the foreign one out only with `--yes`, refusing a
+/// segment the backup needs.
+fn stray_history_files(url: &str, endpoint: Option<&str>) {
+    let (mut pg, tm) = server_at("hist", url, endpoint);
     pg.start();
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "a", 300);
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    let backup: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     write_and_switch(&pg, "b", 300);
     pg.switch_wal_archived(Duration::from_secs(60));
     // Planted by hand (not through wal-push, which refuses both): a history that branches
     // from timeline 1 far ahead but has no WAL, and one whose lineage is not this cluster's.
     let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let r = rt.block_on(tidemark::repo::Repository::open(&cfg)).unwrap();
+    let key = |tli| r.wal_key(&tidemark::wal::name::WalFile::History(tli), 1 << 20);
     rt.block_on(async {
-        let r = tidemark::repo::Repository::open(&cfg).await.unwrap();
         for (tli, text) in [(2u32, "1\t10/0\tplanted\n"), (5, "4\t0/5000000\tplanted\n")] {
-            let key = r.wal_key(&tidemark::wal::name::WalFile::History(tli), 1 << 20);
-            r.put_sealed(&key, bytes::Bytes::from(text)).await.unwrap();
+            r.put_sealed(&key(tli), bytes::Bytes::from(text)).await.unwrap();
         }
     });
+    let exists = |k: &str| rt.block_on(r.store().head(k)).unwrap().is_some();
     let v = tm.cmd(&["verify"]).output().unwrap();
     assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
     assert!(stdout(&v).contains("00000005.history") && !stdout(&v).contains("00000002.history"), "{}", stdout(&v));
@@ -606,11 +630,51 @@ fn stray_history_files_are_reported_and_never_followed() {
     let want = pg.sql(CHECKSUM);
     let scratch = common::postgres_dir("restore");
     let dir = scratch.path().join("latest");
-    let (o, r) = restore_latest(&tm, &pg, &dir);
+    let (o, restored) = restore_latest(&tm, &pg, &dir);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
-    assert_eq!(r.sql(CHECKSUM), want);
+    assert_eq!(restored.sql(CHECKSUM), want);
     let conf = std::fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap();
     assert!(conf.contains("recovery_target_timeline = '1'"), "{conf}");
+    drop(restored);
+
+    // Without --yes: says what would go, removes nothing.
+    let o = tm.cmd_as_postgres(&["wal-remove", "00000005.history"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("would remove") && stdout(&o).contains(&key(5)), "{}", stdout(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    let o = tm.cmd_as_postgres(&["--output", "json", "wal-remove", "00000005.history"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["would_remove"], serde_json::json!([key(5)]), "{j}");
+    assert!(exists(&key(5)), "nothing is removed without --yes");
+    // A segment the completed backup needs for consistency is refused, --yes or not.
+    let start_seg = backup["start_lsn"].as_str().unwrap().parse::<tidemark::wal::name::Lsn>().unwrap();
+    let start_seg = tidemark::wal::name::Segment::containing(1, start_seg, 1 << 20).name(1 << 20);
+    let o = tm.cmd_as_postgres(&["wal-remove", &start_seg, "--yes"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let id = backup["id"].as_str().unwrap();
+    assert!(stderr(&o).contains("refusing") && stderr(&o).contains(id), "{}", stderr(&o));
+    assert!(exists(&r.wal_key(&tidemark::wal::name::WalFile::parse(&start_seg, 1 << 20).unwrap(), 1 << 20)));
+    // A bad name is a usage error.
+    let o = tm.cmd_as_postgres(&["wal-remove", "../cluster.json", "--yes"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // With --yes the foreign history goes, and says so; verify is then clean.
+    let o = tm.cmd_as_postgres(&["--output", "json", "wal-remove", "00000005.history", "--yes"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["removed"], serde_json::json!([key(5)]), "{j}");
+    assert!(j["reason"].as_str().unwrap().contains("foreign"), "{j}");
+    assert!(!exists(&key(5)));
+    let v = tm.cmd(&["verify"]).output().unwrap();
+    assert!(v.status.success(), "{}", stdout(&v));
+    // The other planted file is not foreign, but nothing follows timeline 2: it can go too.
+    let o = tm.cmd_as_postgres(&["wal-remove", "00000002.history", "--yes"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("removed 00000002.history") && stdout(&o).contains(&key(2)), "{}", stdout(&o));
+    assert!(!exists(&key(2)));
+    let o = tm.cmd_as_postgres(&["wal-remove", "00000002.history", "--yes"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "removing it twice: {}", stderr(&o));
+    assert!(stderr(&o).contains("no WAL object 00000002.history"), "{}", stderr(&o));
 }
 
 /// `--output json ARGS` as postgres: its exit status must be `ok`, its stdout one JSON document.
@@ -632,7 +696,7 @@ fn every_command_prints_one_json_document() {
     pg.sql("create table t(id int primary key, who text)");
     write_and_switch(&pg, "a", 100);
     tm.start_daemon();
-    let b = json_of(&tm, &["backup", "create"], true);
+    let b = json_of(&tm, &["backup", "create", "--wait"], true);
     let id = b["id"].as_str().unwrap().to_string();
     write_and_switch(&pg, "b", 100);
     pg.switch_wal_archived(Duration::from_secs(60));
@@ -655,6 +719,7 @@ fn every_command_prints_one_json_document() {
         (vec!["restore", "--target-dir", target.to_str().unwrap(), "--latest"], true),
         (vec!["backup", "show", "nosuch"], false),
         (vec!["window", "--cluster", "nosuch"], false),
+        (vec!["wal-remove", "00000009.history", "--yes"], false),
         (vec!["restore", "--target-dir", target.to_str().unwrap(), "--latest"], false),
         (vec!["backup", "purge", &id, "--yes"], true),
     ] {

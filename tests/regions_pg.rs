@@ -32,10 +32,10 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
     let o = tm.cmd(&["policy", "set", "--copy-regions", "us-west-1", "--yes"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     pg.sql("CREATE TABLE orders (id int primary key, note text); INSERT INTO orders SELECT g, 'first' FROM generate_series(1, 500) g;");
-    let first = tm.cmd(&["--output", "json", "backup", "create"]).output().unwrap();
+    let first = tm.cmd(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(first.status.success(), "{}", text(&first));
     let b1: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
-    let second = tm.cmd(&["--output", "json", "backup", "create"]).output().unwrap();
+    let second = tm.cmd(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(second.status.success(), "{}", text(&second));
     let b2: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
     pg.sql("INSERT INTO orders SELECT g, 'second' FROM generate_series(501, 800) g;");

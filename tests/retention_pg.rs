@@ -18,7 +18,7 @@ fn stdout(o: &Output) -> String {
 
 fn backup(tm: &Tidemark) -> String {
     let o = tm
-        .cmd_as_postgres(&["backup", "create", "--output", "json"])
+        .cmd_as_postgres(&["backup", "create", "--wait", "--output", "json"])
         .env("TIDEMARK_BACKUP_BUNDLE_MIB", "1")
         .output()
         .unwrap();
@@ -148,7 +148,7 @@ fn daemon_start_after_a_recent_backup_waits_for_the_scheduled_time() {
     let mut tm = Tidemark::for_pg("sched2", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
     pg.start();
-    let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
+    let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     tm.start_daemon();
     common::wait_for("the scheduler's first decision", std::time::Duration::from_secs(60), || {

@@ -9,3 +9,4 @@ pub mod purge;
 pub mod retention;
 pub mod verify;
 pub mod wal_index;
+pub mod wal_remove;

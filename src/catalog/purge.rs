@@ -15,7 +15,7 @@ pub fn failpoint(name: &str) {
 }
 
 /// What a failpoint does (see [`failpoint_async`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailAction {
     /// Abort the process, as `kill -9` would.
     Abort,
@@ -23,12 +23,17 @@ pub enum FailAction {
     Error(Option<u32>),
     /// Stop there (heartbeats go on) until killed.
     Pause,
+    /// Stop there until the file at this path exists (a test's go-ahead, awaited, not slept).
+    PauseUntil(std::path::PathBuf),
 }
 
 /// The action `spec` (the value of `TIDEMARK_FAILPOINT`) sets for failpoint `name`:
 /// `name` aborts, `name:error` fails, `name:error:N` fails the first N times, `name:pause`
-/// pauses (pure).
+/// pauses, `name:pause-until:PATH` pauses until PATH exists (pure).
 pub fn fail_action(spec: &str, name: &str) -> Option<FailAction> {
+    if let Some(path) = spec.strip_prefix(name).and_then(|r| r.strip_prefix(":pause-until:")) {
+        return Some(FailAction::PauseUntil(path.into()));
+    }
     let mut parts = spec.split(':');
     if parts.next() != Some(name) {
         return None;
@@ -64,6 +69,13 @@ pub async fn failpoint_async(name: &str) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             }
+        }
+        Some(FailAction::PauseUntil(path)) => {
+            eprintln!("tidemark: failpoint {name}: paused until {} exists", path.display());
+            while !path.exists() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(())
         }
     }
 }
@@ -113,6 +125,10 @@ mod tests {
         assert_eq!(fail_action("backup-copy:error", "backup-copy"), Some(FailAction::Error(None)));
         assert_eq!(fail_action("backup-copy:error:2", "backup-copy"), Some(FailAction::Error(Some(2))));
         assert_eq!(fail_action("backup-copy:pause", "backup-copy"), Some(FailAction::Pause));
+        assert_eq!(
+            fail_action("backup-copy:pause-until:/t/go", "backup-copy"),
+            Some(FailAction::PauseUntil("/t/go".into()))
+        );
         assert_eq!(fail_action("backup-copy:error:x", "backup-copy"), None);
         assert_eq!(fail_action("backup-copy:nap", "backup-copy"), None);
         assert_eq!(fail_action("backup-copy-x", "backup-copy"), None);

@@ -7,6 +7,7 @@ use crate::catalog::backup::{self, bundle_key, BackupState};
 use crate::catalog::wal_index;
 use crate::repo::Repository;
 use crate::restore::execute::check_bundle;
+use crate::wal::history::Ancestor;
 use crate::wal::name::Segment;
 
 /// WAL continuity of one timeline.
@@ -70,6 +71,25 @@ pub fn gaps(have: &[u64], first: u64) -> Vec<u64> {
     out
 }
 
+/// Why the history file of `tli` cannot be this cluster's, or `None` when it can be (pure):
+/// unreadable, or a lineage holding none of the timelines with archived WAL. `verify` and
+/// `wal-remove` share it, so what one flags the other may remove.
+pub fn foreign_history(
+    tli: u32,
+    parsed: &Result<Vec<Ancestor>, String>,
+    with_wal: &std::collections::BTreeSet<u32>,
+) -> Option<String> {
+    let name = format!("{tli:08X}.history");
+    match parsed {
+        Err(e) => Some(format!("{name}: not a timeline history PostgreSQL can read ({e})")),
+        Ok(anc) if !anc.iter().any(|a| with_wal.contains(&a.timeline)) => Some(format!(
+            "{name}: its lineage ({}) holds none of the timelines with archived WAL; restores do not follow it",
+            anc.iter().map(|a| a.timeline.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+        Ok(_) => None,
+    }
+}
+
 /// Runs the checks.
 pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
     let seg_size = crate::wal::fetch::segment_size(repo).await?;
@@ -114,15 +134,7 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
     let mut foreign_histories = Vec::new();
     let files = wal_index::timeline_files(repo).await?;
     for (tli, parsed) in &files.histories {
-        let name = format!("{tli:08X}.history");
-        match parsed {
-            Err(e) => foreign_histories.push(format!("{name}: not a timeline history PostgreSQL can read ({e})")),
-            Ok(anc) if !anc.iter().any(|a| files.with_wal.contains(&a.timeline)) => foreign_histories.push(format!(
-                "{name}: its lineage ({}) holds none of the timelines with archived WAL; restores do not follow it",
-                anc.iter().map(|a| a.timeline.to_string()).collect::<Vec<_>>().join(", ")
-            )),
-            Ok(_) => {}
-        }
+        foreign_histories.extend(foreign_history(*tli, parsed, &files.with_wal));
     }
     let mut backups = Vec::new();
     for m in &manifests {

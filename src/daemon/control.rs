@@ -18,6 +18,9 @@ pub enum Request {
     },
     /// Counters and state.
     Stats,
+    /// Take a manual backup (`backup create` without `--wait`): answered once it is recorded
+    /// as running, or with why it could not start.
+    Backup,
     /// A `wal-fetch` reports how long it took (for the fetch latency histogram).
     FetchTiming {
         /// Seconds from start to the file in place.
@@ -107,6 +110,11 @@ pub enum Response {
     Stats(Box<Stats>),
     /// Noted (fetch timings).
     Noted,
+    /// The daemon took the backup: it is recorded as running and goes on in the daemon.
+    BackupStarted {
+        /// Backup id.
+        id: String,
+    },
     /// The request failed.
     Error {
         /// What went wrong and what to do.

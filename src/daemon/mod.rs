@@ -38,7 +38,14 @@ async fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-async fn serve(stream: UnixStream, ra: Arc<ReadAhead>) {
+/// What the control socket's requests reach besides read-ahead: the backups.
+struct Backups {
+    cfg: Config,
+    repo: Repository,
+    one: schedule::OneBackup,
+}
+
+async fn serve(stream: UnixStream, ra: Arc<ReadAhead>, backups: Arc<Backups>) {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     if BufReader::new(rd).read_line(&mut line).await.is_err() {
@@ -50,6 +57,10 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>) {
             Err(message) => Response::Error { message },
         },
         Ok(Request::Stats) => Response::Stats(Box::new(ra.stats())),
+        Ok(Request::Backup) => match schedule::start_manual(&backups.cfg, &backups.repo, &backups.one).await {
+            Ok(id) => Response::BackupStarted { id },
+            Err(message) => Response::Error { message },
+        },
         Ok(Request::FetchTiming { seconds }) => {
             ra.record_fetch(seconds);
             Response::Noted
@@ -130,7 +141,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         })
     };
-    let scheduler = tokio::spawn(schedule::run(cfg.clone(), repo));
+    let one_backup = schedule::OneBackup::default();
+    let backups = Arc::new(Backups { cfg: cfg.clone(), repo: repo.clone(), one: one_backup.clone() });
+    let scheduler = tokio::spawn(schedule::run(cfg.clone(), repo, one_backup));
     let watchdog = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -143,7 +156,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             conn = listener.accept() => match conn {
-                Ok((stream, _)) => { tokio::spawn(serve(stream, ra.clone())); }
+                Ok((stream, _)) => { tokio::spawn(serve(stream, ra.clone(), backups.clone())); }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
             _ = term.recv() => break,

@@ -50,6 +50,42 @@ pub fn defer_start_catch_up(now: DateTime<Utc>, last_completed_stop: Option<Date
     last_completed_stop.is_some_and(|t| now - t < chrono::Duration::days(1))
 }
 
+/// The daemon's backups, scheduled and requested: one at a time (the lease check in
+/// `backup::create` keeps other processes' backups from overlapping too).
+pub type OneBackup = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// Starts a manual backup in the daemon, on the scheduled backups' code path; answers with
+/// its id once it is recorded as running, or with why it could not start (another backup
+/// running, PostgreSQL unreachable, ...). The backup goes on after the answer.
+pub async fn start_manual(cfg: &Config, repo: &Repository, one: &OneBackup) -> Result<String, String> {
+    let Ok(guard) = one.clone().try_lock_owned() else {
+        return Err(
+            "the daemon is taking a backup right now; two backups never run at once: wait until `tidemark backup list` shows it completed, then try again"
+                .to_string(),
+        );
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (cfg, repo) = (cfg.clone(), repo.clone());
+    let task = tokio::spawn(async move {
+        let _held = guard;
+        let res = crate::backup::create_notifying(&cfg, &repo, BackupKind::Manual, tx).await;
+        match &res {
+            Ok(m) => tracing::info!(backup = %m.id, "manual backup completed"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "manual backup failed"),
+        }
+        res
+    });
+    match rx.await {
+        Ok(id) => Ok(id),
+        // Dropped unsent: the backup ended before it was recorded; its error says why.
+        Err(_) => match task.await {
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Ok(Ok(m)) => Ok(m.id),
+            Err(e) => Err(format!("the backup task failed: {e}")),
+        },
+    }
+}
+
 /// Longest wait between attempts.
 pub const MAX_RETRY_MINUTES: u32 = 30;
 
@@ -105,9 +141,19 @@ enum Decision {
     Took(String),
 }
 
-async fn maybe_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_start: bool) -> anyhow::Result<Decision> {
+async fn maybe_backup(
+    cfg: &Config,
+    repo: &Repository,
+    one: &OneBackup,
+    now: DateTime<Utc>,
+    at_start: bool,
+) -> anyhow::Result<Decision> {
     Ok(match due_backup(cfg, repo, now, at_start).await? {
-        Decision::Due => Decision::Took(crate::backup::create(cfg, repo, BackupKind::Automatic).await?.id),
+        Decision::Due => {
+            // A requested backup running in the daemon: the next tick checks again.
+            let Ok(_held) = one.try_lock() else { return Ok(Decision::Nothing) };
+            Decision::Took(crate::backup::create(cfg, repo, BackupKind::Automatic).await?.id)
+        }
         d => d,
     })
 }
@@ -156,7 +202,7 @@ async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
 
 /// Runs forever: checks the schedule every minute (retrying a failed automatic backup with
 /// backoff inside its slot) and sweeps every hour.
-pub async fn run(cfg: Config, repo: Repository) {
+pub async fn run(cfg: Config, repo: Repository, one: OneBackup) {
     let minute = backup::timer_minute();
     let mut tick = tokio::time::interval(minute);
     // A backup that takes longer than a tick is not followed by a burst of ticks.
@@ -172,7 +218,7 @@ pub async fn run(cfg: Config, repo: Repository) {
         let now = Utc::now();
         let slot = cfg.time_of_day().map(|(h, m)| last_slot(now, h, m));
         if let Some(slot) = slot.filter(|&s| retry.may_try(now, s) && deferred != Some(s)) {
-            match maybe_backup(&cfg, &repo, now, at_start).await {
+            match maybe_backup(&cfg, &repo, &one, now, at_start).await {
                 Ok(Decision::Took(id)) => {
                     tracing::info!(backup = %id, "automatic backup completed");
                     retry = Retry::default();

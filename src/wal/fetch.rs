@@ -75,7 +75,7 @@ fn open_into(repo: &Repository, key: &str, sealed: &[u8], dest: &Path, tmp_tag: 
 /// Downloads one segment into the spool; false when the archive does not have it.
 async fn spool_one(repo: &Repository, spool: &Spool, seg: Segment, seg_size: u64) -> Result<bool, FetchError> {
     let key = repo.wal_key(&WalFile::Segment(seg), seg_size);
-    std::fs::create_dir_all(spool.dir()).map_err(|e| FetchError::Write(spool.dir().display().to_string(), e))?;
+    spool.ensure_dir().map_err(|e| FetchError::Write(spool.dir().display().to_string(), e))?;
     fetch_to(repo, &key, &spool.path(&seg.name(seg_size)), SPOOL_TMP).await
 }
 

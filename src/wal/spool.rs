@@ -7,7 +7,7 @@
 
 use std::cell::OnceCell;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,8 @@ use crate::wal::name::{Segment, WalFile};
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Run as root: the database user's ids, who must own the spool (see [`Spool::owned_by`]).
+    owner: Option<(u32, u32)>,
 }
 
 pub(crate) const SPOOL_TMP: &str = ".tmp.";
@@ -51,7 +53,16 @@ const BINDING_LABEL: &[u8] = b"tidemark spool binding v1";
 impl Spool {
     /// The spool of one cluster under the configured spool directory.
     pub fn new(spool_dir: &Path, cluster: &str) -> Spool {
-        Spool { dir: spool_dir.join(cluster) }
+        Spool { dir: spool_dir.join(cluster), owner: None }
+    }
+
+    /// The spool as used by a root process: directories it creates, and an existing spool
+    /// root left owned by root, go to `ids` (`postgres.os_user`; `None` when not root), and
+    /// every file created in the spool takes the spool directory's owner. A root-owned 0700
+    /// spool would lock out the restore_command that PostgreSQL runs as the database user.
+    pub fn owned_by(mut self, ids: Option<(u32, u32)>) -> Spool {
+        self.owner = ids;
+        self
     }
 
     /// The spool directory.
@@ -75,15 +86,27 @@ impl Spool {
         let meta = match std::fs::metadata(&self.dir) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Run as root (a hand-run wal-fetch), the directories take their parent's
-                // owner, so the database user can still use the spool (and restores' spools
-                // beside it) afterwards.
-                return crate::store::fs::create_dirs(&self.dir);
+                // Run as root (a hand-run wal-fetch), the directories go to the database
+                // user (or, with no user known, take their parent's owner), so it can still
+                // use the spool (and restores' spools beside it) afterwards.
+                return match self.owner {
+                    Some(ids) => create_dirs_owned(&self.dir, ids),
+                    None => crate::store::fs::create_dirs(&self.dir),
+                };
             }
             Err(e) => return Err(e),
         };
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
+        if let (Some((uid, gid)), 0, 0) = (self.owner, me, meta.uid()) {
+            // A spool an earlier root run left root's: give it and what root left in it back.
+            std::os::unix::fs::lchown(&self.dir, Some(uid), Some(gid))?;
+            for e in std::fs::read_dir(&self.dir)?.flatten() {
+                if e.metadata().is_ok_and(|m| m.uid() == 0) {
+                    std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+                }
+            }
+        }
         if meta.mode() & 0o077 == 0 || meta.uid() != me {
             // Private already, or someone else's: not ours to change.
             return Ok(());
@@ -414,9 +437,52 @@ fn parse_owner(text: &str) -> Option<([u8; 32], [u8; 32])> {
     Some((field(lines.next(), "digest")?, field(lines.next(), "stamp")?))
 }
 
-/// Opens (creating it 0600 if missing) a file in the spool without truncating it.
+/// Opens (creating it 0600 if missing, with the spool directory's owner) a file in the spool
+/// without truncating it.
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(FILE_MODE).open(path)
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(FILE_MODE).open(path)?;
+    take_dir_owner(&f, path)?;
+    Ok(f)
+}
+
+/// Opens (creating it 0600 if missing, with the spool directory's owner) a log file in the
+/// spool for appending.
+pub fn append_log(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).append(true).mode(FILE_MODE).open(path)?;
+    take_dir_owner(&f, path)?;
+    Ok(f)
+}
+
+/// Run as root, gives a file just created at `path` the owner of its directory (the spool's,
+/// which [`Spool::ensure_dir`] gave the database user): what root spools, that user reads.
+/// One stat per file, and only as root.
+fn take_dir_owner(f: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let m = std::fs::metadata(dir)?;
+    if m.uid() == 0 && m.gid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(f, Some(m.uid()), Some(m.gid()))
+}
+
+/// Creates `dir` and its missing parents 0700, each owned by `ids` (run as root only).
+fn create_dirs_owned(dir: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs_owned(parent, (uid, gid))?;
+    }
+    match std::fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
+        Ok(()) => std::os::unix::fs::lchown(dir, Some(uid), Some(gid)),
+        // Another process made it meanwhile: its owner stands.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `data` to `dest` via a temp file in the same directory: never a partial `dest`.
@@ -448,7 +514,11 @@ pub fn write_atomic_with<E>(
         if tmp_tag == SPOOL_TMP {
             opts.mode(FILE_MODE);
         }
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, opts.open(&tmp).map_err(&io_err)?);
+        let file = opts.open(&tmp).map_err(&io_err)?;
+        if tmp_tag == SPOOL_TMP {
+            take_dir_owner(&file, &tmp).map_err(&io_err)?;
+        }
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         fill(&mut out)?;
         out.flush().map_err(&io_err)?;
         std::fs::rename(&tmp, dest).map_err(&io_err)
@@ -628,6 +698,53 @@ mod tests {
         std::fs::set_permissions(sp.path(S1), std::fs::Permissions::from_mode(0o644)).unwrap();
         sp.ensure_dir().unwrap();
         assert_eq!((mode(sp.dir()), mode(&sp.path(S1))), (DIR_MODE, FILE_MODE));
+    }
+
+    #[test]
+    fn run_as_root_everything_in_the_spool_is_the_database_users() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (chown)");
+            return;
+        }
+        // Any non-root ids do: root may chown to ids without a passwd entry.
+        let ids = (4242, 4343);
+        let owned = |p: &Path| {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            (m.uid(), m.gid())
+        };
+        let d = tempfile::tempdir().unwrap();
+        let ka = keyring_file(d.path(), "ka");
+        // The spool's parents do not exist yet, under a root-owned directory.
+        let base = d.path().join("var/spool");
+        let sp = Spool::new(&base, "c").owned_by(Some(ids));
+        assert!(sp.claim(&Owner::new("file:///r", "c", &ka), Duration::ZERO).unwrap());
+        sp.mark(S2, "error");
+        sp.set_wanted(&Wanted { name: S1.into(), taken: false }).unwrap();
+        write_atomic_with(&sp.path(S1), SPOOL_TMP, |e| e, |out| out.write_all(b"streamed")).unwrap();
+        drop(append_log(&sp.dir().join(PREFETCH_LOG)).unwrap());
+        for dir in [sp.dir(), base.as_path(), base.parent().unwrap()] {
+            assert_eq!(owned(dir), ids, "{}", dir.display());
+        }
+        let mut files = 0;
+        for e in std::fs::read_dir(sp.dir()).unwrap().flatten() {
+            assert_eq!(owned(&e.path()), ids, "{}", e.path().display());
+            files += 1;
+        }
+        assert!(files >= 6, "{files} files");
+        // A spool an older root run left root's (directory and files) is given back.
+        let old = Spool::new(&d.path().join("old"), "c");
+        old.ensure_dir().unwrap();
+        write_atomic(&old.path(S1), b"wal", SPOOL_TMP).unwrap();
+        assert_eq!(owned(&old.path(S1)), (0, 0));
+        let old = old.owned_by(Some(ids));
+        old.ensure_dir().unwrap();
+        assert_eq!((owned(old.dir()), owned(&old.path(S1))), (ids, ids));
+        // Without a known user (not root, or no such user) nothing is chowned beyond the
+        // parent's owner, as before.
+        let plain = Spool::new(&d.path().join("plain"), "c");
+        plain.ensure_dir().unwrap();
+        assert_eq!(owned(plain.dir()), owned(d.path()));
     }
 
     #[test]
