@@ -41,6 +41,8 @@ pub struct Repository {
     ec2_endpoint: Option<String>,
     /// Reads in flight at once when loading many objects (`repository.max_in_flight`).
     in_flight: usize,
+    /// Requests sent to the store, when opened from a config.
+    requests: Option<Arc<store::counting::Counts>>,
 }
 
 /// Reads everything from `r` while hashing it; returns (bytes read, hex digest).
@@ -97,8 +99,11 @@ impl Repository {
     /// Opens the configured repository and keyring.
     pub async fn open(cfg: &Config) -> Result<Repository, RepoError> {
         let keyring = Keyring::load(&cfg.encryption.keyring)?;
-        let store = store::open(&cfg.repository.url, &cfg.store_options()).await?;
+        let counting = store::counting::Counting::new(store::open(&cfg.repository.url, &cfg.store_options()).await?);
+        let requests = counting.counts.clone();
+        let store: Arc<dyn ObjectStore> = Arc::new(counting);
         let mut repo = Repository::new(store, Arc::new(keyring), cfg.archive.compression_level, &cfg.cluster);
+        repo.requests = Some(requests);
         repo.ec2_endpoint = cfg.ebs.endpoint.clone();
         repo.in_flight = cfg.repository.max_in_flight.max(1);
         Ok(repo)
@@ -106,12 +111,25 @@ impl Repository {
 
     /// Assembles a repository from parts.
     pub fn new(store: Arc<dyn ObjectStore>, keyring: Arc<Keyring>, level: i32, cluster: &str) -> Repository {
-        Repository { store, keyring, level, cluster: cluster.to_string(), ec2_endpoint: None, in_flight: 32 }
+        Repository {
+            store,
+            keyring,
+            level,
+            cluster: cluster.to_string(),
+            ec2_endpoint: None,
+            in_flight: 32,
+            requests: None,
+        }
     }
 
     /// The same repository seen as another cluster handle.
     pub fn for_cluster(&self, cluster: &str) -> Repository {
         Repository { cluster: cluster.to_string(), ..self.clone() }
+    }
+
+    /// Requests sent to the store so far (repositories opened from a config count them).
+    pub fn requests(&self) -> Option<&store::counting::Counts> {
+        self.requests.as_deref()
     }
 
     /// How many reads to keep in flight when loading many objects.

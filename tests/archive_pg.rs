@@ -181,3 +181,41 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
     assert!(o.status.success() && err.contains("archived directly") && err.contains("AlreadyArchived"), "{err}");
     assert!(!Path::new(&tm.socket).exists(), "daemon left its socket behind");
 }
+
+/// In the steady state of a busy server, archiving one segment costs about one S3 request:
+/// the segment's PUT. Summaries go in batches into the index blocks; the chain check reads
+/// what the daemon pushed itself. Counted by the daemon over a burst of 1 MiB segments.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_requests_per_archived_segment_stay_near_one() {
+    let moto = Moto::start();
+    moto.create_bucket("wal").await;
+    let mut pg = Pg::init_with(None, &["--wal-segsize=1"]);
+    let mut tm = Tidemark::new("req", "s3://wal/req", Some(&moto.endpoint()), &pg.data);
+    pg.archive_to(&tm.config);
+    pg.conf("wal_keep_size = '64MB'\nmax_wal_size = '64MB'\n");
+    tm.start_daemon();
+    pg.start();
+    pg.sql("create table t(id int)");
+    pg.switch_wal_archived(Duration::from_secs(60));
+    let before = tm.daemon_stats();
+    pg.sql(
+        "do $$ begin for i in 1..400 loop insert into t values (i); commit; perform pg_switch_wal(); end loop; end $$",
+    );
+    pg.switch_wal_archived(Duration::from_secs(300));
+    let after = tm.daemon_stats();
+    let n = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+    let stored = n(&after, "stored") - n(&before, "stored");
+    let requests = n(&after, "store_requests") - n(&before, "store_requests");
+    assert!(stored >= 400, "only {stored} segments stored: {after}");
+    let per = requests as f64 / stored as f64;
+    eprintln!(
+        "{requests} requests for {stored} segments: {per:.3} per segment ({} PUTs)",
+        n(&after, "store_puts") - n(&before, "store_puts")
+    );
+    assert!(per <= 1.1, "{requests} requests for {stored} segments ({per:.3} each): {after}");
+    // Everything archived is indexed: the window reaches the last commit.
+    let v = tm.cmd(&["verify", "--output", "json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(report["timelines"][0]["unindexed_count"], 0, "{report}");
+    pg.stop();
+}

@@ -151,14 +151,22 @@ fn planted_segment_is_caught(
     let next = format!("{}{:08X}", &last[..16], u32::from_str_radix(&last[16..], 16).unwrap() + 1);
     let planted = loser.data.join("pg_wal").join(&next);
     assert!(planted.is_file(), "the loser wrote {next}");
-    // Hide the predecessor's summary so the push cannot see the break, then plant.
-    let pred = index_key(repo.path(), handle, &last);
-    let hidden = pred.with_extension("hidden");
-    std::fs::rename(&pred, &hidden).unwrap();
+    // Hide the predecessor's summary (its own object, or the roll-up summary naming its
+    // block, where the daemon writes it) so the push cannot see the break, then plant.
+    let hide: Vec<PathBuf> = [index_key(repo.path(), handle, &last), index_key(repo.path(), handle, "summary")]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+    assert!(!hide.is_empty(), "no summary of {last} to hide");
+    for p in &hide {
+        std::fs::rename(p, p.with_extension("hidden")).unwrap();
+    }
     let mut direct = tm_l.cmd_as_postgres(&["wal-push", planted.to_str().unwrap()]);
     let o = direct.env("TIDEMARK_DAEMON_SOCKET", "/nonexistent/socket").output().unwrap();
     assert!(o.status.success(), "planting {next}: {}", stderr(&o));
-    std::fs::rename(&hidden, &pred).unwrap();
+    for p in &hide {
+        std::fs::rename(p.with_extension("hidden"), p).unwrap();
+    }
 
     let v = tm_w.cmd(&["verify"]).output().unwrap();
     assert_eq!(v.status.code(), Some(1), "verify must fail: {}", stdout(&v));

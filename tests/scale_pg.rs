@@ -61,6 +61,7 @@ fn five_thousand_segments_after_a_backup() {
     let repo = common::postgres_dir("repo");
     let root = repo.path().join("r");
     let mut tm = Tidemark::for_pg("big", &Tidemark::fs_url(&root), None, &pg);
+    tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
     pg.archive_to(&tm.config);
     pg.conf("track_commit_timestamp = on\nwal_keep_size = '64MB'\nmax_wal_size = '64MB'\n");
     pg.start();

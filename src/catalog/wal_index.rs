@@ -205,6 +205,64 @@ pub struct TimelineSummary {
     pub version: u32,
     /// Block's first segment → its runs (first segment, the run).
     pub blocks: BTreeMap<u64, Vec<(u64, SegmentCommits)>>,
+    /// Last segment of the last block a roll-up completed (filled from the WAL itself):
+    /// the next roll-up lists the WAL after it. Blocks after it may be partial (the daemon
+    /// writes its batches of summaries into them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complete_to: Option<u64>,
+}
+
+/// One writer of index blocks and summaries at a time in this process (the daemon's
+/// batches and its roll-ups read, change and write the same objects).
+static INDEX_WRITE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Writes a batch of summaries of one timeline into their blocks and the timeline summary
+/// (what the daemon does instead of one object per segment). The blocks go before the
+/// summary that names them; a crash in between leaves summaries a roll-up restores from
+/// the segments.
+pub async fn merge_into_blocks(
+    repo: &Repository,
+    timeline: u32,
+    seg_size: u64,
+    entries: &BTreeMap<u64, SegmentIndex>,
+) -> Result<(), RepoError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let _one = INDEX_WRITE.lock().await;
+    let key = summary_key(repo, timeline);
+    let mut summary: TimelineSummary = repo.get_json(&key).await?.unwrap_or_default();
+    summary.version = 1;
+    let mut by_block: BTreeMap<u64, Vec<(u64, &SegmentIndex)>> = BTreeMap::new();
+    for (n, i) in entries {
+        by_block.entry(block_of(*n, seg_size)).or_default().push((*n, i));
+    }
+    for (block, list) in by_block {
+        let bkey = block_key(repo, timeline, block, seg_size);
+        let mut detail: BlockIndex = repo.get_json(&bkey).await?.unwrap_or_default();
+        for (n, i) in list {
+            detail.segments.insert(n, i.clone());
+        }
+        repo.put_json(&bkey, &detail).await?;
+        summary.blocks.insert(block, block_runs(&detail));
+    }
+    repo.put_json(&key, &summary).await
+}
+
+/// A segment's summary wherever the index keeps it: its own object, or its block.
+pub async fn find(repo: &Repository, seg: Segment, seg_size: u64) -> Result<Option<SegmentIndex>, RepoError> {
+    if let Some(i) = load(repo, seg, seg_size).await? {
+        return Ok(Some(i));
+    }
+    let block = block_of(seg.number, seg_size);
+    let Some(summary) = repo.get_json::<TimelineSummary>(&summary_key(repo, seg.timeline)).await? else {
+        return Ok(None);
+    };
+    if !summary.blocks.contains_key(&block) {
+        return Ok(None);
+    }
+    let detail: Option<BlockIndex> = repo.get_json(&block_key(repo, seg.timeline, block, seg_size)).await?;
+    Ok(detail.and_then(|mut d| d.segments.remove(&seg.number)))
 }
 
 /// What the planner takes from one segment's summary (pure).
@@ -336,6 +394,7 @@ pub async fn roll_up_timeline(
     full: bool,
 ) -> Result<RollUp, RepoError> {
     let mut done = RollUp::default();
+    let _one = INDEX_WRITE.lock().await;
     let mut summary: TimelineSummary = if full {
         TimelineSummary::default()
     } else {
@@ -344,7 +403,7 @@ pub async fn roll_up_timeline(
     summary.version = 1;
     let tail = tail_keys(repo, timeline, seg_size).await?;
     // WAL not rolled up yet: after the last rolled block (everything, when rebuilding).
-    let rolled_to = summary.blocks.keys().next_back().map(|b| block_end(*b, seg_size));
+    let rolled_to = summary.complete_to;
     let wal_prefix = repo.wal_prefix(timeline);
     let after = rolled_to.map(|e| format!("{wal_prefix}{}", Segment { timeline, number: e }.name(seg_size)));
     let archived: std::collections::BTreeSet<u64> = repo
@@ -405,9 +464,19 @@ pub async fn roll_up_timeline(
         done.blocks += 1;
         tracing::debug!(timeline, block, segments = detail.segments.len(), "wal index block rolled up");
     }
-    // The newest block stays per-segment; a segment there that lost its summary (a push
-    // that died between the two) gets one from its bytes.
-    let lost: Vec<u64> = archived.range(newest_block..).filter(|n| !tail.contains_key(n)).copied().collect();
+    // The newest block is not completed; a segment there that lost its summary (a push
+    // that died between the two, a daemon killed with a batch unwritten) gets one from its
+    // bytes.
+    let newest_detail: BlockIndex = if summary.blocks.contains_key(&newest_block) {
+        repo.get_json(&block_key(repo, timeline, newest_block, seg_size)).await?.unwrap_or_default()
+    } else {
+        BlockIndex::default()
+    };
+    let lost: Vec<u64> = archived
+        .range(newest_block..)
+        .filter(|n| !tail.contains_key(n) && !newest_detail.segments.contains_key(n))
+        .copied()
+        .collect();
     for n in lost {
         let seg = Segment { timeline, number: n };
         if let Some(idx) = summarize_archived(repo, seg, seg_size).await? {
@@ -415,9 +484,11 @@ pub async fn roll_up_timeline(
             done.summarized += 1;
         }
     }
-    if done.blocks == 0 {
+    let complete = newest_block.checked_sub(1);
+    if done.blocks == 0 && summary.complete_to >= complete {
         return Ok(done);
     }
+    summary.complete_to = summary.complete_to.max(complete);
     repo.put_json(&summary_key(repo, timeline), &summary).await?;
     for (n, key) in &tail {
         if summary.blocks.contains_key(&block_of(*n, seg_size)) && *n < newest_block {
@@ -438,9 +509,30 @@ pub async fn roll_up_all(repo: &Repository, full: bool) -> Result<BTreeMap<u32, 
     Ok(out)
 }
 
+/// Takes one segment out of its rolled-up block and the summary (before the segment itself
+/// is removed); nothing to do when its block is not rolled up.
+pub async fn forget_segment(repo: &Repository, seg: Segment, seg_size: u64) -> Result<(), RepoError> {
+    let _one = INDEX_WRITE.lock().await;
+    let key = summary_key(repo, seg.timeline);
+    let Some(mut summary) = repo.get_json::<TimelineSummary>(&key).await? else { return Ok(()) };
+    let block = block_of(seg.number, seg_size);
+    if !summary.blocks.contains_key(&block) {
+        return Ok(());
+    }
+    let bkey = block_key(repo, seg.timeline, block, seg_size);
+    let mut detail = repo.get_json::<BlockIndex>(&bkey).await?.unwrap_or_default();
+    detail.segments.remove(&seg.number);
+    // The block, then the summary, then (the caller) the segment: until it is gone, readers
+    // that still see it indexed see it archived too.
+    repo.put_json(&bkey, &detail).await?;
+    summary.blocks.insert(block, block_runs(&detail));
+    repo.put_json(&key, &summary).await
+}
+
 /// Forgets the index of segments below `floor` after the WAL purge removed them: the
 /// blocks that end below it, from the summary and the store.
 pub async fn forget_below(repo: &Repository, timeline: u32, seg_size: u64, floor: u64) -> Result<usize, RepoError> {
+    let _one = INDEX_WRITE.lock().await;
     let key = summary_key(repo, timeline);
     let Some(mut summary) = repo.get_json::<TimelineSummary>(&key).await? else { return Ok(0) };
     let gone: Vec<u64> = summary.blocks.keys().copied().filter(|b| block_end(*b, seg_size) < floor).collect();

@@ -65,6 +65,16 @@ pub struct Stats {
     /// The last such refusal (names both digests, or the LSNs that do not join).
     #[serde(default)]
     pub other_history_error: Option<String>,
+    /// Requests the daemon sent to the repository store, everything included (S3 listing
+    /// pages of 1,000 keys): what archiving costs per segment, with `stored`.
+    #[serde(default)]
+    pub store_requests: u64,
+    /// Of those, PUTs.
+    #[serde(default)]
+    pub store_puts: u64,
+    /// The same by kind (get, put, head, list, delete).
+    #[serde(default)]
+    pub store_requests_by_kind: serde_json::Value,
 }
 
 /// Upper bounds (seconds) of the push latency histogram buckets.

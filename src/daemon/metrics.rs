@@ -25,6 +25,12 @@ pub fn render(s: &Stats) -> String {
         "Pushes refused because this server's WAL is another history than the archive's.",
         s.other_history,
     );
+    counter(
+        "tidemark_store_requests_total",
+        "Requests sent to the repository store (S3 listing pages of 1,000 keys).",
+        s.store_requests,
+    );
+    counter("tidemark_store_puts_total", "PUT requests sent to the repository store.", s.store_puts);
     let _ = writeln!(
         o,
         "# HELP tidemark_archiver_requests_total archive_command calls answered by the daemon.\n# TYPE tidemark_archiver_requests_total counter\ntidemark_archiver_requests_total{{path=\"read_ahead\"}} {}\ntidemark_archiver_requests_total{{path=\"after_push\"}} {}",

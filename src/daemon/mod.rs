@@ -99,7 +99,8 @@ pub fn sd_notify(msg: &str) {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
-    let archiver = Arc::new(Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")));
+    let archiver =
+        Arc::new(Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")).batching_summaries());
     let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));
     let listener = bind(&cfg.daemon.socket).await?;
     let mut watch = watch::watch(&cfg.postgres.data_dir).with_context(|| {
@@ -138,6 +139,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     ev = watch.changes.recv() => if ev.is_none() { break },
                 }
                 ra.scan();
+                ra.settle(None).await;
             }
         })
     };
@@ -176,5 +178,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(Duration::from_secs(60), ra.drain()).await.is_err() {
         tracing::warn!("uploads still running after 60 s; PostgreSQL will push them again");
     }
+    ra.flush().await;
     Ok(())
 }

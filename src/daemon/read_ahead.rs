@@ -85,7 +85,13 @@ impl ReadAhead {
 
     /// Current counters.
     pub fn stats(&self) -> Stats {
-        lock(&self.state).stats.clone()
+        let mut s = lock(&self.state).stats.clone();
+        if let Some(c) = self.archiver.repo().requests() {
+            s.store_requests = c.total();
+            s.store_puts = c.put.load(std::sync::atomic::Ordering::Relaxed);
+            s.store_requests_by_kind = c.json();
+        }
+        s
     }
 
     /// Starts (or joins) the push of `name` from pg_wal.
@@ -109,45 +115,53 @@ impl ReadAhead {
                 Ok::<_, (bool, String)>((before, outcome))
             }
             .await;
-            let mut st = lock(&state);
-            st.inflight.remove(&n);
-            st.stats.push_seconds.observe(began.elapsed().as_secs_f64());
-            st.stats.bytes_sealed = archiver.sealed_bytes();
-            match res {
-                Ok((s, outcome)) => {
-                    st.backoff.remove(&n);
-                    match outcome {
-                        PushOutcome::Stored => {
-                            st.stats.stored += 1;
-                            st.stats.bytes_stored += s.len;
-                        }
-                        PushOutcome::AlreadyArchived => st.stats.already_archived += 1,
-                    }
-                    st.stats.last_archived =
-                        Some((n.clone(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-                    st.done.insert(n.clone(), (s, outcome));
-                    tracing::info!(file = %n, ?outcome, "archived");
-                    Ok((s, outcome))
-                }
-                Err((other_history, e)) => {
-                    if other_history {
-                        st.stats.other_history += 1;
-                        if let Some(tli) = timeline_of(&n) {
-                            if st.fenced.insert(tli) {
-                                tracing::error!(file = %n, timeline = tli, error = %e, "this server's WAL is another history than the archive's; push-ahead stops on this timeline");
+            let result = {
+                let mut st = lock(&state);
+                st.inflight.remove(&n);
+                st.stats.push_seconds.observe(began.elapsed().as_secs_f64());
+                st.stats.bytes_sealed = archiver.sealed_bytes();
+                match res {
+                    Ok((s, outcome)) => {
+                        st.backoff.remove(&n);
+                        match outcome {
+                            PushOutcome::Stored => {
+                                st.stats.stored += 1;
+                                st.stats.bytes_stored += s.len;
                             }
+                            PushOutcome::AlreadyArchived => st.stats.already_archived += 1,
                         }
-                        st.stats.other_history_error = Some(e.clone());
+                        st.stats.last_archived =
+                            Some((n.clone(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+                        st.done.insert(n.clone(), (s, outcome));
+                        tracing::info!(file = %n, ?outcome, "archived");
+                        Ok((s, outcome))
                     }
-                    st.stats.failures += 1;
-                    st.stats.last_failure = Some(e.clone());
-                    let attempts = st.backoff.get(&n).map_or(0, |b| b.0) + 1;
-                    let delay = Duration::from_secs((1u64 << attempts.min(5)).min(30));
-                    st.backoff.insert(n.clone(), (attempts, Instant::now() + delay));
-                    tracing::warn!(file = %n, attempts, error = %e, "push failed; will retry");
-                    Err(Arc::<str>::from(e))
+                    Err((other_history, e)) => {
+                        if other_history {
+                            st.stats.other_history += 1;
+                            if let Some(tli) = timeline_of(&n) {
+                                if st.fenced.insert(tli) {
+                                    tracing::error!(file = %n, timeline = tli, error = %e, "this server's WAL is another history than the archive's; push-ahead stops on this timeline");
+                                }
+                            }
+                            st.stats.other_history_error = Some(e.clone());
+                        }
+                        st.stats.failures += 1;
+                        st.stats.last_failure = Some(e.clone());
+                        let attempts = st.backoff.get(&n).map_or(0, |b| b.0) + 1;
+                        let delay = Duration::from_secs((1u64 << attempts.min(5)).min(30));
+                        st.backoff.insert(n.clone(), (attempts, Instant::now() + delay));
+                        tracing::warn!(file = %n, attempts, error = %e, "push failed; will retry");
+                        Err(Arc::<str>::from(e))
+                    }
+                }
+            };
+            if archiver.pending_summaries() >= crate::wal::push::BATCH {
+                if let Err(e) = archiver.flush_summaries().await {
+                    tracing::warn!(error = %e, "writing a batch of WAL summaries failed; retrying with the next");
                 }
             }
+            result
         });
         let fut: BoxFuture<'static, PushResult> =
             async move { task.await.unwrap_or_else(|e| Err(Arc::<str>::from(format!("push task failed: {e}")))) }
@@ -201,24 +215,57 @@ impl ReadAhead {
                 .map_or_else(|| format!("{} is not in {}", path.display(), self.pg_wal.display()), |e| e.to_string()));
         }
         let current = stamp(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
-        {
+        let served = {
             let mut st = lock(&self.state);
             // The entry stays until PostgreSQL renames .ready to .done (the scan prunes it),
             // so a scan in between does not push the same file again.
-            if let Some(&(s, outcome)) = st.done.get(&name) {
-                if s == current {
+            match st.done.get(&name) {
+                Some(&(s, outcome)) if s == current => {
                     st.stats.served_from_read_ahead += 1;
-                    return Ok((outcome, true));
+                    Some(outcome)
                 }
+                _ => None,
             }
+        };
+        if let Some(outcome) = served {
+            self.settle(Some(&name)).await;
+            return Ok((outcome, true));
         }
         let (s, outcome) = self.ensure(&name, true).await.map_err(|e| e.to_string())?;
         lock(&self.state).stats.served_after_push += 1;
         if s != current {
             // The file changed under us: push exactly what is there now.
-            return self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
+            let o = self.archiver.push(path).await.map(|o| (o, false)).map_err(|e| e.to_string());
+            self.settle(Some(&name)).await;
+            return o;
         }
+        self.settle(Some(&name)).await;
         Ok((outcome, false))
+    }
+
+    /// Writes the batched summaries once the archive has caught up (no file but `answering`
+    /// waits in archive_status), so what is archived is indexed before PostgreSQL moves on;
+    /// under load they go in full batches instead.
+    pub async fn settle(&self, answering: Option<&str>) {
+        if self.archiver.pending_summaries() == 0 {
+            return;
+        }
+        let caught_up = match watch::ready_files(&self.pg_wal.join("archive_status")) {
+            Ok(names) => names.iter().all(|r| Some(r.as_str()) == answering),
+            Err(_) => true,
+        };
+        if caught_up || self.archiver.pending_summaries() >= crate::wal::push::BATCH {
+            if let Err(e) = self.archiver.flush_summaries().await {
+                tracing::warn!(error = %e, "writing the WAL summaries failed; retrying in a moment");
+            }
+        }
+    }
+
+    /// Writes whatever summaries wait (shutdown).
+    pub async fn flush(&self) {
+        if let Err(e) = self.archiver.flush_summaries().await {
+            tracing::warn!(error = %e, "writing the WAL summaries at shutdown failed; the next roll-up summarizes those segments from their bytes");
+        }
     }
 
     /// Waits until no push is running (shutdown).

@@ -1,6 +1,6 @@
 //! Archiving one WAL file: validate, seal, store without overwriting, acknowledge.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,20 @@ pub struct Archiver {
     /// Summaries of segments this archiver stored or read, for the chain checks of their
     /// neighbours (the daemon pushes consecutive segments, so most checks need no request).
     summaries: Mutex<HashMap<(u32, u64), SegmentIndex>>,
+    /// With batching (the daemon): summaries of stored segments not written yet, by
+    /// (timeline, segment), with the segment size.
+    pending: Option<Mutex<BTreeMap<(u32, u64), (u64, SegmentIndex)>>>,
+    /// The lowest segment per timeline this archiver has stored or seen summarized: one
+    /// after it that is not in the cache is one this archiver has not pushed yet.
+    frontier: Mutex<HashMap<u32, u64>>,
+    /// One batch written at a time.
+    flushing: tokio::sync::Mutex<()>,
+    /// Segments being pushed by this archiver right now.
+    pushing: Mutex<std::collections::HashSet<(u32, u64)>>,
 }
+
+/// Summaries a batch holds before it is written whatever else happens.
+pub const BATCH: usize = 64;
 
 /// Summaries kept for chain checks before the cache is emptied.
 const SUMMARY_CACHE: usize = 1024;
@@ -203,6 +216,10 @@ impl Archiver {
             sealed_bytes: std::sync::atomic::AtomicU64::new(0),
             wal_dir: None,
             summaries: Mutex::new(HashMap::new()),
+            pending: None,
+            frontier: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::const_new(()),
+            pushing: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -210,6 +227,42 @@ impl Archiver {
     pub fn only_from(mut self, pg_wal: &Path) -> Archiver {
         self.wal_dir = Some(pg_wal.to_path_buf());
         self
+    }
+
+    /// Keeps summaries in memory and writes them in batches into the index blocks
+    /// ([`Archiver::flush_summaries`]): one request per segment instead of two (the daemon).
+    pub fn batching_summaries(mut self) -> Archiver {
+        self.pending = Some(Mutex::new(BTreeMap::new()));
+        self
+    }
+
+    /// Summaries waiting to be written.
+    pub fn pending_summaries(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| lock(p).len())
+    }
+
+    /// Writes the waiting summaries into their blocks; on failure they wait for the next try.
+    pub async fn flush_summaries(&self) -> Result<usize, RepoError> {
+        let Some(pending) = &self.pending else { return Ok(0) };
+        let _one = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *lock(pending));
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut by_tli: BTreeMap<(u32, u64), BTreeMap<u64, SegmentIndex>> = BTreeMap::new();
+        for ((tli, n), (seg_size, idx)) in &batch {
+            by_tli.entry((*tli, *seg_size)).or_default().insert(*n, idx.clone());
+        }
+        for ((tli, seg_size), entries) in &by_tli {
+            if let Err(e) = wal_index::merge_into_blocks(&self.repo, *tli, *seg_size, entries).await {
+                let mut p = lock(pending);
+                for (k, v) in batch {
+                    p.entry(k).or_insert(v);
+                }
+                return Err(e);
+            }
+        }
+        Ok(batch.len())
     }
 
     /// Compressed, encrypted bytes this archiver has stored.
@@ -288,6 +341,7 @@ impl Archiver {
             _ => None,
         };
         let segment = index.as_ref().map(|(seg, _)| *seg);
+        let _pushing = segment.map(|seg| Pushing::new(&self.pushing, seg));
         let staged = self.repo.store().stage(&key).map_err(RepoError::from)?;
         let (repo, k) = (self.repo.clone(), key.clone());
         let streamed =
@@ -314,7 +368,12 @@ impl Archiver {
             // archived ones, so it always describes the archived segment. A crash in between
             // leaves it missing until PostgreSQL pushes the file again (it retries until this
             // call succeeds), which writes it then.
-            wal_index::save(&self.repo, seg, seg_size, &idx).await?;
+            match &self.pending {
+                Some(p) => {
+                    lock(p).insert((seg.timeline, seg.number), (seg_size, idx.clone()));
+                }
+                None => wal_index::save(&self.repo, seg, seg_size, &idx).await?,
+            }
             self.remember(seg, idx);
         }
         Ok(outcome)
@@ -325,14 +384,31 @@ impl Archiver {
         if let Some(s) = lock(&self.summaries).get(&(seg.timeline, seg.number)) {
             return Ok(Some(s.clone()));
         }
-        let found = wal_index::load(&self.repo, seg, seg_size).await?;
+        let found = wal_index::find(&self.repo, seg, seg_size).await?;
         if let Some(s) = &found {
             self.remember(seg, s.clone());
         }
         Ok(found)
     }
 
+    /// Whether a batching archiver (the daemon) has not stored `seg` yet: not in the cache,
+    /// and being pushed here now or after the first segment it pushed on that timeline (it
+    /// pushes in order, so such a segment is still to come, or another server's). Asking
+    /// the store would cost requests per segment; a foreign segment is still refused at this
+    /// archiver's own push under its name, and every reader checks the chain.
+    fn past_frontier(&self, seg: Segment) -> bool {
+        let key = (seg.timeline, seg.number);
+        self.pending.is_some()
+            && !lock(&self.summaries).contains_key(&key)
+            && (lock(&self.pushing).contains(&key)
+                || lock(&self.frontier).get(&seg.timeline).is_some_and(|low| seg.number > *low))
+    }
+
     fn remember(&self, seg: Segment, idx: SegmentIndex) {
+        let mut f = lock(&self.frontier);
+        let low = f.entry(seg.timeline).or_insert(seg.number);
+        *low = (*low).min(seg.number);
+        drop(f);
         let mut m = lock(&self.summaries);
         if m.len() >= SUMMARY_CACHE {
             m.clear();
@@ -349,7 +425,12 @@ impl Archiver {
         let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
         if seg.number > 0 {
             let before = Segment { timeline: seg.timeline, number: seg.number - 1 };
-            if let Some(Join::Starts { last: expected, .. }) = self.summary(before, seg_size).await?.map(|s| s.join()) {
+            // Batching, a predecessor past the frontier is still being pushed here (pushes
+            // run in parallel): its summary is nowhere yet, and whichever of the two ends
+            // last checks the pair from the cache.
+            let in_flight = self.past_frontier(before);
+            let found = if in_flight { None } else { self.summary(before, seg_size).await? };
+            if let Some(Join::Starts { last: expected, .. }) = found.map(|s| s.join()) {
                 if expected != prev {
                     return Err(brk(format!(
                         "its first record points back to {}, but the archived {} ends with a record at {}",
@@ -361,7 +442,12 @@ impl Archiver {
             }
         }
         let after = seg.next();
-        if let Some(Join::Starts { prev: found, .. }) = self.summary(after, seg_size).await?.map(|s| s.join()) {
+        // A batching archiver (the daemon) pushes in order: past the highest segment it has
+        // seen there is normally nothing to check, and asking would cost a request per
+        // segment. A successor another server stored meanwhile is still caught: at this
+        // archiver's own push of it (a conflict) and by every reader of the chain.
+        let successor = if self.past_frontier(after) { None } else { self.summary(after, seg_size).await? };
+        if let Some(Join::Starts { prev: found, .. }) = successor.map(|s| s.join()) {
             if found != last {
                 return Err(brk(format!(
                     "its last record is at {}, but the archived {} points back to {}",
@@ -421,6 +507,26 @@ impl Archiver {
         } else {
             Err(PushError::Conflict { name: name.to_string(), archived, local })
         }
+    }
+}
+
+/// Marks a segment as being pushed until dropped.
+struct Pushing<'a> {
+    set: &'a Mutex<std::collections::HashSet<(u32, u64)>>,
+    key: (u32, u64),
+}
+
+impl<'a> Pushing<'a> {
+    fn new(set: &'a Mutex<std::collections::HashSet<(u32, u64)>>, seg: Segment) -> Pushing<'a> {
+        let key = (seg.timeline, seg.number);
+        lock(set).insert(key);
+        Pushing { set, key }
+    }
+}
+
+impl Drop for Pushing<'_> {
+    fn drop(&mut self) {
+        lock(self.set).remove(&self.key);
     }
 }
 
