@@ -622,7 +622,7 @@ fn summary(m: &Manifest) -> serde_json::Value {
         "id": m.id, "cluster": m.cluster, "kind": m.kind, "state": m.state, "provider": m.provider,
         "start_time": m.start_time, "stop_time": m.stop_time, "start_lsn": m.start_lsn.to_string(),
         "stop_lsn": m.stop_lsn.map(|l| l.to_string()), "timeline": m.timeline, "pg_version": m.pg_version,
-        "system_identifier": m.system_identifier, "files": m.files.len(), "bundles": m.bundles.len(),
+        "system_identifier": m.system_identifier, "files": m.file_count(), "bundles": m.bundle_count(),
         "data_bytes": m.data_bytes(), "stored_bytes": m.stored_bytes(), "error": m.error,
     })
 }
@@ -688,7 +688,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
             }
             let mut all = Vec::new();
             for h in &handles {
-                all.extend(catalog_backup::list(&repo.for_cluster(h)).await?);
+                all.extend(catalog_backup::list_records(&repo.for_cluster(h)).await?);
             }
             print_backups(cli.output, &all)?;
             Ok(0)

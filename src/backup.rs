@@ -275,6 +275,7 @@ async fn create_inner(
         ebs: None,
         error: None,
         lease: Some(backup::new_lease(chrono::Utc::now())),
+        record: None,
     };
     backup::save(repo, &m).await?;
     tracing::info!(backup = %id, ?kind, "backup started");

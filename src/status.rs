@@ -238,7 +238,7 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
 pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
     let seg_size = crate::wal::fetch::segment_size(repo).await?;
     let archiving = archiving(cfg, seg_size).await;
-    let backups = backup::list(repo).await?;
+    let backups = backup::list_records(repo).await?;
     let last = backups.iter().rev().find(|m| m.state == BackupState::Completed);
     let now = Utc::now();
     let next_backup = match (cfg.backup.schedule.as_str(), cfg.time_of_day()) {

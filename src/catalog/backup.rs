@@ -179,6 +179,44 @@ pub struct Manifest {
     /// Who is (or was) taking it, and when it last said so (absent in older manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// Set in a catalog record (`record.json`): the manifest without its file list, label
+    /// and map, for listings; these are the totals of what it leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<RecordTotals>,
+}
+
+/// What a catalog record keeps of the file list it leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordTotals {
+    /// Paths copied.
+    pub files: usize,
+    /// Their bytes.
+    pub data_bytes: u64,
+    /// Bundles.
+    #[serde(default)]
+    pub bundles: usize,
+    /// Their stored (sealed) bytes.
+    #[serde(default)]
+    pub stored_bytes: u64,
+}
+
+/// The catalog record of a manifest (pure): everything listings, the scheduler, retention
+/// and restore planning read, without the per-file entries.
+pub fn record_of(m: &Manifest) -> Manifest {
+    let totals = m.record.unwrap_or(RecordTotals {
+        files: m.files.len(),
+        data_bytes: m.data_bytes(),
+        bundles: m.bundles.len(),
+        stored_bytes: m.stored_bytes(),
+    });
+    Manifest {
+        files: Vec::new(),
+        bundles: Vec::new(),
+        backup_label: String::new(),
+        tablespace_map: String::new(),
+        record: Some(totals),
+        ..m.clone()
+    }
 }
 
 /// The process taking a backup, and its last sign of life.
@@ -259,13 +297,29 @@ pub struct EbsMount {
 impl Manifest {
     /// Total bytes of files.
     pub fn data_bytes(&self) -> u64 {
+        if let Some(t) = self.record {
+            return t.data_bytes;
+        }
         // Saturating: a damaged manifest's sizes must not overflow a listing (found by fuzzing).
         self.files.iter().fold(0u64, |a, f| a.saturating_add(f.size))
     }
 
+    /// How many paths it copied.
+    pub fn file_count(&self) -> usize {
+        self.record.map_or(self.files.len(), |t| t.files)
+    }
+
     /// Total stored bytes of bundles.
     pub fn stored_bytes(&self) -> u64 {
+        if let Some(t) = self.record {
+            return t.stored_bytes;
+        }
         self.bundles.iter().fold(0u64, |a, b| a.saturating_add(b.stored_bytes))
+    }
+
+    /// How many bundles hold its bytes.
+    pub fn bundle_count(&self) -> usize {
+        self.record.map_or(self.bundles.len(), |t| t.bundles)
     }
 
     /// Stop time as a timestamp.
@@ -452,9 +506,36 @@ pub fn bundle_key(repo: &Repository, id: &str, bundle: &str) -> String {
     format!("{}data/{bundle}", repo.backup_prefix(id))
 }
 
-/// Writes a manifest.
+/// Object key of a backup's catalog record.
+pub fn record_key(repo: &Repository, id: &str) -> String {
+    format!("{}record.json", repo.backup_prefix(id))
+}
+
+/// Writes a manifest, then its catalog record. A crash in between leaves the record one
+/// state behind (a completed backup listed as running: never the other way round) until
+/// the next save or the sweep's [`reconcile_records`].
 pub async fn save(repo: &Repository, m: &Manifest) -> Result<(), RepoError> {
-    repo.put_json(&manifest_key(repo, &m.id), m).await
+    if m.record.is_some() {
+        // A record has no file list: saved as the manifest, it would lose the backup's files.
+        return Err(RepoError::Json(manifest_key(repo, &m.id), "a catalog record is not a manifest".into()));
+    }
+    repo.put_json(&manifest_key(repo, &m.id), m).await?;
+    repo.put_json(&record_key(repo, &m.id), &record_of(m)).await
+}
+
+/// Rewrites every catalog record that does not match its manifest (after a crash between
+/// the two writes, or for backups made before records existed); returns how many.
+pub async fn reconcile_records(repo: &Repository) -> Result<usize, RepoError> {
+    let mut fixed = 0;
+    for m in list(repo).await? {
+        let want = record_of(&m);
+        let have: Option<Manifest> = repo.get_json(&record_key(repo, &m.id)).await?;
+        if have.as_ref() != Some(&want) {
+            repo.put_json(&record_key(repo, &m.id), &want).await?;
+            fixed += 1;
+        }
+    }
+    Ok(fixed)
 }
 
 /// Reads one manifest.
@@ -462,7 +543,30 @@ pub async fn load(repo: &Repository, id: &str) -> Result<Option<Manifest>, RepoE
     repo.get_json(&manifest_key(repo, id)).await
 }
 
-/// Every backup of the repository's cluster, oldest first.
+/// Every backup of the repository's cluster as its catalog record, oldest first: one
+/// small object per backup, whatever its file list holds (a backup from before records
+/// existed reads from its manifest). Records have no file list: what needs one loads the
+/// manifest ([`load`]).
+pub async fn list_records(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
+    let prefix = format!("{}backups/", repo.cluster_prefix());
+    let level = repo.store().list_level(&prefix).await?;
+    use futures::stream::{StreamExt, TryStreamExt};
+    let reads = level.dirs.into_iter().map(|d| {
+        let r = repo.clone();
+        async move {
+            match r.get_json::<Manifest>(&format!("{d}record.json")).await? {
+                Some(rec) => Ok::<_, RepoError>(Some(rec)),
+                None => Ok(r.get_json::<Manifest>(&format!("{d}manifest.json")).await?.map(|m| record_of(&m))),
+            }
+        }
+    });
+    let loaded: Vec<Option<Manifest>> = futures::stream::iter(reads).buffered(repo.in_flight()).try_collect().await?;
+    let mut out: Vec<Manifest> = loaded.into_iter().flatten().collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Every backup of the repository's cluster, whole (file lists included), oldest first.
 pub async fn list(repo: &Repository) -> Result<Vec<Manifest>, RepoError> {
     let prefix = format!("{}backups/", repo.cluster_prefix());
     // One level: the backup directories, never the bundles inside them.
@@ -501,6 +605,28 @@ pub(crate) mod tests {
     fn with_lease(mut m: Manifest, beat: &str) -> Manifest {
         m.lease = Some(Lease { host: "h".into(), pid: 42, token: "ab".into(), heartbeat_at: beat.into() });
         m
+    }
+
+    #[test]
+    fn a_catalog_record_keeps_the_totals_and_drops_the_lists() {
+        let mut m = old_manifest("manual", "completed", "2026-11-26T03:00:00Z");
+        m.backup_label = "START WAL LOCATION: 0/2000028".into();
+        m.bundles = vec![Bundle { name: "b000000".into(), plain_bytes: 10, stored_bytes: 7 }];
+        m.files = serde_json::from_value(serde_json::json!([
+            {"path": "base/1/1", "kind": "file", "size": 8192, "mode": 384},
+            {"path": "global/pg_control", "kind": "file", "size": 8192, "mode": 384},
+        ]))
+        .expect("file entries");
+        let r = record_of(&m);
+        assert!(r.files.is_empty() && r.bundles.is_empty() && r.backup_label.is_empty());
+        assert_eq!((r.file_count(), r.data_bytes(), r.bundle_count(), r.stored_bytes()), (2, 16384, 1, 7));
+        assert_eq!((r.id.as_str(), r.state, r.start_lsn), (m.id.as_str(), m.state, m.start_lsn));
+        // Idempotent, and a JSON round trip keeps it a record.
+        assert_eq!(record_of(&r), r);
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("reads");
+        assert_eq!(back, r);
+        // A manifest without records reads as before.
+        assert_eq!((m.record, m.file_count(), m.data_bytes()), (None, 2, 16384));
     }
 
     #[test]
@@ -806,6 +932,7 @@ pub(crate) mod fuzz {
                 }],
             }),
             error: None,
+            record: None,
         };
         serde_json::to_value(&m).unwrap()
     }

@@ -93,8 +93,10 @@ async fn sync_wal(
         marks.wal.retain(|(r, c, _), _| !(r == region && *c == h));
         for tli in crate::catalog::wal_index::timelines(s).await? {
             let tp = s.wal_prefix(tli);
-            let mut mark = Mark::default();
-            mark.recent = have.range(tp.clone()..).take_while(|k| k.starts_with(&tp)).cloned().collect();
+            let mut mark = Mark {
+                recent: have.range(tp.clone()..).take_while(|k| k.starts_with(&tp)).cloned().collect(),
+                ..Mark::default()
+            };
             while mark.recent.len() > MARK_TRAIL {
                 if let Some(k) = mark.recent.pop_first() {
                     mark.below = k;
@@ -179,12 +181,17 @@ pub async fn sync_marked(
         sync_wal(&s, &d, region, marks, full, &mut out).await?;
         sync_index(&s, &d, &mut out).await?;
         // Backups: completed ones copied whole, then their manifest; gone ones purged.
-        let src_backups = backup::list(&s).await?;
-        let dst_backups = backup::list(&d).await?;
-        for m in src_backups.iter().filter(|m| m.state == BackupState::Completed) {
-            if dst_backups.iter().any(|c| c.id == m.id && c.state == BackupState::Completed) {
+        // Catalog records say what to copy; the manifest of each backup copied is read whole.
+        let src_backups = backup::list_records(&s).await?;
+        let dst_backups = backup::list_records(&d).await?;
+        for rec in src_backups.iter().filter(|m| m.state == BackupState::Completed) {
+            if dst_backups.iter().any(|c| c.id == rec.id && c.state == BackupState::Completed) {
                 continue;
             }
+            let Some(m) = backup::load(&s, &rec.id).await?.filter(|m| m.state == BackupState::Completed) else {
+                continue;
+            };
+            let m = &m;
             let data = format!("{}data/", s.backup_prefix(&m.id));
             let have = keys(&d, &data).await?;
             for k in keys(&s, &data).await? {

@@ -37,7 +37,7 @@ pub async fn catalog(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
     for h in clusters(repo).await? {
         let r = repo.for_cluster(&h);
         let deprovisioned = cluster::load(&r).await?.is_some_and(|c| c.state == ClusterState::Deprovisioned);
-        for m in backup::list(&r).await? {
+        for m in backup::list_records(&r).await? {
             if m.state == BackupState::Purging {
                 continue;
             }
@@ -80,14 +80,20 @@ impl Swept {
     }
 }
 
-/// Marks every cluster's abandoned `running` backups failed (retention then purges them)
-/// and removes what killed writers left in the store (temp files, empty directories).
+/// Marks every cluster's abandoned `running` backups failed (retention then purges them),
+/// brings catalog records in line with their manifests, and removes what killed writers
+/// left in the store (temp files, empty directories).
 pub async fn sweep(repo: &Repository, now: DateTime<Utc>) -> anyhow::Result<Swept> {
     let mut out = Swept::default();
     let limit = backup::stale_limit();
     for h in clusters(repo).await? {
-        for id in backup::mark_stale(&repo.for_cluster(&h), now, limit).await? {
+        let r = repo.for_cluster(&h);
+        for id in backup::mark_stale(&r, now, limit).await? {
             out.failed.push(format!("{h}/{id}"));
+        }
+        let fixed = backup::reconcile_records(&r).await?;
+        if fixed > 0 {
+            tracing::info!(cluster = %h, records = fixed, "backup catalog records rewritten to match their manifests");
         }
     }
     out.leftovers = repo.store().sweep_leftovers().await?;

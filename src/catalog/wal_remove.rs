@@ -170,6 +170,7 @@ mod tests {
             ebs: None,
             error: None,
             lease: None,
+            record: None,
         }
     }
 

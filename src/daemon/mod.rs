@@ -5,6 +5,7 @@ pub mod metrics;
 pub mod read_ahead;
 pub mod schedule;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -99,8 +100,15 @@ pub fn sd_notify(msg: &str) {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
-    let archiver =
-        Arc::new(Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")).batching_summaries());
+    let mut archiver =
+        Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")).batching_summaries();
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&cfg.daemon.state_dir) {
+        Ok(()) => archiver = archiver.with_journal(&cfg.daemon.state_dir.join("wal-summaries.journal")),
+        Err(e) => {
+            tracing::warn!(state_dir = %cfg.daemon.state_dir.display(), error = %e, "cannot create daemon.state_dir: WAL summaries waiting for their batch are not journaled (a crash leaves them to the next roll-up)")
+        }
+    }
+    let archiver = Arc::new(archiver);
     let ra = Arc::new(ReadAhead::new(archiver, &cfg.postgres.data_dir, cfg.archive.workers));
     let listener = bind(&cfg.daemon.socket).await?;
     let mut watch = watch::watch(&cfg.postgres.data_dir).with_context(|| {

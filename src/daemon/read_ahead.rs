@@ -105,6 +105,8 @@ impl ReadAhead {
         let permits = self.permits.clone();
         let state = self.state.clone();
         let n = name.to_string();
+        // Reserved before it queues: a successor's chain check waits for this push.
+        let reserved = archiver.reserve(name);
         let task = tokio::spawn(async move {
             // The archiver's own request skips the queue: it is what PostgreSQL waits on.
             let _permit = if priority { None } else { permits.acquire_owned().await.ok() };
@@ -156,6 +158,7 @@ impl ReadAhead {
                     }
                 }
             };
+            drop(reserved);
             if archiver.pending_summaries() >= crate::wal::push::BATCH {
                 if let Err(e) = archiver.flush_summaries().await {
                     tracing::warn!(error = %e, "writing a batch of WAL summaries failed; retrying with the next");

@@ -170,7 +170,7 @@ async fn due_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_star
         }
     }
     let limit = backup::stale_limit();
-    let all = backup::list(repo).await?;
+    let all = backup::list_records(repo).await?;
     let last = all
         .iter()
         .filter(|b| holds_slot(b, now, limit, b.lease.as_ref().is_some_and(backup::holder_gone)))

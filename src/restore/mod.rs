@@ -39,7 +39,7 @@ impl Inputs {
     pub async fn load(repo: &Repository) -> anyhow::Result<Inputs> {
         let seg_size = crate::wal::fetch::segment_size(repo).await?;
         let backups: Vec<Manifest> =
-            backup::list(repo).await?.into_iter().filter(|m| m.state == BackupState::Completed).collect();
+            backup::list_records(repo).await?.into_iter().filter(|m| m.state == BackupState::Completed).collect();
         let from = backup::first_segments(&backups, seg_size);
         let mut archives = BTreeMap::new();
         for (tli, first) in from {
@@ -146,7 +146,14 @@ pub async fn run_with(
     execute::check_target_dir(&req.target_dir)?;
     execute::check_not_in_source(&req.target_dir, &execute::source_dirs(&cfg.postgres.data_dir))?;
     let inputs = Inputs::load(repo).await?;
-    let (m, p) = inputs.plan(req.target, req.backup.as_deref())?;
+    let (rec, p) = inputs.plan(req.target, req.backup.as_deref())?;
+    // Planned from catalog records; restored from the manifest, which must agree.
+    let m = backup::load(repo, &rec.id).await?.filter(|m| m.state == BackupState::Completed).ok_or_else(|| {
+        anyhow::anyhow!(
+            "backup {} is listed as completed but its manifest is missing or not completed; run `tidemark verify` (the daemon's hourly sweep repairs a listing left behind by a crash) and retry",
+            rec.id
+        )
+    })?;
     tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, must_reach = ?p.must_reach.map(|l| l.to_string()), "restore planned");
     let exe = match &req.exe {
         Some(e) => e.clone(),

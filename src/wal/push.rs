@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
@@ -109,15 +109,24 @@ pub struct Archiver {
     summaries: Mutex<HashMap<(u32, u64), SegmentIndex>>,
     /// With batching (the daemon): summaries of stored segments not written yet, by
     /// (timeline, segment), with the segment size.
-    pending: Option<Mutex<BTreeMap<(u32, u64), (u64, SegmentIndex)>>>,
+    pending: Option<Mutex<Pending>>,
     /// The lowest segment per timeline this archiver has stored or seen summarized: one
     /// after it that is not in the cache is one this archiver has not pushed yet.
     frontier: Mutex<HashMap<u32, u64>>,
     /// One batch written at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// Where waiting summaries are kept on local disk until their batch is written, so a
+    /// killed daemon finds them again at start (appended and synced before the answer).
+    journal: Option<Mutex<PathBuf>>,
     /// Segments being pushed by this archiver right now.
-    pushing: Mutex<std::collections::HashSet<(u32, u64)>>,
+    pushing: Arc<Mutex<InFlight>>,
 }
+
+/// (timeline, segment) → (segment size, summary) of what waits for its batch.
+type Pending = BTreeMap<(u32, u64), (u64, SegmentIndex)>;
+
+/// WAL file name → (holders, who to wake when the last lets go).
+type InFlight = HashMap<String, (usize, Arc<tokio::sync::Notify>)>;
 
 /// Summaries a batch holds before it is written whatever else happens.
 pub const BATCH: usize = 64;
@@ -219,7 +228,8 @@ impl Archiver {
             pending: None,
             frontier: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::const_new(()),
-            pushing: Mutex::new(std::collections::HashSet::new()),
+            pushing: Arc::default(),
+            journal: None,
         }
     }
 
@@ -233,6 +243,28 @@ impl Archiver {
     /// ([`Archiver::flush_summaries`]): one request per segment instead of two (the daemon).
     pub fn batching_summaries(mut self) -> Archiver {
         self.pending = Some(Mutex::new(BTreeMap::new()));
+        self
+    }
+
+    /// Keeps the waiting summaries in `path` too (one JSON line each, synced), and takes
+    /// back what a killed predecessor left there.
+    pub fn with_journal(mut self, path: &Path) -> Archiver {
+        if let Some(p) = &self.pending {
+            let mut pending = lock(p);
+            let mut found = 0;
+            for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+                // A line cut short by the kill is dropped: its segment's summary comes back
+                // from the segment at the next roll-up.
+                if let Ok(e) = serde_json::from_str::<JournalEntry>(line) {
+                    pending.insert((e.timeline, e.segment), (e.seg_size, e.summary));
+                    found += 1;
+                }
+            }
+            if found > 0 {
+                tracing::info!(summaries = found, journal = %path.display(), "WAL summaries left unwritten by the last run; writing them");
+            }
+            self.journal = Some(Mutex::new(path.to_path_buf()));
+        }
         self
     }
 
@@ -260,6 +292,22 @@ impl Archiver {
                     p.entry(k).or_insert(v);
                 }
                 return Err(e);
+            }
+        }
+        if let Some(j) = &self.journal {
+            // What was written leaves the journal; what arrived meanwhile stays.
+            let path = lock(j);
+            let rest: Vec<JournalEntry> = lock(pending)
+                .iter()
+                .map(|((timeline, segment), (seg_size, summary))| JournalEntry {
+                    timeline: *timeline,
+                    segment: *segment,
+                    seg_size: *seg_size,
+                    summary: summary.clone(),
+                })
+                .collect();
+            if let Err(e) = rewrite_journal(&path, &rest) {
+                tracing::warn!(journal = %path.display(), error = %e, "cannot rewrite the WAL summary journal");
             }
         }
         Ok(batch.len())
@@ -341,7 +389,7 @@ impl Archiver {
             _ => None,
         };
         let segment = index.as_ref().map(|(seg, _)| *seg);
-        let _pushing = segment.map(|seg| Pushing::new(&self.pushing, seg));
+        let _pushing = Pushing::new(&self.pushing, file_name);
         let staged = self.repo.store().stage(&key).map_err(RepoError::from)?;
         let (repo, k) = (self.repo.clone(), key.clone());
         let streamed =
@@ -370,7 +418,22 @@ impl Archiver {
             // call succeeds), which writes it then.
             match &self.pending {
                 Some(p) => {
+                    // Journal first (under its lock, so a flush rewriting it sees this
+                    // entry either in the journal or still pending), then the batch.
+                    let j = self.journal.as_ref().map(lock);
+                    if let Some(path) = &j {
+                        let e = JournalEntry {
+                            timeline: seg.timeline,
+                            segment: seg.number,
+                            seg_size,
+                            summary: idx.clone(),
+                        };
+                        if let Err(err) = append_journal(path, &e) {
+                            tracing::warn!(journal = %path.display(), error = %err, "cannot journal a WAL summary; a crash before its batch is written leaves it to the next roll-up");
+                        }
+                    }
                     lock(p).insert((seg.timeline, seg.number), (seg_size, idx.clone()));
+                    drop(j);
                 }
                 None => wal_index::save(&self.repo, seg, seg_size, &idx).await?,
             }
@@ -396,12 +459,38 @@ impl Archiver {
     /// pushes in order, so such a segment is still to come, or another server's). Asking
     /// the store would cost requests per segment; a foreign segment is still refused at this
     /// archiver's own push under its name, and every reader checks the chain.
-    fn past_frontier(&self, seg: Segment) -> bool {
+    fn past_frontier(&self, seg: Segment, seg_size: u64) -> bool {
         let key = (seg.timeline, seg.number);
         self.pending.is_some()
             && !lock(&self.summaries).contains_key(&key)
-            && (lock(&self.pushing).contains(&key)
+            && (lock(&self.pushing).contains_key(&seg.name(seg_size))
                 || lock(&self.frontier).get(&seg.timeline).is_some_and(|low| seg.number > *low))
+    }
+
+    /// Marks `name` as about to be pushed by this archiver (the daemon's queue), so that a
+    /// successor's chain check waits for it rather than asking the store.
+    pub fn reserve(&self, name: &str) -> Pushing {
+        Pushing::new(&self.pushing, name)
+    }
+
+    /// Waits while this archiver is pushing (or about to push) `seg`, a predecessor whose
+    /// outcome decides the check; never a successor, so two pushes do not wait on each
+    /// other. Bounded: a predecessor stuck behind the queue is read from the store instead.
+    async fn await_push(&self, seg: Segment, seg_size: u64) {
+        let name = seg.name(seg_size);
+        let wait = async {
+            loop {
+                let Some((_, n)) = lock(&self.pushing).get(&name).cloned() else { return };
+                let woken = n.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if !lock(&self.pushing).contains_key(&name) {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
     }
 
     fn remember(&self, seg: Segment, idx: SegmentIndex) {
@@ -425,11 +514,10 @@ impl Archiver {
         let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
         if seg.number > 0 {
             let before = Segment { timeline: seg.timeline, number: seg.number - 1 };
-            // Batching, a predecessor past the frontier is still being pushed here (pushes
-            // run in parallel): its summary is nowhere yet, and whichever of the two ends
-            // last checks the pair from the cache.
-            let in_flight = self.past_frontier(before);
-            let found = if in_flight { None } else { self.summary(before, seg_size).await? };
+            // A predecessor this archiver is pushing (pushes run in parallel) is waited for:
+            // stored, it is in the cache; refused, the archived one is read.
+            self.await_push(before, seg_size).await;
+            let found = self.summary(before, seg_size).await?;
             if let Some(Join::Starts { last: expected, .. }) = found.map(|s| s.join()) {
                 if expected != prev {
                     return Err(brk(format!(
@@ -446,7 +534,7 @@ impl Archiver {
         // seen there is normally nothing to check, and asking would cost a request per
         // segment. A successor another server stored meanwhile is still caught: at this
         // archiver's own push of it (a conflict) and by every reader of the chain.
-        let successor = if self.past_frontier(after) { None } else { self.summary(after, seg_size).await? };
+        let successor = if self.past_frontier(after, seg_size) { None } else { self.summary(after, seg_size).await? };
         if let Some(Join::Starts { prev: found, .. }) = successor.map(|s| s.join()) {
             if found != last {
                 return Err(brk(format!(
@@ -510,23 +598,59 @@ impl Archiver {
     }
 }
 
-/// Marks a segment as being pushed until dropped.
-struct Pushing<'a> {
-    set: &'a Mutex<std::collections::HashSet<(u32, u64)>>,
-    key: (u32, u64),
+/// One waiting summary in the journal.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JournalEntry {
+    timeline: u32,
+    segment: u64,
+    seg_size: u64,
+    summary: SegmentIndex,
 }
 
-impl<'a> Pushing<'a> {
-    fn new(set: &'a Mutex<std::collections::HashSet<(u32, u64)>>, seg: Segment) -> Pushing<'a> {
-        let key = (seg.timeline, seg.number);
-        lock(set).insert(key);
-        Pushing { set, key }
+fn append_journal(path: &Path, e: &JournalEntry) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    f.write_all(&line)?;
+    f.sync_data()
+}
+
+fn rewrite_journal(path: &Path, rest: &[JournalEntry]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+    for e in rest {
+        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        f.write_all(&line)?;
+    }
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Marks a WAL file as being pushed (or about to be) by this archiver until dropped.
+pub struct Pushing {
+    set: Arc<Mutex<InFlight>>,
+    name: String,
+}
+
+impl Pushing {
+    fn new(set: &Arc<Mutex<InFlight>>, name: &str) -> Pushing {
+        lock(set).entry(name.to_string()).or_default().0 += 1;
+        Pushing { set: set.clone(), name: name.to_string() }
     }
 }
 
-impl Drop for Pushing<'_> {
+impl Drop for Pushing {
     fn drop(&mut self) {
-        lock(self.set).remove(&self.key);
+        let mut m = lock(&self.set);
+        if let Some(e) = m.get_mut(&self.name) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                if let Some((_, n)) = m.remove(&self.name) {
+                    n.notify_waiters();
+                }
+            }
+        }
     }
 }
 
