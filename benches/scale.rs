@@ -132,8 +132,12 @@ async fn build(url: &str, segments: u64, copy: Option<&str>) -> anyhow::Result<(
     let first = 1u64;
     let last = segments;
     let newest_block = wal_index::block_of(last, SEG);
-    let mut summary_doc =
-        TimelineSummary { version: 1, blocks: BTreeMap::new(), complete_to: newest_block.checked_sub(1) };
+    let mut summary_doc = TimelineSummary {
+        version: 1,
+        blocks: BTreeMap::new(),
+        // As a roll-up leaves it: the block before the newest not completed yet.
+        complete_to: newest_block.checked_sub(1).map(|p| wal_index::block_of(p, SEG)).and_then(|h| h.checked_sub(1)),
+    };
     let mut batch = Vec::new();
     let started = Instant::now();
     let mut block = BlockIndex::default();

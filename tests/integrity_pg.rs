@@ -183,14 +183,14 @@ fn planted_segment_is_caught(
     );
     assert!(!scratch.path().join("p1").exists(), "a refused plan writes nothing");
 
-    // Without the planted segment's summary the plan cannot tell; recovery stops at the
-    // break and the restore must not report success.
+    // Without the planted segment's summary, the restore reads the segments archived after
+    // the index's end itself: the plan refuses the same way, before anything is written.
     std::fs::remove_file(index_key(repo.path(), handle, &next)).unwrap();
     let dir = scratch.path().join("p2");
     let (o, r) = restore_latest(tm_w, backup_source, &dir);
     assert_eq!(o.status.code(), Some(1), "a restore short of the archive's end must fail: {}", stdout(&o));
-    assert!(stderr(&o).contains("stopped early") && stderr(&o).contains("planned"), "{}", stderr(&o));
-    assert!(dir.join("TIDEMARK_RESTORE_INCOMPLETE").is_file(), "the directory must stay marked incomplete");
+    assert!(stderr(&o).contains("does not continue"), "{}", stderr(&o));
+    assert!(!dir.exists(), "a refused plan writes nothing");
     drop(r);
     // The planted segment removed (no backup needs it), the archive is one history again.
     let o = tm_w.cmd_as_postgres(&["wal-remove", &next, "--yes"]).output().unwrap();
@@ -549,8 +549,12 @@ fn check_proves_the_archive_path_and_names_what_is_wrong() {
     });
     let (o, v) = check(&tm, &[]);
     assert_eq!(o.status.code(), Some(1));
-    // The daemon still pushes ahead what PostgreSQL marks ready, so only the setting fails...
-    assert_eq!(failed(&v), vec!["archive_command".to_string()], "{v:#}");
+    // The setting fails. The daemon still pushes ahead what PostgreSQL marks ready, so the
+    // switched segment may reach the repository anyway: whether it does is a race between
+    // the daemon's scan and `cp` marking it done, so the switch may pass or fail...
+    let f = failed(&v);
+    assert!(f.contains(&"archive_command".to_string()), "{v:#}");
+    assert!(f.iter().all(|n| n == "archive_command" || n == "wal switch"), "{v:#}");
     let cmd = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "archive_command").unwrap().clone();
     assert!(cmd["fix"].as_str().unwrap().contains(&format!("--config {}", tm.config.display())), "{cmd}");
     // ...until it is down: then nothing reaches the repository.

@@ -527,11 +527,28 @@ pub async fn save(repo: &Repository, m: &Manifest) -> Result<(), RepoError> {
 /// the two writes, or for backups made before records existed); returns how many.
 pub async fn reconcile_records(repo: &Repository) -> Result<usize, RepoError> {
     let mut fixed = 0;
-    for m in list(repo).await? {
+    let manifests = list(repo).await?;
+    // A record whose manifest is gone is what a purge left (the manifest goes last, and a
+    // record is only ever written after its manifest): it must not list a backup.
+    let prefix = format!("{}backups/", repo.cluster_prefix());
+    for d in repo.store().list_level(&prefix).await?.dirs {
+        let id = d.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        if !manifests.iter().any(|m| m.id == id) && repo.store().head(&format!("{d}record.json")).await?.is_some() {
+            repo.store().delete(&format!("{d}record.json")).await?;
+            fixed += 1;
+        }
+    }
+    // A purging backup is left alone: its purge deletes the record, and rewriting it here
+    // could bring it back after the manifest is gone.
+    for m in manifests.into_iter().filter(|m| m.state != BackupState::Purging) {
         let want = record_of(&m);
         let have: Option<Manifest> = repo.get_json(&record_key(repo, &m.id)).await?;
         if have.as_ref() != Some(&want) {
             repo.put_json(&record_key(repo, &m.id), &want).await?;
+            // A purge that ran meanwhile took the manifest: take the record back out.
+            if repo.store().head(&manifest_key(repo, &m.id)).await?.is_none() {
+                repo.store().delete(&record_key(repo, &m.id)).await?;
+            }
             fixed += 1;
         }
     }

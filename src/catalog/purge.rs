@@ -83,6 +83,15 @@ pub async fn failpoint_async(name: &str) -> anyhow::Result<()> {
 /// Deletes backup `id` of the repository's cluster (resuming an interrupted purge).
 pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     let Some(mut m) = backup::load(repo, id).await? else {
+        // A catalog record left without its manifest (written by a sweep racing a purge):
+        // nothing of the backup is restorable, so what remains goes.
+        if repo.store().head(&backup::record_key(repo, id)).await?.is_some() {
+            for o in repo.store().list(&repo.backup_prefix(id)).await? {
+                repo.store().delete(&o.key).await?;
+            }
+            tracing::info!(backup = %id, cluster = %repo.cluster(), "removed what a purge left of a backup");
+            return Ok(());
+        }
         bail!("no backup {id} for cluster {}; see `tidemark backup list`", repo.cluster());
     };
     if m.state != BackupState::Purging {

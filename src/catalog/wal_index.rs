@@ -212,52 +212,28 @@ pub struct TimelineSummary {
     pub complete_to: Option<u64>,
 }
 
-/// The index documents this process wrote lately, by store and key: the daemon's next
-/// batch starts from them instead of reading them back (two requests a batch fewer).
-/// Kept briefly, so a rebuild run by hand elsewhere is seen soon.
-static RECENT: std::sync::Mutex<Option<RecentDocs>> = std::sync::Mutex::new(None);
+/// Blocks this process has seen named by a timeline's summary, by store and block key: a
+/// batch into one of them writes the block alone, not the summary too (blocks are only
+/// dropped from a summary below the purge floor, never the newest).
+static NAMED: std::sync::Mutex<Option<std::collections::BTreeSet<String>>> = std::sync::Mutex::new(None);
 
-/// Store and key → when written, and the document's JSON.
-type RecentDocs = BTreeMap<String, (std::time::Instant, Vec<u8>)>;
-
-/// How long a document written here is trusted without reading it back.
-const RECENT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn recent_key(repo: &Repository, key: &str) -> String {
+fn named_key(repo: &Repository, key: &str) -> String {
     format!("{}/{key}", repo.store().describe())
 }
 
-fn recent() -> std::sync::MutexGuard<'static, Option<RecentDocs>> {
-    RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+fn named() -> std::sync::MutexGuard<'static, Option<std::collections::BTreeSet<String>>> {
+    NAMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Writes an index document and remembers it.
+/// Writes an index document (blocks and summaries alike).
 async fn put_doc<T: Serialize>(repo: &Repository, key: &str, doc: &T) -> Result<(), RepoError> {
-    repo.put_json(key, doc).await?;
-    if let Ok(bytes) = serde_json::to_vec(doc) {
-        let mut r = recent();
-        let m = r.get_or_insert_with(BTreeMap::new);
-        m.retain(|_, (t, _)| t.elapsed() < RECENT_FOR);
-        m.insert(recent_key(repo, key), (std::time::Instant::now(), bytes));
-    }
-    Ok(())
+    repo.put_json(key, doc).await
 }
 
-/// An index document as this process wrote it lately, or as stored.
-async fn get_doc_recent<T: serde::de::DeserializeOwned>(repo: &Repository, key: &str) -> Result<Option<T>, RepoError> {
-    let hit = recent()
-        .as_ref()
-        .and_then(|m| m.get(&recent_key(repo, key)).filter(|(t, _)| t.elapsed() < RECENT_FOR).map(|(_, b)| b.clone()));
-    if let Some(doc) = hit.and_then(|b| serde_json::from_slice(&b).ok()) {
-        return Ok(Some(doc));
-    }
-    repo.get_json(key).await
-}
-
-/// Forgets a remembered document (deleted).
+/// Forgets that a block is named (deleted).
 fn forget_doc(repo: &Repository, key: &str) {
-    if let Some(m) = recent().as_mut() {
-        m.remove(&recent_key(repo, key));
+    if let Some(m) = named().as_mut() {
+        m.remove(&named_key(repo, key));
     }
 }
 
@@ -280,22 +256,41 @@ pub async fn merge_into_blocks(
     }
     let _one = INDEX_WRITE.lock().await;
     let key = summary_key(repo, timeline);
-    let mut summary: TimelineSummary = get_doc_recent(repo, &key).await?.unwrap_or_default();
-    summary.version = 1;
     let mut by_block: BTreeMap<u64, Vec<(u64, &SegmentIndex)>> = BTreeMap::new();
     for (n, i) in entries {
         by_block.entry(block_of(*n, seg_size)).or_default().push((*n, i));
     }
+    // Blocks after the last completed one are read whole by readers, so a batch writes
+    // only its blocks; the summary changes when it must name a new block.
+    let mut summary: Option<TimelineSummary> = None;
     for (block, list) in by_block {
         let bkey = block_key(repo, timeline, block, seg_size);
-        let mut detail: BlockIndex = get_doc_recent(repo, &bkey).await?.unwrap_or_default();
+        let mut detail: BlockIndex = repo.get_json(&bkey).await?.unwrap_or_default();
         for (n, i) in list {
             detail.segments.insert(n, i.clone());
         }
         put_doc(repo, &bkey, &detail).await?;
-        summary.blocks.insert(block, block_runs(&detail));
+        let nk = named_key(repo, &bkey);
+        if named().as_ref().is_some_and(|m| m.contains(&nk)) {
+            continue;
+        }
+        if summary.is_none() {
+            summary = Some(repo.get_json(&key).await?.unwrap_or_default());
+        }
+        if let Some(sm) = summary.as_mut() {
+            sm.version = 1;
+            sm.blocks.insert(block, block_runs(&detail));
+        }
     }
-    put_doc(repo, &key, &summary).await
+    if let Some(sm) = summary {
+        put_doc(repo, &key, &sm).await?;
+        let mut n = named();
+        let set = n.get_or_insert_with(Default::default);
+        for b in sm.blocks.keys() {
+            set.insert(named_key(repo, &block_key(repo, timeline, *b, seg_size)));
+        }
+    }
+    Ok(())
 }
 
 /// A segment's summary wherever the index keeps it: its own object, or its block.
@@ -388,7 +383,9 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
     let mut segments: BTreeMap<u64, SegmentCommits> = BTreeMap::new();
     for (&block, runs) in summary.blocks.range(block_of(from, seg_size)..) {
         let late: Vec<u64> = tail.range(block..=block_end(block, seg_size)).map(|(n, _)| *n).collect();
-        if late.is_empty() {
+        // Blocks after the last completed one may hold batches newer than their runs.
+        let partial = summary.complete_to.is_none_or(|c| block > c);
+        if late.is_empty() && !partial {
             segments.extend(runs.iter().copied());
             continue;
         }
@@ -407,6 +404,43 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
     }
     let segments = roll_up(&segments).into_iter().filter(|(k, c)| k + c.more >= from).collect();
     Ok(Archive { seg_size, segments })
+}
+
+/// Adds to `archive` the segments archived after its last one that the index does not know
+/// yet, summarized from their bytes (at most `limit`): what a restore needs to know where
+/// the archive really ends. Returns how many.
+pub async fn add_unindexed_tail(
+    repo: &Repository,
+    timeline: u32,
+    archive: &mut Archive,
+    limit: usize,
+) -> Result<usize, RepoError> {
+    let seg_size = archive.seg_size;
+    let prefix = repo.wal_prefix(timeline);
+    let after = archive.last().map(|n| format!("{prefix}{}", Segment { timeline, number: n }.name(seg_size)));
+    let listed = repo.store().list_between(&prefix, after.as_deref(), None).await?;
+    let numbers: Vec<u64> = listed
+        .iter()
+        .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
+        .filter(|s| s.timeline == timeline && !archive.has(s.number))
+        .map(|s| s.number)
+        .take(limit)
+        .collect();
+    use futures::stream::{StreamExt, TryStreamExt};
+    let reads = numbers.into_iter().map(|n| {
+        let repo = repo.clone();
+        async move { summarize_archived(&repo, Segment { timeline, number: n }, seg_size).await.map(|i| (n, i)) }
+    });
+    let found: Vec<(u64, Option<SegmentIndex>)> =
+        futures::stream::iter(reads).buffered(repo.in_flight().min(8)).try_collect().await?;
+    let mut added = 0;
+    for (n, idx) in found {
+        if let Some(idx) = idx {
+            archive.segments.insert(n, commits_of(&idx));
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 /// What a roll-up did.
@@ -467,11 +501,17 @@ pub async fn roll_up_timeline(
     let Some(&newest) = archived.iter().next_back().or(tail.keys().next_back()) else {
         return Ok(done);
     };
+    // Completed: the blocks before the one before the newest. One block of lag, so that a
+    // segment pushed late (pushes run in parallel) still lands in a block not completed.
     let newest_block = block_of(newest, seg_size);
+    let horizon = match newest_block.checked_sub(1) {
+        Some(p) => block_of(p, seg_size),
+        None => 0,
+    };
     // Blocks to write: those with WAL not rolled up, and those with late summaries.
     let mut blocks: std::collections::BTreeSet<u64> = archived.iter().map(|n| block_of(*n, seg_size)).collect();
     blocks.extend(tail.keys().map(|n| block_of(*n, seg_size)));
-    blocks.retain(|b| *b < newest_block);
+    blocks.retain(|b| *b < horizon);
     for block in blocks {
         let end = block_end(block, seg_size);
         let mut detail = match repo.get_json::<BlockIndex>(&block_key(repo, timeline, block, seg_size)).await {
@@ -513,19 +553,16 @@ pub async fn roll_up_timeline(
         done.blocks += 1;
         tracing::debug!(timeline, block, segments = detail.segments.len(), "wal index block rolled up");
     }
-    // The newest block is not completed; a segment there that lost its summary (a push
-    // that died between the two, a daemon killed with a batch unwritten) gets one from its
-    // bytes.
-    let newest_detail: BlockIndex = if summary.blocks.contains_key(&newest_block) {
-        repo.get_json(&block_key(repo, timeline, newest_block, seg_size)).await?.unwrap_or_default()
-    } else {
-        BlockIndex::default()
-    };
-    let lost: Vec<u64> = archived
-        .range(newest_block..)
-        .filter(|n| !tail.contains_key(n) && !newest_detail.segments.contains_key(n))
-        .copied()
-        .collect();
+    // The blocks from the horizon on are not completed; a segment there that lost its
+    // summary (a push that died between the two, a daemon killed with a batch unwritten and
+    // no journal) gets one from its bytes.
+    let mut known: std::collections::BTreeSet<u64> = tail.keys().copied().collect();
+    for b in summary.blocks.keys().copied().filter(|b| *b >= horizon).collect::<Vec<_>>() {
+        if let Some(d) = repo.get_json::<BlockIndex>(&block_key(repo, timeline, b, seg_size)).await? {
+            known.extend(d.segments.keys());
+        }
+    }
+    let lost: Vec<u64> = archived.range(horizon..).filter(|n| !known.contains(n)).copied().collect();
     for n in lost {
         let seg = Segment { timeline, number: n };
         if let Some(idx) = summarize_archived(repo, seg, seg_size).await? {
@@ -533,14 +570,14 @@ pub async fn roll_up_timeline(
             done.summarized += 1;
         }
     }
-    let complete = newest_block.checked_sub(1);
+    let complete = horizon.checked_sub(1);
     if done.blocks == 0 && summary.complete_to >= complete {
         return Ok(done);
     }
     summary.complete_to = summary.complete_to.max(complete);
     put_doc(repo, &summary_key(repo, timeline), &summary).await?;
     for (n, key) in &tail {
-        if summary.blocks.contains_key(&block_of(*n, seg_size)) && *n < newest_block {
+        if summary.blocks.contains_key(&block_of(*n, seg_size)) && *n < horizon {
             repo.store().delete(key).await?;
             done.folded += 1;
         }

@@ -145,7 +145,20 @@ pub async fn run_with(
 ) -> anyhow::Result<Report> {
     execute::check_target_dir(&req.target_dir)?;
     execute::check_not_in_source(&req.target_dir, &execute::source_dirs(&cfg.postgres.data_dir))?;
-    let inputs = Inputs::load(repo).await?;
+    let mut inputs = Inputs::load(repo).await?;
+    // The archive's true end: segments archived but not indexed yet (a daemon killed before
+    // writing their summaries, a push that died between the two) are read now, so a restore
+    // to the latest knows what it must reach.
+    for (tli, archive) in inputs.archives.iter_mut() {
+        let n = wal_index::add_unindexed_tail(repo, *tli, archive, 1024).await?;
+        if n > 0 {
+            tracing::info!(
+                timeline = tli,
+                segments = n,
+                "segments archived after the index's end summarized for the plan"
+            );
+        }
+    }
     let (rec, p) = inputs.plan(req.target, req.backup.as_deref())?;
     // Planned from catalog records; restored from the manifest, which must agree.
     let m = backup::load(repo, &rec.id).await?.filter(|m| m.state == BackupState::Completed).ok_or_else(|| {

@@ -185,6 +185,54 @@ fn level_blocking(root: &Path, prefix: &str, max: Option<usize>) -> std::io::Res
     Ok(out)
 }
 
+/// The objects directly in one directory whose keys fall between `after` and `before`,
+/// plus everything deeper under the prefix in that range (as `list` would), sorted.
+fn range_blocking(
+    root: &Path,
+    prefix: &str,
+    after: Option<&str>,
+    before: Option<&str>,
+) -> std::io::Result<Vec<ObjectMeta>> {
+    let dir = root.join(prefix.trim_end_matches('/'));
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let key = format!("{prefix}{name}");
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            let sub = format!("{key}/");
+            // A directory's keys all sort after `key/`; skip it when the range cannot reach them.
+            if before.is_some_and(|b| sub.as_str() >= b) && !b_inside(before, &sub) {
+                continue;
+            }
+            out.extend(
+                list_blocking(root, &sub)?
+                    .into_iter()
+                    .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b)),
+            );
+        } else if ft.is_file() && after.is_none_or(|a| key.as_str() > a) && before.is_none_or(|b| key.as_str() < b) {
+            out.push(ObjectMeta { size: entry.metadata()?.len(), key });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Whether `before` lies inside the directory `sub` (so part of it sorts before the bound).
+fn b_inside(before: Option<&str>, sub: &str) -> bool {
+    before.is_some_and(|b| b.starts_with(sub))
+}
+
 fn list_blocking(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectMeta>> {
     // Only walk the deepest directory the prefix names; filter the rest by string prefix.
     let dir_part = match prefix.rfind('/') {
@@ -348,6 +396,28 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         let p = prefix.to_string();
         tokio::task::spawn_blocking(move || level_blocking(&root, &p, None))
+            .await
+            .map_err(|e| self.err("list", prefix, e))?
+            .map_err(|e| self.err("list", prefix, e))
+    }
+
+    async fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        if !prefix.ends_with('/') {
+            let all = self.list(prefix).await?;
+            return Ok(all
+                .into_iter()
+                .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b))
+                .collect());
+        }
+        // One directory; names outside the range are never stat'ed.
+        let root = self.root.clone();
+        let (p, a, b) = (prefix.to_string(), after.map(str::to_string), before.map(str::to_string));
+        tokio::task::spawn_blocking(move || range_blocking(&root, &p, a.as_deref(), b.as_deref()))
             .await
             .map_err(|e| self.err("list", prefix, e))?
             .map_err(|e| self.err("list", prefix, e))

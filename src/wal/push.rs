@@ -417,6 +417,11 @@ impl Archiver {
             // leaves it missing until PostgreSQL pushes the file again (it retries until this
             // call succeeds), which writes it then.
             match &self.pending {
+                // Already archived by another pusher, whose summary may be missing: one
+                // object of its own, written only if absent (no block to read and rewrite).
+                Some(_) if outcome == PushOutcome::AlreadyArchived => {
+                    wal_index::save(&self.repo, seg, seg_size, &idx).await?
+                }
                 Some(p) => {
                     // Journal first (under its lock, so a flush rewriting it sees this
                     // entry either in the journal or still pending), then the batch.
