@@ -2,7 +2,8 @@
 //!
 //! `scale build URL SEGMENTS [COPY_URL]` writes a synthetic repository through the library:
 //! the cluster record, SEGMENTS tiny sealed segment objects of 16 MiB segments, their
-//! commit-time index as the daemon leaves it (rolled-up blocks and a per-segment tail), and
+//! commit-time index as the daemon leaves it (every summary in its block, the last two
+//! blocks not completed), and
 //! 30 completed backups with 100 bundle objects each. With COPY_URL the same objects go
 //! there too (a cross-region copy in step). No PostgreSQL is needed.
 //!
@@ -144,11 +145,10 @@ async fn build(url: &str, segments: u64, copy: Option<&str>) -> anyhow::Result<(
     for n in first..=last {
         let seg = Segment { timeline: 1, number: n };
         batch.push((r.wal_key(&WalFile::Segment(seg), SEG), Bytes::from_static(b"tiny segment")));
-        if n >= newest_block {
-            batch.push((r.wal_index_key(1, &seg.name(SEG)), json_bytes(&summary(n))?));
-        } else {
-            block.segments.insert(n, summary(n));
-            if n == wal_index::block_end(wal_index::block_of(n, SEG), SEG) {
+        // The daemon writes every summary into its block (the newest one partial).
+        block.segments.insert(n, summary(n));
+        {
+            if n == last || n == wal_index::block_end(wal_index::block_of(n, SEG), SEG) {
                 let b = wal_index::block_of(n, SEG);
                 batch.push((wal_index::block_key(&r, 1, b, SEG), json_bytes(&block)?));
                 summary_doc.blocks.insert(b, wal_index::block_runs(&block));
@@ -160,18 +160,14 @@ async fn build(url: &str, segments: u64, copy: Option<&str>) -> anyhow::Result<(
             eprintln!("  {n}/{last} segments, {:.0} s", started.elapsed().as_secs_f64());
         }
     }
-    if !block.segments.is_empty() {
-        let b = wal_index::block_of(last.min(newest_block.saturating_sub(1)), SEG);
-        batch.push((wal_index::block_key(&r, 1, b, SEG), json_bytes(&block)?));
-        summary_doc.blocks.insert(b, wal_index::block_runs(&block));
-    }
     batch.push((wal_index::summary_key(&r, 1), json_bytes(&summary_doc)?));
     for i in 0..BACKUPS {
         let start_seg = first + (last - first) * i / BACKUPS;
         let t = |n: u64| (base() + chrono::Duration::seconds(n as i64)).to_rfc3339();
         let id = (base() + chrono::Duration::seconds(start_seg as i64)).format("%Y%m%dT%H%M%SZ").to_string();
+        let sealed = r.seal("size", Bytes::from_static(b"bundle")).await?.len();
         let bundles: Vec<serde_json::Value> = (0..BUNDLES)
-            .map(|b| serde_json::json!({"name": format!("b{b:05}"), "plain_bytes": 6, "stored_bytes": 0}))
+            .map(|b| serde_json::json!({"name": format!("b{b:05}"), "plain_bytes": 6, "stored_bytes": sealed}))
             .collect();
         let m = serde_json::json!({
             "id": id, "cluster": CLUSTER, "kind": "automatic", "state": "completed", "provider": "files",

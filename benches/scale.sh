@@ -83,8 +83,8 @@ for r in rows:
 out = []
 out.append("# Metadata cost as the archive grows\n")
 out.append(f"`benches/scale.sh`, {datetime.date.today()}, {os.cpu_count()} cores, {os.environ.get('SCALE_PROFILE', 'release')} build. Synthetic repositories built through the library "
-           "(16 MiB segments; 30 completed backups of 100 bundle objects each; the commit-time index as the daemon leaves it: "
-           "rolled-up blocks plus a per-segment tail). Each operation runs in a fresh process. Requests count S3 listing pages of "
+           "(16 MiB segments; 30 completed backups of 100 bundle objects each; the commit-time index as the daemon leaves it: every "
+           "summary in its block, the last two blocks not completed). Each operation runs in a fresh process. Requests count S3 listing pages of "
            "1,000 keys. `copy` is one full reconcile followed by one steady-state sync (figures after the slash).\n")
 for store in ("fs", "s3"):
     sizes = sorted({r["segments"] for r in rows if r["store"] == store})
