@@ -131,7 +131,8 @@ async fn sync_wal(
 }
 
 /// Copies one cluster's commit-time index: per-segment summaries and blocks by name (one
-/// directory level each), and each timeline's summary, which a roll-up rewrites in place.
+/// directory level each), and what is rewritten in place each time: each timeline's
+/// summary and its newest blocks (a completed block keeps its runs in the summary).
 async fn sync_index(s: &Repository, d: &Repository, out: &mut Synced) -> anyhow::Result<()> {
     let base = format!("{}wal-index/", s.cluster_prefix());
     let timelines = s.store().list_level(&base).await?.dirs;
@@ -140,8 +141,11 @@ async fn sync_index(s: &Repository, d: &Repository, out: &mut Synced) -> anyhow:
             let names = |l: crate::store::Level| l.objects.into_iter().map(|m| m.key).collect::<BTreeSet<String>>();
             let have = names(s.store().list_level(&dir).await?);
             let copied = names(d.store().list_level(&dir).await?);
+            // The newest blocks take the daemon's batches in place until they are completed.
+            let open_blocks: BTreeSet<&String> =
+                if dir.ends_with("range/") { have.iter().rev().take(3).collect() } else { BTreeSet::new() };
             for k in &have {
-                let rewritten = k.ends_with("/summary");
+                let rewritten = k.ends_with("/summary") || open_blocks.contains(k);
                 if (rewritten || !copied.contains(k)) && copy_object(s, d, k).await? {
                     out.objects += 1;
                 }
