@@ -180,7 +180,9 @@ async fn build(url: &str, segments: u64, copy: Option<&str>) -> anyhow::Result<(
         for b in 0..BUNDLES {
             batch.push((format!("{prefix}data/b{b:05}"), Bytes::from_static(b"bundle")));
         }
-        batch.push((format!("{prefix}manifest.json"), json_bytes(&m)?));
+        let manifest: tidemark::catalog::backup::Manifest = serde_json::from_value(m)?;
+        batch.push((format!("{prefix}manifest.json"), json_bytes(&manifest)?));
+        batch.push((format!("{prefix}record.json"), json_bytes(&tidemark::catalog::backup::record_of(&manifest))?));
     }
     put_all(&repos, batch).await?;
     eprintln!("built {segments} segments in {:.0} s", started.elapsed().as_secs_f64());
@@ -223,6 +225,10 @@ async fn op(name: &str, url: &str, copy: Option<&str>) -> anyhow::Result<serde_j
             let plan = tidemark::catalog::policy::plan_now(&repo, &policy, now).await?;
             let wal = tidemark::catalog::policy::all_wal_deletions(&repo, &plan).await?;
             extra = serde_json::json!({"wal_deletions": wal.len()});
+        }
+        "records" => {
+            // Repositories built before catalog records existed get them.
+            extra = serde_json::json!({"written": tidemark::catalog::backup::reconcile_records(&repo).await?});
         }
         "copy" => {
             let dst = open(copy.ok_or_else(|| anyhow::anyhow!("copy needs COPY_URL"))?).await?.0;

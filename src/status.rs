@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveTime, Utc};
 use serde::Serialize;
 
-use crate::catalog::backup::{self, BackupState};
+use crate::catalog::backup::BackupState;
 use crate::config::Config;
 use crate::daemon::control::{self, Request, Response, Stats};
 use crate::pg::conn::Session;
@@ -238,14 +238,14 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
 pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
     let seg_size = crate::wal::fetch::segment_size(repo).await?;
     let archiving = archiving(cfg, seg_size).await;
-    let backups = backup::list_records(repo).await?;
-    let last = backups.iter().rev().find(|m| m.state == BackupState::Completed);
+    // The catalog is read once: the restore inputs hold the completed backups, oldest first.
+    let inputs = Inputs::load(repo).await?;
+    let last = inputs.backups.iter().rev().find(|m| m.state == BackupState::Completed);
     let now = Utc::now();
     let next_backup = match (cfg.backup.schedule.as_str(), cfg.time_of_day()) {
         ("daily", Some((h, m))) => Some(rfc3339(next_daily(now, h, m))),
         _ => None,
     };
-    let inputs = Inputs::load(repo).await?;
     let windows = inputs.windows();
     let daemon = match control::call(&cfg.daemon.socket, &Request::Stats, Duration::from_secs(5)).await {
         Ok(Response::Stats(s)) => Some(*s),

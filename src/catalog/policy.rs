@@ -25,8 +25,10 @@ pub async fn save(repo: &Repository, p: &Policy) -> Result<(), RepoError> {
 
 /// Cluster handles in the repository.
 pub async fn clusters(repo: &Repository) -> Result<Vec<String>, RepoError> {
-    let metas = repo.store().list("clusters/").await?;
-    let mut h: Vec<String> = metas.iter().filter_map(|m| m.key.split('/').nth(1).map(str::to_string)).collect();
+    // One level: the cluster directories, not the archive inside them.
+    let level = repo.store().list_level("clusters/").await?;
+    let mut h: Vec<String> = level.dirs.iter().filter_map(|d| d.split('/').nth(1).map(str::to_string)).collect();
+    h.retain(|c| !c.is_empty());
     h.dedup();
     Ok(h)
 }
