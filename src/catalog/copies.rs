@@ -60,6 +60,18 @@ struct Mark {
     recent: BTreeSet<String>,
 }
 
+impl Mark {
+    /// Moves the mark up to the newest [`MARK_TRAIL`] keys: segments pushed ahead in
+    /// parallel can land behind ones already copied, so the window after it is listed again.
+    fn trail(&mut self) {
+        while self.recent.len() > MARK_TRAIL {
+            if let Some(k) = self.recent.pop_first() {
+                self.below = k;
+            }
+        }
+    }
+}
+
 /// Keys after the mark listed again each sync (more than parallel pushes run at once).
 const MARK_TRAIL: usize = 256;
 
@@ -97,11 +109,7 @@ async fn sync_wal(
                 recent: have.range(tp.clone()..).take_while(|k| k.starts_with(&tp)).cloned().collect(),
                 ..Mark::default()
             };
-            while mark.recent.len() > MARK_TRAIL {
-                if let Some(k) = mark.recent.pop_first() {
-                    mark.below = k;
-                }
-            }
+            mark.trail();
             marks.wal.insert((region.to_string(), h.clone(), tli), mark);
         }
         return Ok(());
@@ -119,13 +127,7 @@ async fn sync_wal(
                 mark.recent.insert(m.key.clone());
             }
         }
-        // The mark trails the newest keys: segments pushed ahead in parallel can land
-        // behind ones already copied, and the window after the mark is listed again.
-        while mark.recent.len() > MARK_TRAIL {
-            if let Some(k) = mark.recent.pop_first() {
-                mark.below = k;
-            }
-        }
+        mark.trail();
     }
     Ok(())
 }

@@ -225,11 +225,6 @@ fn named() -> std::sync::MutexGuard<'static, Option<std::collections::BTreeSet<S
     NAMED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Writes an index document (blocks and summaries alike).
-async fn put_doc<T: Serialize>(repo: &Repository, key: &str, doc: &T) -> Result<(), RepoError> {
-    repo.put_json(key, doc).await
-}
-
 /// Forgets that a block is named (deleted).
 fn forget_doc(repo: &Repository, key: &str) {
     if let Some(m) = named().as_mut() {
@@ -269,7 +264,7 @@ pub async fn merge_into_blocks(
         for (n, i) in list {
             detail.segments.insert(n, i.clone());
         }
-        put_doc(repo, &bkey, &detail).await?;
+        repo.put_json(&bkey, &detail).await?;
         let nk = named_key(repo, &bkey);
         if named().as_ref().is_some_and(|m| m.contains(&nk)) {
             continue;
@@ -283,7 +278,7 @@ pub async fn merge_into_blocks(
         }
     }
     if let Some(sm) = summary {
-        put_doc(repo, &key, &sm).await?;
+        repo.put_json(&key, &sm).await?;
         let mut n = named();
         let set = n.get_or_insert_with(Default::default);
         for b in sm.blocks.keys() {
@@ -426,15 +421,8 @@ pub async fn add_unindexed_tail(
         .map(|s| s.number)
         .take(limit)
         .collect();
-    use futures::stream::{StreamExt, TryStreamExt};
-    let reads = numbers.into_iter().map(|n| {
-        let repo = repo.clone();
-        async move { summarize_archived(&repo, Segment { timeline, number: n }, seg_size).await.map(|i| (n, i)) }
-    });
-    let found: Vec<(u64, Option<SegmentIndex>)> =
-        futures::stream::iter(reads).buffered(repo.in_flight().min(8)).try_collect().await?;
     let mut added = 0;
-    for (n, idx) in found {
+    for (n, idx) in summarize_many(repo, timeline, seg_size, numbers).await? {
         if let Some(idx) = idx {
             archive.segments.insert(n, commits_of(&idx));
             added += 1;
@@ -461,6 +449,22 @@ async fn summarize_archived(repo: &Repository, seg: Segment, seg_size: u64) -> R
     Ok(Some(tokio::task::spawn_blocking(move || summarize(&bytes, seg, seg_size)).await.unwrap_or_else(|e| {
         SegmentIndex { error: Some(format!("summarizing failed: {e}")), ..SegmentIndex::default() }
     })))
+}
+
+/// Summarizes archived segments of `timeline` from their bytes, a few at a time: each
+/// number with its summary, `None` for one not archived.
+async fn summarize_many(
+    repo: &Repository,
+    timeline: u32,
+    seg_size: u64,
+    numbers: Vec<u64>,
+) -> Result<Vec<(u64, Option<SegmentIndex>)>, RepoError> {
+    use futures::stream::{StreamExt, TryStreamExt};
+    let reads = numbers.into_iter().map(|n| {
+        let repo = repo.clone();
+        async move { summarize_archived(&repo, Segment { timeline, number: n }, seg_size).await.map(|i| (n, i)) }
+    });
+    futures::stream::iter(reads).buffered(repo.in_flight().min(8)).try_collect().await
 }
 
 /// Rolls the timeline's index up: every block below the newest one with archived WAL gets
@@ -532,14 +536,7 @@ pub async fn roll_up_timeline(
         }
         let missing: Vec<u64> =
             archived.range(block..=end).filter(|n| !detail.segments.contains_key(n)).copied().collect();
-        use futures::stream::{StreamExt, TryStreamExt};
-        let reads = missing.into_iter().map(|n| {
-            let repo = repo.clone();
-            async move { summarize_archived(&repo, Segment { timeline, number: n }, seg_size).await.map(|i| (n, i)) }
-        });
-        let summarized: Vec<(u64, Option<SegmentIndex>)> =
-            futures::stream::iter(reads).buffered(repo.in_flight().min(8)).try_collect().await?;
-        for (n, idx) in summarized {
+        for (n, idx) in summarize_many(repo, timeline, seg_size, missing).await? {
             if let Some(idx) = idx {
                 detail.segments.insert(n, idx);
                 done.summarized += 1;
@@ -548,7 +545,7 @@ pub async fn roll_up_timeline(
         if detail.segments.is_empty() {
             continue;
         }
-        put_doc(repo, &block_key(repo, timeline, block, seg_size), &detail).await?;
+        repo.put_json(&block_key(repo, timeline, block, seg_size), &detail).await?;
         summary.blocks.insert(block, block_runs(&detail));
         done.blocks += 1;
         tracing::debug!(timeline, block, segments = detail.segments.len(), "wal index block rolled up");
@@ -575,7 +572,7 @@ pub async fn roll_up_timeline(
         return Ok(done);
     }
     summary.complete_to = summary.complete_to.max(complete);
-    put_doc(repo, &summary_key(repo, timeline), &summary).await?;
+    repo.put_json(&summary_key(repo, timeline), &summary).await?;
     for (n, key) in &tail {
         if summary.blocks.contains_key(&block_of(*n, seg_size)) && *n < horizon {
             repo.store().delete(key).await?;
@@ -610,9 +607,9 @@ pub async fn forget_segment(repo: &Repository, seg: Segment, seg_size: u64) -> R
     detail.segments.remove(&seg.number);
     // The block, then the summary, then (the caller) the segment: until it is gone, readers
     // that still see it indexed see it archived too.
-    put_doc(repo, &bkey, &detail).await?;
+    repo.put_json(&bkey, &detail).await?;
     summary.blocks.insert(block, block_runs(&detail));
-    put_doc(repo, &key, &summary).await
+    repo.put_json(&key, &summary).await
 }
 
 /// Forgets the index of segments below `floor` after the WAL purge removed them: the
@@ -629,7 +626,7 @@ pub async fn forget_below(repo: &Repository, timeline: u32, seg_size: u64, floor
         summary.blocks.remove(b);
     }
     // The summary first: a block it no longer names is never read.
-    put_doc(repo, &key, &summary).await?;
+    repo.put_json(&key, &summary).await?;
     for b in &gone {
         let k = block_key(repo, timeline, *b, seg_size);
         repo.store().delete(&k).await?;

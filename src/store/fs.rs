@@ -155,23 +155,30 @@ fn publish_if_absent(tmp: TempFile, path: &Path) -> std::io::Result<PutOutcome> 
 }
 
 /// One directory's entries under `prefix` (which ends in '/'); nothing deeper is read.
-fn level_blocking(root: &Path, prefix: &str, max: Option<usize>) -> std::io::Result<super::Level> {
-    let dir = root.join(prefix.trim_end_matches('/'));
-    let mut out = super::Level::default();
-    let entries = match std::fs::read_dir(&dir) {
+/// The entries of `dir` a listing shows, with their names: none when it does not exist;
+/// temp files of writers and names that are not UTF-8 left out.
+fn listed_entries(dir: &Path) -> std::io::Result<Vec<(String, std::fs::DirEntry)>> {
+    let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let mut out = Vec::new();
     for entry in entries {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if !name.starts_with(TEMP_PREFIX) {
+            out.push((name, entry));
+        }
+    }
+    Ok(out)
+}
+
+fn level_blocking(root: &Path, prefix: &str, max: Option<usize>) -> std::io::Result<super::Level> {
+    let mut out = super::Level::default();
+    for (name, entry) in listed_entries(&root.join(prefix.trim_end_matches('/')))? {
         if max.is_some_and(|m| out.objects.len() >= m) {
             break;
-        }
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with(TEMP_PREFIX) {
-            continue;
         }
         let ft = entry.file_type()?;
         if ft.is_dir() {
@@ -193,20 +200,8 @@ fn range_blocking(
     after: Option<&str>,
     before: Option<&str>,
 ) -> std::io::Result<Vec<ObjectMeta>> {
-    let dir = root.join(prefix.trim_end_matches('/'));
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with(TEMP_PREFIX) {
-            continue;
-        }
+    for (name, entry) in listed_entries(&root.join(prefix.trim_end_matches('/')))? {
         let key = format!("{prefix}{name}");
         let ft = entry.file_type()?;
         if ft.is_dir() {
@@ -215,12 +210,8 @@ fn range_blocking(
             if before.is_some_and(|b| sub.as_str() >= b) && !b_inside(before, &sub) {
                 continue;
             }
-            out.extend(
-                list_blocking(root, &sub)?
-                    .into_iter()
-                    .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b)),
-            );
-        } else if ft.is_file() && after.is_none_or(|a| key.as_str() > a) && before.is_none_or(|b| key.as_str() < b) {
+            out.extend(list_blocking(root, &sub)?.into_iter().filter(|m| super::in_range(&m.key, after, before)));
+        } else if ft.is_file() && super::in_range(&key, after, before) {
             out.push(ObjectMeta { size: entry.metadata()?.len(), key });
         }
     }
@@ -243,18 +234,7 @@ fn list_blocking(root: &Path, prefix: &str) -> std::io::Result<Vec<ObjectMeta>> 
     let mut out = Vec::new();
     let mut stack = vec![start];
     while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.starts_with(TEMP_PREFIX) {
-                continue;
-            }
+        for (_, entry) in listed_entries(&dir)? {
             let path = entry.path();
             let ft = entry.file_type()?;
             if ft.is_dir() {
@@ -408,10 +388,11 @@ impl ObjectStore for FsStore {
         before: Option<&str>,
     ) -> Result<Vec<ObjectMeta>, StoreError> {
         if !prefix.ends_with('/') {
-            let all = self.list(prefix).await?;
-            return Ok(all
+            return Ok(self
+                .list(prefix)
+                .await?
                 .into_iter()
-                .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b))
+                .filter(|m| super::in_range(&m.key, after, before))
                 .collect());
         }
         // One directory; names outside the range are never stat'ed.

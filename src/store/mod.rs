@@ -102,12 +102,7 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         after: Option<&str>,
         before: Option<&str>,
     ) -> Result<Vec<ObjectMeta>, StoreError> {
-        Ok(self
-            .list(prefix)
-            .await?
-            .into_iter()
-            .filter(|m| after.is_none_or(|a| m.key.as_str() > a) && before.is_none_or(|b| m.key.as_str() < b))
-            .collect())
+        Ok(self.list(prefix).await?.into_iter().filter(|m| in_range(&m.key, after, before)).collect())
     }
     /// Up to about `max` objects under `prefix`, in no promised order: enough to tell whether
     /// there are any without listing them all. Default: from [`Self::list`].
@@ -184,6 +179,11 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Whether `key` sorts after `after` and before `before` (either open) (pure).
+pub fn in_range(key: &str, after: Option<&str>, before: Option<&str>) -> bool {
+    after.is_none_or(|a| key > a) && before.is_none_or(|b| key < b)
 }
 
 /// Folds a full listing into one level under `prefix` (pure).

@@ -612,9 +612,15 @@ struct JournalEntry {
     summary: SegmentIndex,
 }
 
-fn append_journal(path: &Path, e: &JournalEntry) -> std::io::Result<()> {
+/// One entry as its journal line.
+fn journal_line(e: &JournalEntry) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
     line.push(b'\n');
+    Ok(line)
+}
+
+fn append_journal(path: &Path, e: &JournalEntry) -> std::io::Result<()> {
+    let line = journal_line(e)?;
     let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
     f.write_all(&line)?;
     f.sync_data()
@@ -624,9 +630,7 @@ fn rewrite_journal(path: &Path, rest: &[JournalEntry]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
     for e in rest {
-        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        f.write_all(&line)?;
+        f.write_all(&journal_line(e)?)?;
     }
     f.sync_data()?;
     std::fs::rename(&tmp, path)
