@@ -280,6 +280,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                                 if t.unindexed_count > t.unindexed.len() { ", ..." } else { "" }
                             );
                         }
+                        if t.read_from_bytes > 0 {
+                            outln!(
+                                "timeline {}: {} segment(s) after the index's end read from their bytes (their summaries are written with the daemon's next batch)",
+                                t.timeline,
+                                t.read_from_bytes
+                            );
+                        }
                         if t.last.is_none() && t.gaps.is_empty() {
                             outln!("timeline {}: a history file, no WAL segments archived", t.timeline);
                         } else if t.gaps.is_empty() && t.breaks.is_empty() {

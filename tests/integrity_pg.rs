@@ -36,9 +36,6 @@ fn server_at(handle: &str, url: &str, endpoint: Option<&str>) -> (Pg, Tidemark) 
     let mut tm = Tidemark::for_pg(handle, url, endpoint, &pg);
     // No automatic backup at daemon start: each server's WAL moves only when the test says.
     tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
-    // One push at a time: parallel push-ahead lets a loser's later segment slip in ahead
-    // of the gap its refused predecessor leaves (a known gap, see the README).
-    tm.daemon_env.push(("TIDEMARK_ARCHIVE_WORKERS".into(), "1".into()));
     pg.archive_to(&tm.config);
     (pg, tm)
 }
@@ -49,6 +46,11 @@ fn write_and_switch(pg: &Pg, who: &str, n: u32) {
         "insert into t select (select coalesce(max(id), 0) from t) + g, '{who}' from generate_series(1, {n}) g"
     ));
     pg.sql("select pg_switch_wal()");
+}
+
+/// The name of the segment `k` after `name` (same timeline, 1 MiB segments).
+fn nth_after(name: &str, k: u32) -> String {
+    format!("{}{:08X}", &name[..16], u32::from_str_radix(&name[16..], 16).unwrap() + k)
 }
 
 fn archiver_failures(pg: &Pg) -> i64 {
@@ -77,27 +79,47 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         let mut copy = primary.cold_copy();
         let mut tm_c = Tidemark::for_pg(&handle, &url, None, &copy);
         tm_c.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
-        tm_c.daemon_env.push(("TIDEMARK_ARCHIVE_WORKERS".into(), "1".into()));
         std::fs::copy(&tm_p.keyring, &tm_c.keyring).unwrap();
         copy.archive_to(&tm_c.config);
         primary.start();
         copy.start();
-        tm_p.start_daemon();
-        tm_c.start_daemon();
         // Whoever archives the first diverging segment wins; alternate who goes first.
-        let (winner, loser, tm_w, tm_l) =
-            if round % 2 == 0 { (&primary, &copy, &tm_p, &tm_c) } else { (&copy, &primary, &tm_c, &tm_p) };
+        let (winner, loser, tm_w, tm_l) = if round % 2 == 0 {
+            (&primary, &copy, &mut tm_p, &mut tm_c)
+        } else {
+            (&copy, &primary, &mut tm_c, &mut tm_p)
+        };
+        tm_w.start_daemon();
         let first = winner.sql("select pg_walfile_name(pg_current_wal_lsn())");
         write_and_switch(winner, "winner", 500);
         winner.wait_archived(&first, Duration::from_secs(60));
+        // The loser's segments pile up while its archive_command (no daemon yet: a direct
+        // push) refuses the first; then its daemon finds them all ready at once and pushes
+        // them ahead in parallel, while the winner has not archived their predecessors yet.
         for _ in 0..4 {
             write_and_switch(loser, "loser", 300);
         }
-        write_and_switch(winner, "winner", 500);
-        winner.switch_wal_archived(Duration::from_secs(60));
         common::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
             archiver_failures(loser) > 0
         });
+        tm_l.start_daemon();
+        let later: Vec<String> = (1..4).map(|k| nth_after(&first, k)).collect();
+        common::wait_for("the loser's daemon to try its later segments", Duration::from_secs(60), || {
+            let log = tm_l.daemon_log();
+            later.iter().all(|n| log.contains(&format!("file={n}")))
+        });
+        for n in &later {
+            assert!(
+                !tm_l.daemon_log().contains(&format!("archived file={n}")),
+                "round {round}: the loser archived {n} ahead of its refused predecessor:\n{}",
+                tm_l.daemon_log()
+            );
+        }
+        // The winner goes on archiving those names: nothing of the loser's is in its way.
+        write_and_switch(winner, "winner", 500);
+        write_and_switch(winner, "winner", 500);
+        winner.wait_archived(&later[1], Duration::from_secs(60));
+        let (tm_w, tm_l) = (&*tm_w, &*tm_l);
         let log = loser.log();
         assert!(
             log.contains("a different file is already archived under this name")
@@ -112,7 +134,14 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         assert!(stdout(&st).contains("critical") && stdout(&st).contains("another history"), "{}", stdout(&st));
         // One history: verify finds no break.
         let v = tm_w.cmd(&["verify"]).output().unwrap();
-        assert!(v.status.success(), "round {round}: verify: {}{}", stdout(&v), stderr(&v));
+        assert!(
+            v.status.success(),
+            "round {round}: verify: {}{}\nwinner's daemon:\n{}\nloser's daemon:\n{}",
+            stdout(&v),
+            stderr(&v),
+            tm_w.daemon_log(),
+            tm_l.daemon_log()
+        );
         let want = winner.sql(CHECKSUM);
         let scratch = common::postgres_dir("restore");
         if round == 0 {

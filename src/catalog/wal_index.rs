@@ -401,6 +401,9 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
     Ok(Archive { seg_size, segments })
 }
 
+/// Segments past the index's end that readers summarize from their bytes.
+pub const UNINDEXED_TAIL: usize = 1024;
+
 /// Adds to `archive` the segments archived after its last one that the index does not know
 /// yet, summarized from their bytes (at most `limit`): what a restore needs to know where
 /// the archive really ends. Returns how many.

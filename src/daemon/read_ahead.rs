@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::daemon::control::Stats;
 use crate::wal::push::{Archiver, PushOutcome};
@@ -45,6 +45,13 @@ struct State {
     /// Timelines this node holds another history of than the archive: push-ahead stops
     /// pushing them (the archiver's own requests are still tried, and fail loudly).
     fenced: std::collections::HashSet<u32>,
+    /// Names whose push-ahead was refused until their predecessor is archived: the
+    /// archiver's own request for one pushes it in order instead of taking that answer.
+    unordered: std::collections::HashSet<String>,
+    /// Pushes waiting for a worker, in archive order (history files first): each gets its
+    /// permit in this order, so a push never holds a worker while its predecessor waits.
+    queue: std::collections::BTreeMap<(bool, String), tokio::sync::oneshot::Sender<OwnedSemaphorePermit>>,
+    dispatching: bool,
     stats: Stats,
 }
 
@@ -59,6 +66,7 @@ pub struct ReadAhead {
     pg_wal: PathBuf,
     permits: Arc<Semaphore>,
     state: Arc<Mutex<State>>,
+    queued: Arc<Notify>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -75,6 +83,7 @@ impl ReadAhead {
             pg_wal: data_dir.join("pg_wal"),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             state: Arc::new(Mutex::new(State::default())),
+            queued: Arc::new(Notify::new()),
         }
     }
 
@@ -102,19 +111,32 @@ impl ReadAhead {
         }
         let archiver = self.archiver.clone();
         let path = self.pg_wal.join(name);
-        let permits = self.permits.clone();
         let state = self.state.clone();
         let n = name.to_string();
         // Reserved before it queues: a successor's chain check waits for this push.
         let reserved = archiver.reserve(name);
+        // The archiver's own request skips the queue: it is what PostgreSQL waits on.
+        let turn = (!priority).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            st.queue.insert((!name.ends_with(".history"), name.to_string()), tx);
+            if !std::mem::replace(&mut st.dispatching, true) {
+                tokio::spawn(dispatch(self.state.clone(), self.permits.clone(), self.queued.clone()));
+            }
+            self.queued.notify_one();
+            rx
+        });
         let task = tokio::spawn(async move {
-            // The archiver's own request skips the queue: it is what PostgreSQL waits on.
-            let _permit = if priority { None } else { permits.acquire_owned().await.ok() };
+            let _permit = match turn {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            };
             let began = Instant::now();
             let res = async {
-                let before = stamp(&path).map_err(|e| (false, format!("cannot stat {}: {e}", path.display())))?;
-                let outcome = archiver.push(&path).await.map_err(|e| (e.is_other_history(), e.to_string()))?;
-                Ok::<_, (bool, String)>((before, outcome))
+                let before =
+                    stamp(&path).map_err(|e| (false, false, format!("cannot stat {}: {e}", path.display())))?;
+                let pushed = if priority { archiver.push(&path).await } else { archiver.push_ahead(&path).await };
+                let outcome = pushed.map_err(|e| (e.is_other_history(), e.is_unordered(), e.to_string()))?;
+                Ok::<_, (bool, bool, String)>((before, outcome))
             }
             .await;
             let result = {
@@ -125,6 +147,7 @@ impl ReadAhead {
                 match res {
                     Ok((s, outcome)) => {
                         st.backoff.remove(&n);
+                        st.unordered.remove(&n);
                         match outcome {
                             PushOutcome::Stored => {
                                 st.stats.stored += 1;
@@ -138,7 +161,14 @@ impl ReadAhead {
                         tracing::info!(file = %n, ?outcome, "archived");
                         Ok((s, outcome))
                     }
-                    Err((other_history, e)) => {
+                    Err((_, true, e)) => {
+                        // Not a failure: it goes in order, after its predecessor.
+                        st.unordered.insert(n.clone());
+                        st.backoff.insert(n.clone(), (1, Instant::now() + Duration::from_secs(2)));
+                        tracing::debug!(file = %n, reason = %e, "not pushed ahead");
+                        Err(Arc::<str>::from(e))
+                    }
+                    Err((other_history, _, e)) => {
                         if other_history {
                             st.stats.other_history += 1;
                             if let Some(tli) = timeline_of(&n) {
@@ -191,13 +221,22 @@ impl ReadAhead {
             let ready: std::collections::HashSet<&String> = names.iter().collect();
             st.done.retain(|n, _| ready.contains(n));
             st.backoff.retain(|n, _| ready.contains(n));
+            st.unordered.retain(|n| ready.contains(n));
+            // Names come in order: past one still backing off on a timeline, nothing more
+            // of it is pushed ahead (its successors are archived after it anyway).
+            let mut waiting = std::collections::HashSet::new();
             names
                 .into_iter()
                 .filter(|n| {
-                    !timeline_of(n).is_some_and(|t| st.fenced.contains(&t))
-                        && !st.done.contains_key(n)
-                        && !st.inflight.contains_key(n)
-                        && st.backoff.get(n).is_none_or(|b| b.1 <= now)
+                    let tli = timeline_of(n);
+                    if tli.is_some_and(|t| st.fenced.contains(&t) || waiting.contains(&t)) {
+                        return false;
+                    }
+                    if st.backoff.get(n).is_some_and(|b| b.1 > now) {
+                        waiting.extend(tli);
+                        return false;
+                    }
+                    !st.done.contains_key(n) && !st.inflight.contains_key(n)
                 })
                 .collect()
         };
@@ -234,7 +273,14 @@ impl ReadAhead {
             self.settle(Some(&name)).await;
             return Ok((outcome, true));
         }
-        let (s, outcome) = self.ensure(&name, true).await.map_err(|e| e.to_string())?;
+        let (s, outcome) = match self.ensure(&name, true).await {
+            Ok(v) => v,
+            // A push-ahead refused until its predecessor is archived, which it now is.
+            Err(_) if lock(&self.state).unordered.remove(&name) => {
+                self.ensure(&name, true).await.map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         lock(&self.state).stats.served_after_push += 1;
         if s != current {
             // The file changed under us: push exactly what is there now.
@@ -276,6 +322,22 @@ impl ReadAhead {
         let futs: Vec<PushFuture> = lock(&self.state).inflight.values().cloned().collect();
         for f in futs {
             let _ = f.await;
+        }
+    }
+}
+
+/// Hands out workers to the queued pushes, oldest name first.
+async fn dispatch(state: Arc<Mutex<State>>, permits: Arc<Semaphore>, queued: Arc<Notify>) {
+    loop {
+        if lock(&state).queue.is_empty() {
+            queued.notified().await;
+            continue;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let next = lock(&state).queue.pop_first();
+        if let Some((_, tx)) = next {
+            // A dropped receiver (its task ended) gives the permit straight back.
+            let _ = tx.send(permit);
         }
     }
 }

@@ -150,7 +150,7 @@ pub async fn run_with(
     // writing their summaries, a push that died between the two) are read now, so a restore
     // to the latest knows what it must reach.
     for (tli, archive) in inputs.archives.iter_mut() {
-        let n = wal_index::add_unindexed_tail(repo, *tli, archive, 1024).await?;
+        let n = wal_index::add_unindexed_tail(repo, *tli, archive, wal_index::UNINDEXED_TAIL).await?;
         if n > 0 {
             tracing::info!(
                 timeline = tli,

@@ -77,6 +77,16 @@ pub enum PushError {
         /// Which boundary does not join, and the LSNs.
         detail: String,
     },
+    /// A segment pushed ahead whose predecessor this archiver has not archived yet (being
+    /// pushed, or failed here): archived only after it, so that a successor never lands
+    /// past a predecessor that turns out to be another history.
+    #[error("{name}: not archived yet: its predecessor {before} is not in the archive, and this server's push of it has not succeeded; it goes after its predecessor")]
+    Unordered {
+        /// File name.
+        name: String,
+        /// The predecessor's name.
+        before: String,
+    },
     /// Not a file PostgreSQL's archiver would hand over: only WAL is archived.
     #[error("{0}")]
     NotWal(String),
@@ -93,6 +103,11 @@ impl PushError {
     /// under the name or a broken chain): pushing more of the same timeline would only spread it.
     pub fn is_other_history(&self) -> bool {
         matches!(self, PushError::Conflict { .. } | PushError::ChainBreak { .. })
+    }
+
+    /// Whether the push only has to wait for its predecessor (a push ahead of it).
+    pub fn is_unordered(&self) -> bool {
+        matches!(self, PushError::Unordered { .. })
     }
 }
 
@@ -120,6 +135,9 @@ pub struct Archiver {
     journal: Option<Mutex<PathBuf>>,
     /// Segments being pushed by this archiver right now.
     pushing: Arc<Mutex<InFlight>>,
+    /// Segments whose push failed here and that are not archived since: whether as another
+    /// history. A successor of one is not archived ahead of it.
+    refused: Mutex<HashMap<(u32, u64), bool>>,
 }
 
 /// (timeline, segment) → (segment size, summary) of what waits for its batch.
@@ -133,6 +151,17 @@ pub const BATCH: usize = 64;
 
 /// Summaries kept for chain checks before the cache is emptied.
 const SUMMARY_CACHE: usize = 1024;
+
+/// Whether a push follows PostgreSQL's archiver (its predecessor is archived) or runs
+/// ahead of it (the daemon's push-ahead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    InOrder,
+    Ahead,
+}
+
+/// How long a successor's chain check waits for this archiver's push of its predecessor.
+const PREDECESSOR_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Bytes read per step while a file streams through the sealer: whole pages for any WAL
 /// page size, and small enough that many parallel pushes stay within a few MiB each.
@@ -230,6 +259,7 @@ impl Archiver {
             flushing: tokio::sync::Mutex::const_new(()),
             pushing: Arc::default(),
             journal: None,
+            refused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -337,23 +367,70 @@ impl Archiver {
         Ok(())
     }
 
-    /// Archives the file at `path` (a segment, .partial, .history or .backup file).
+    /// Archives the file at `path` (a segment, .partial, .history or .backup file), as
+    /// PostgreSQL's archiver hands it over: in order, so its predecessor is archived.
     pub async fn push(&self, path: &Path) -> Result<PushOutcome, PushError> {
+        self.push_path(path, Order::InOrder).await
+    }
+
+    /// Archives the file at `path` ahead of PostgreSQL's archiver (the daemon's push-ahead):
+    /// refused, to be pushed in order later, while this archiver has not archived its
+    /// predecessor.
+    pub async fn push_ahead(&self, path: &Path) -> Result<PushOutcome, PushError> {
+        self.push_path(path, Order::Ahead).await
+    }
+
+    async fn push_path(&self, path: &Path, order: Order) -> Result<PushOutcome, PushError> {
         let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         if let Some(dir) = &self.wal_dir {
             check_in_wal_dir(path, dir)?;
         } else {
             check_regular(path)?;
         }
-        self.push_source(&file_name, Source::File(path.to_path_buf())).await
+        let r = self.push_source(&file_name, Source::File(path.to_path_buf()), order).await;
+        self.note_outcome(&file_name, &r);
+        r
     }
 
     /// Archives `data` as the WAL file `file_name`.
     pub async fn push_bytes(&self, file_name: &str, data: Bytes) -> Result<PushOutcome, PushError> {
-        self.push_source(file_name, Source::Memory(data)).await
+        let r = self.push_source(file_name, Source::Memory(data), Order::InOrder).await;
+        self.note_outcome(file_name, &r);
+        r
     }
 
-    async fn push_source(&self, file_name: &str, src: Source) -> Result<PushOutcome, PushError> {
+    /// Remembers which segments failed here (and whether as another history) until they
+    /// are archived.
+    fn note_outcome(&self, file_name: &str, r: &Result<PushOutcome, PushError>) {
+        let seg_size = self.record.get().map_or(DEFAULT_SEGMENT_SIZE, |r| r.wal_segment_size);
+        let Ok(seg) = Segment::parse(file_name, seg_size) else { return };
+        let seg = (seg.timeline, seg.number);
+        let mut m = lock(&self.refused);
+        match r {
+            Ok(_) => {
+                m.remove(&seg);
+            }
+            Err(e) => {
+                if m.len() >= SUMMARY_CACHE {
+                    m.clear();
+                }
+                let other = e.is_other_history() || m.get(&seg).copied().unwrap_or(false);
+                m.insert(seg, other);
+            }
+        }
+    }
+
+    /// The lowest segment below `seg` on its timeline this archiver refused as another
+    /// history: everything after it in this server's WAL continues that history.
+    fn diverged_below(&self, seg: Segment) -> Option<u64> {
+        lock(&self.refused)
+            .iter()
+            .filter(|((t, n), other)| **other && *t == seg.timeline && *n < seg.number)
+            .map(|((_, n), _)| *n)
+            .min()
+    }
+
+    async fn push_source(&self, file_name: &str, src: Source, order: Order) -> Result<PushOutcome, PushError> {
         let read_err = |e| PushError::Read(file_name.to_string(), e);
         let s = src.clone();
         let opened = blocking(move || {
@@ -389,6 +466,10 @@ impl Archiver {
             _ => None,
         };
         let segment = index.as_ref().map(|(seg, _)| *seg);
+        if let (Some(seg), Order::Ahead) = (segment, order) {
+            // Cheap refusals first: no seal for a segment that cannot go ahead anyway.
+            self.check_ahead(file_name, seg, seg_size, true).await?;
+        }
         let _pushing = Pushing::new(&self.pushing, file_name);
         let staged = self.repo.store().stage(&key).map_err(RepoError::from)?;
         let (repo, k) = (self.repo.clone(), key.clone());
@@ -401,7 +482,7 @@ impl Archiver {
             if let Some(e) = &idx.error {
                 tracing::warn!(file = %file_name, error = %e, "cannot read commit times from segment; archiving it anyway");
             }
-            self.check_chain(file_name, seg, seg_size, idx).await?;
+            self.check_chain(file_name, seg, seg_size, idx, order).await?;
         }
         let outcome = match self.repo.store().commit_if_absent(&key, streamed.staged).await.map_err(RepoError::from)? {
             PutOutcome::Created => {
@@ -480,8 +561,8 @@ impl Archiver {
 
     /// Waits while this archiver is pushing (or about to push) `seg`, a predecessor whose
     /// outcome decides the check; never a successor, so two pushes do not wait on each
-    /// other. Bounded: a predecessor stuck behind the queue is read from the store instead.
-    async fn await_push(&self, seg: Segment, seg_size: u64) {
+    /// other. Bounded: false when the predecessor is still being pushed after the wait.
+    async fn await_push(&self, seg: Segment, seg_size: u64) -> bool {
         let name = seg.name(seg_size);
         let wait = async {
             loop {
@@ -495,7 +576,7 @@ impl Archiver {
                 woken.await;
             }
         };
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
+        tokio::time::timeout(PREDECESSOR_WAIT, wait).await.is_ok()
     }
 
     fn remember(&self, seg: Segment, idx: SegmentIndex) {
@@ -513,10 +594,51 @@ impl Archiver {
     /// Refuses a segment that does not join the archived segments on either side of it: its
     /// first record must point back at the predecessor's last record, and the successor's
     /// first record at its own last one.
-    async fn check_chain(&self, name: &str, seg: Segment, seg_size: u64, idx: &SegmentIndex) -> Result<(), PushError> {
+    /// What a segment pushed ahead must not have: a predecessor refused here as another
+    /// history (everything after it continues that history), or a predecessor not archived
+    /// whose push here failed or, after `PREDECESSOR_WAIT`, is still running. `early`: before
+    /// sealing, without waiting.
+    async fn check_ahead(&self, name: &str, seg: Segment, seg_size: u64, early: bool) -> Result<(), PushError> {
+        let diverged = || {
+            self.diverged_below(seg).map(|m| PushError::ChainBreak {
+                name: name.to_string(),
+                detail: format!(
+                    "this server's {} was refused as another history than the archive's, and this segment continues it",
+                    Segment { timeline: seg.timeline, number: m }.name(seg_size)
+                ),
+            })
+        };
+        if let Some(e) = diverged() {
+            return Err(e);
+        }
+        let Some(number) = seg.number.checked_sub(1) else { return Ok(()) };
+        let before = Segment { timeline: seg.timeline, number };
+        let resolved = early || self.await_push(before, seg_size).await;
+        if let Some(e) = diverged() {
+            return Err(e);
+        }
+        let failed_here = lock(&self.refused).contains_key(&(before.timeline, before.number));
+        // Absent otherwise is normal: the first segment, a new timeline, a purged predecessor.
+        if (failed_here || !resolved) && self.summary(before, seg_size).await?.is_none() {
+            return Err(PushError::Unordered { name: name.to_string(), before: before.name(seg_size) });
+        }
+        Ok(())
+    }
+
+    async fn check_chain(
+        &self,
+        name: &str,
+        seg: Segment,
+        seg_size: u64,
+        idx: &SegmentIndex,
+        order: Order,
+    ) -> Result<(), PushError> {
         let mine = idx.join();
         let Join::Starts { prev, last } = mine else { return Ok(()) };
         let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
+        if order == Order::Ahead {
+            self.check_ahead(name, seg, seg_size, false).await?;
+        }
         if seg.number > 0 {
             let before = Segment { timeline: seg.timeline, number: seg.number - 1 };
             // A predecessor this archiver is pushing (pushes run in parallel) is waited for:
