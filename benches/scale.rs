@@ -200,7 +200,7 @@ async fn op(name: &str, url: &str, copy: Option<&str>) -> anyhow::Result<serde_j
             extra = serde_json::json!({"ranges": w.iter().map(|(_, w)| w.ranges.len()).sum::<usize>()});
         }
         "status" => {
-            let s = tidemark::status::gather(&cfg, &repo).await?;
+            let s = tidemark::cmd::status::gather(&cfg, &repo).await?;
             extra = serde_json::json!({"verdict": s.verdict});
         }
         "plan" => {

@@ -7,7 +7,7 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     tune_malloc();
     let cli = tidemark::cli::Cli::parse();
-    std::process::ExitCode::from(tidemark::app::main(cli))
+    std::process::ExitCode::from(tidemark::cmd::main(cli))
 }
 
 /// Keeps glibc from holding on to freed buffers: each thread that allocates gets its own

@@ -1,4 +1,4 @@
-//! Command-line definitions (clap) only; `app.rs` runs them.
+//! Command-line definitions (clap) and the names of the two executables; `cmd` runs them.
 
 use std::path::PathBuf;
 
@@ -285,4 +285,25 @@ pub enum PolicyAction {
         #[arg(long)]
         yes: bool,
     },
+}
+
+/// File name of the full program, installed beside `tidemark`.
+pub const AGENT: &str = "tidemark-agent";
+
+/// File name of the front end.
+pub const FRONT_END: &str = "tidemark";
+
+/// The agent binary: the one beside the front end, or this process when it is the agent.
+pub fn agent_exe() -> std::io::Result<std::path::PathBuf> {
+    let me = std::env::current_exe()?;
+    Ok(if me.file_name().is_some_and(|n| n == FRONT_END) { me.with_file_name(AGENT) } else { me })
+}
+
+/// The binary to write into a restored cluster's `restore_command`: the front end beside
+/// this process when there is one (a `cargo run` of the agent builds only the agent), else
+/// this process.
+pub fn front_end_exe() -> std::io::Result<std::path::PathBuf> {
+    let me = std::env::current_exe()?;
+    let front = me.with_file_name(FRONT_END);
+    Ok(if front.is_file() { front } else { me })
 }

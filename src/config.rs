@@ -622,7 +622,7 @@ mod tests {
             ("TIDEMARK_REPOSITORY_URL".to_string(), "s3://b/p".to_string()),
             ("TIDEMARK_CLUSTER".to_string(), "x1".to_string()),
             ("TIDEMARK_CONFIG".to_string(), "/ignored".to_string()),
-            (crate::per_file::LOCAL_STEP_DONE.to_string(), "1".to_string()),
+            (crate::cmd::fast_path::LOCAL_STEP_DONE.to_string(), "1".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let c = Config::from_toml("[archive]\nworkers = 2\n", "t", env.into_iter()).unwrap();

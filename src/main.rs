@@ -12,7 +12,7 @@
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 
-use tidemark::per_file::{self, Call};
+use tidemark::cmd::fast_path::{self, Call};
 
 /// The C entry point (see the module note).
 #[no_mangle]
@@ -27,8 +27,8 @@ fn front_end() -> u8 {
     let args: Vec<OsString> = std::env::args_os().collect();
     let mut local_step_done = false;
     if let Some(call) = Call::parse(&args, |k| std::env::var_os(k)) {
-        per_file::init_logging_at("warn");
-        if let Some(code) = per_file::local_step(&call) {
+        fast_path::init_logging_at("warn");
+        if let Some(code) = fast_path::local_step(&call) {
             return code;
         }
         local_step_done = true;
@@ -36,14 +36,14 @@ fn front_end() -> u8 {
     // Always the sibling, never this file, whatever this file is called: a renamed front end
     // must fail to find the agent rather than exec itself.
     let agent = match std::env::current_exe() {
-        Ok(me) if me.file_name().is_some_and(|n| n != per_file::AGENT) => me.with_file_name(per_file::AGENT),
+        Ok(me) if me.file_name().is_some_and(|n| n != tidemark::cli::AGENT) => me.with_file_name(tidemark::cli::AGENT),
         Ok(me) => return cannot_run(&me.display().to_string(), &std::io::Error::other("that is this front end")),
-        Err(e) => return cannot_run(per_file::AGENT, &e),
+        Err(e) => return cannot_run(tidemark::cli::AGENT, &e),
     };
     let mut cmd = std::process::Command::new(&agent);
     cmd.args(args.iter().skip(1));
     if local_step_done {
-        cmd.env(per_file::LOCAL_STEP_DONE, "1");
+        cmd.env(fast_path::LOCAL_STEP_DONE, "1");
     }
     let e = cmd.exec();
     cannot_run(&agent.display().to_string(), &e)
@@ -55,5 +55,5 @@ fn cannot_run(agent: &str, e: &std::io::Error) -> u8 {
     eprintln!(
         "tidemark: error: cannot run {agent}: {e}; tidemark-agent must be installed beside tidemark (`cargo build --release` builds both)"
     );
-    per_file::FETCH_ABORT
+    fast_path::FETCH_ABORT
 }

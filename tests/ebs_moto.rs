@@ -418,7 +418,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     let port = common::free_port();
     let req = tidemark::restore::Request {
         target_dir: target_dir.clone(),
-        target: tidemark::restore::plan::Target::Time(tidemark::app::parse_time(&target).unwrap()),
+        target: tidemark::restore::plan::Target::Time(tidemark::cmd::parse_time(&target).unwrap()),
         backup: None,
         start: true,
         port: Some(port),

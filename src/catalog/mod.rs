@@ -1,9 +1,7 @@
 //! What the repository knows about clusters and their backups.
 
 pub mod backup;
-pub mod cluster;
 pub mod copies;
-pub mod lifecycle;
 pub mod policy;
 pub mod purge;
 pub mod retention;

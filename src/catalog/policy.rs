@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::catalog::backup::{self, BackupKind, BackupState};
-use crate::catalog::cluster::{self, ClusterState};
 use crate::catalog::purge;
 use crate::catalog::retention::{self, BackupInfo, Kind, Plan, Policy};
+use crate::repo::cluster::{self, ClusterState};
 use crate::repo::{RepoError, Repository};
 use crate::wal::name::{Segment, WalFile};
 
@@ -140,7 +140,7 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> anyhow::Result<Applied> {
             applied.wal_objects += 1;
         }
         if let (false, Some(&keep_from)) = (deletions.is_empty(), plan.wal_keep_from.get(&h)) {
-            let seg_size = crate::wal::fetch::segment_size(&r).await?;
+            let seg_size = crate::repo::cluster::segment_size(&r).await?;
             for tli in crate::catalog::wal_index::timelines(&r).await? {
                 crate::catalog::wal_index::forget_below(&r, tli, seg_size, keep_from / seg_size).await?;
             }
@@ -168,7 +168,7 @@ pub struct WalDeletion {
 pub async fn wal_deletions(r: &Repository, plan: &Plan) -> anyhow::Result<Vec<WalDeletion>> {
     let h = r.cluster().to_string();
     let Some(&keep_from) = plan.wal_keep_from.get(&h) else { return Ok(Vec::new()) };
-    let seg_size = crate::wal::fetch::segment_size(r).await?;
+    let seg_size = crate::repo::cluster::segment_size(r).await?;
     let mut out = Vec::new();
     // Per timeline, only the keys that sort before the keep-from segment: a purge lists what
     // it may delete, not the whole archive.

@@ -95,7 +95,7 @@ pub fn foreign_history(
 
 /// Runs the checks.
 pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
-    let seg_size = crate::wal::fetch::segment_size(repo).await?;
+    let seg_size = crate::repo::cluster::segment_size(repo).await?;
     let manifests = backup::list(repo).await?;
     let first_by_tli = backup::first_segments(&manifests, seg_size);
     let mut timelines = Vec::new();

@@ -587,7 +587,7 @@ pub async fn roll_up_timeline(
 
 /// Rolls up (or with `full`, rebuilds) the index of every timeline: timeline → what it did.
 pub async fn roll_up_all(repo: &Repository, full: bool) -> Result<BTreeMap<u32, RollUp>, RepoError> {
-    let seg_size = crate::wal::fetch::segment_size(repo).await?;
+    let seg_size = crate::repo::cluster::segment_size(repo).await?;
     let mut out = BTreeMap::new();
     for tli in timelines(repo).await? {
         out.insert(tli, roll_up_timeline(repo, tli, seg_size, full).await?);

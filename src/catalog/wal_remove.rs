@@ -129,7 +129,7 @@ async fn history_reason(repo: &Repository, tli: u32, manifests: &[Manifest]) -> 
 
 /// Removes what `plan` listed, in its order (the summary before its segment).
 pub async fn remove(repo: &Repository, r: &Removal) -> anyhow::Result<()> {
-    let seg_size = crate::wal::fetch::segment_size(repo).await?;
+    let seg_size = crate::repo::cluster::segment_size(repo).await?;
     let file = WalFile::parse(&r.file, seg_size)?;
     for k in &r.objects {
         if let (true, WalFile::Segment(seg)) = (*k == repo.wal_key(&file, seg_size), &file) {

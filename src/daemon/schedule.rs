@@ -8,9 +8,9 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveTime, Utc};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
-use crate::catalog::cluster::{self, ClusterState};
 use crate::catalog::policy;
 use crate::config::Config;
+use crate::repo::cluster::{self, ClusterState};
 use crate::repo::Repository;
 
 /// The most recent daily slot at or before `now` (pure).

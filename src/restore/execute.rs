@@ -437,7 +437,7 @@ async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
     for v in by_bundle.values_mut() {
         v.sort_by_key(|(_, _, p)| p.offset);
     }
-    let pb = crate::backup::bytes_bar(m.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
+    let pb = crate::snapshot::progress::bytes_bar(m.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
     let results: Vec<anyhow::Result<u64>> = futures::stream::iter(by_bundle)
         .map(|(n, parts)| {
             let pb = pb.clone();

@@ -37,7 +37,7 @@ fn point(m: &Manifest) -> Option<BackupPoint> {
 impl Inputs {
     /// Reads the catalog and the archive.
     pub async fn load(repo: &Repository) -> anyhow::Result<Inputs> {
-        let seg_size = crate::wal::fetch::segment_size(repo).await?;
+        let seg_size = crate::repo::cluster::segment_size(repo).await?;
         let backups: Vec<Manifest> =
             backup::list_records(repo).await?.into_iter().filter(|m| m.state == BackupState::Completed).collect();
         let from = backup::first_segments(&backups, seg_size);
@@ -170,7 +170,7 @@ pub async fn run_with(
     tracing::info!(backup = %m.id, target = %req.target, first = p.first_segment, last = p.last_segment, must_reach = ?p.must_reach.map(|l| l.to_string()), "restore planned");
     let exe = match &req.exe {
         Some(e) => e.clone(),
-        None => crate::per_file::front_end_exe().context("locating the tidemark binary")?,
+        None => crate::cli::front_end_exe().context("locating the tidemark binary")?,
     };
     let spool = cfg.fetch.spool_dir.join(format!("restore-{}-{}", m.id, hex::encode(rand::random::<[u8; 3]>())));
     let mut restore_command = format!("TIDEMARK_FETCH_SPOOL_DIR={} {}", spool.display(), exe.display());

@@ -478,7 +478,7 @@ pub async fn restore_volumes(
         let dir = if i == 0 { target.to_path_buf() } else { extra_mount_dir(target, i) };
         host.mount(&device, &src.fs_type, &dir).await?;
         if opts.prewarm {
-            let pb = crate::backup::bytes_bar(0, &format!("prewarm {device}"));
+            let pb = crate::snapshot::progress::bytes_bar(0, &format!("prewarm {device}"));
             let n = host.prewarm(&device, opts.workers, pb.clone()).await?;
             pb.finish_and_clear();
             tracing::info!(%device, bytes = n, "prewarmed");

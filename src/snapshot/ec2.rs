@@ -148,7 +148,8 @@ fn tags_of(tags: &[Tag]) -> Vec<(String, String)> {
 impl Ec2 {
     /// Builds a client for `region` from the default credential chain.
     pub async fn new(region: &str, endpoint: Option<&str>) -> Ec2 {
-        let shared = crate::aws::sdk_config(Some(region), 8, Duration::from_secs(10), Duration::from_secs(60)).await;
+        let shared =
+            crate::store::aws::sdk_config(Some(region), 8, Duration::from_secs(10), Duration::from_secs(60)).await;
         let mut b = aws_sdk_ec2::config::Builder::from(&shared);
         if let Some(ep) = endpoint {
             b = b.endpoint_url(ep);

@@ -6,3 +6,4 @@ pub mod ebs;
 pub mod ec2;
 pub mod files;
 pub mod freeze;
+pub mod progress;

@@ -1,5 +1,6 @@
 //! The object store seam: one trait, a folder-free file per backend, one constructor.
 
+pub mod aws;
 pub mod counting;
 pub mod fs;
 pub mod s3;

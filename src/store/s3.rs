@@ -34,7 +34,8 @@ impl S3Store {
     /// Builds a client from the default credential chain plus the given overrides.
     pub async fn new(bucket: &str, prefix: &str, opts: &StoreOptions) -> S3Store {
         let shared =
-            crate::aws::sdk_config(opts.region.as_deref(), 5, Duration::from_secs(5), Duration::from_secs(120)).await;
+            crate::store::aws::sdk_config(opts.region.as_deref(), 5, Duration::from_secs(5), Duration::from_secs(120))
+                .await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared);
         if shared.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));

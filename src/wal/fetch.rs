@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::catalog::cluster;
 use crate::codec;
 use crate::repo::{RepoError, Repository};
-use crate::wal::name::{Segment, WalFile, DEFAULT_SEGMENT_SIZE};
+use crate::wal::name::{Segment, WalFile};
 use crate::wal::spool::{write_atomic_with, Spool, Wanted, DEST_TMP, SPOOL_TMP};
 
 /// Result of a fetch.
@@ -35,11 +34,6 @@ pub enum FetchError {
     /// Writing the destination failed.
     #[error("cannot write {0}: {1}")]
     Write(String, std::io::Error),
-}
-
-/// The cluster's segment size from the repository (16 MiB when unknown).
-pub async fn segment_size(repo: &Repository) -> Result<u64, RepoError> {
-    Ok(cluster::load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(DEFAULT_SEGMENT_SIZE))
 }
 
 /// Fetches `name` from the archive into `dest` (`wal-fetch` looks in the spool first).

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
-use crate::catalog::cluster::{self, ClusterRecord};
 use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
 use crate::codec::envelope::read_full;
 use crate::codec::{CodecError, Sealer};
+use crate::repo::cluster::{self, ClusterRecord};
 use crate::repo::{HashingWriter, RepoError, Repository};
 use crate::restore::plan::Join;
 use crate::store::{PutOutcome, Staged};

@@ -4,9 +4,9 @@
 use anyhow::{bail, Context};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
-use crate::catalog::cluster::{self, ClusterRecord, ClusterState};
 use crate::catalog::{policy, purge};
 use crate::config::Config;
+use crate::repo::cluster::{self, ClusterRecord, ClusterState};
 use crate::repo::Repository;
 
 async fn record(repo: &Repository) -> anyhow::Result<ClusterRecord> {

@@ -22,7 +22,7 @@ pub struct ClusterRecord {
     /// PostgreSQL system identifier (decimal string: JSON numbers lose precision above 2^53).
     pub system_identifier: String,
     /// WAL segment size in bytes.
-    #[serde(deserialize_with = "segment_size")]
+    #[serde(deserialize_with = "valid_segment_size")]
     pub wal_segment_size: u64,
     /// Lifecycle state.
     pub state: ClusterState,
@@ -42,7 +42,7 @@ fn yes() -> bool {
 
 /// A segment size PostgreSQL can have, or a parse error: every WAL object name of the
 /// handle is computed by dividing by it (found by fuzzing: a damaged 6777216 was accepted).
-fn segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+fn valid_segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let n = u64::deserialize(d)?;
     crate::wal::name::check_segment_size(n).map_err(serde::de::Error::custom)?;
     Ok(n)
@@ -121,6 +121,11 @@ impl ClusterRecord {
             automatic_backups: true,
         }
     }
+}
+
+/// The cluster's segment size from the repository (16 MiB when unknown).
+pub async fn segment_size(repo: &Repository) -> Result<u64, crate::repo::RepoError> {
+    Ok(load(repo).await?.map(|r| r.wal_segment_size).unwrap_or(crate::wal::name::DEFAULT_SEGMENT_SIZE))
 }
 
 #[cfg(test)]

@@ -236,7 +236,7 @@ async fn archiving(cfg: &Config, seg_size: u64) -> Archiving {
 
 /// Gathers the status; parts that cannot be read are reported, not fatal.
 pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
-    let seg_size = crate::wal::fetch::segment_size(repo).await?;
+    let seg_size = crate::repo::cluster::segment_size(repo).await?;
     let archiving = archiving(cfg, seg_size).await;
     // The catalog is read once: the restore inputs hold the completed backups, oldest first.
     let inputs = Inputs::load(repo).await?;

@@ -2,6 +2,12 @@
 //!
 //! Exit codes: 0 ok; 1 operational failure (or `wal-fetch`: not archived); 2 usage/config.
 
+pub mod check;
+pub mod demo;
+pub mod failure;
+pub mod fast_path;
+pub mod status;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,7 +22,7 @@ use crate::wal::fetch::{self, FetchOutcome};
 use crate::wal::push::Archiver;
 use crate::wal::spool::{Spool, SPOOL_TMP};
 
-pub use crate::failure::Failure;
+pub use failure::Failure;
 
 /// `println!` that ends the command quietly when stdout is closed (`tidemark backup show | head`).
 macro_rules! outln {
@@ -40,8 +46,8 @@ fn emit(text: &str) {
         std::process::exit(1);
     }
 }
-use crate::failure::{report, usage};
-use crate::per_file::{self, absolute, push_target};
+use crate::cmd::fast_path::{absolute, push_target};
+use failure::{report, usage};
 
 /// The agent's entry point: returns the exit code.
 pub fn main(cli: Cli) -> u8 {
@@ -49,10 +55,10 @@ pub fn main(cli: Cli) -> u8 {
         // No runtime, no logging setup: the guard must start and freeze fast.
         return crate::snapshot::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
     }
-    per_file::init_logging(&cli.command);
+    fast_path::init_logging(&cli.command);
     // The front end (`tidemark`) has done the local step when it hands a per-file command over.
-    if std::env::var_os(per_file::LOCAL_STEP_DONE).is_none() {
-        if let Some(code) = per_file::Call::from_cli(&cli).and_then(|call| per_file::local_step(&call)) {
+    if std::env::var_os(fast_path::LOCAL_STEP_DONE).is_none() {
+        if let Some(code) = fast_path::Call::from_cli(&cli).and_then(|call| fast_path::local_step(&call)) {
             return code;
         }
     }
@@ -332,7 +338,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     repo.cluster()
                 )));
             }
-            let d = crate::catalog::lifecycle::deprovision(&cfg, &repo).await?;
+            let d = crate::backup::lifecycle::deprovision(&cfg, &repo).await?;
             match cli.output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
                 Output::Text => {
@@ -354,7 +360,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::AutomaticBackups { state } => {
             let cfg = load_config(&cli)?;
             let repo = Repository::open(&cfg).await?;
-            let rec = crate::catalog::lifecycle::set_automatic(&repo, state == "enable").await?;
+            let rec = crate::backup::lifecycle::set_automatic(&repo, state == "enable").await?;
             match cli.output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&rec).map_err(anyhow::Error::from)?),
                 Output::Text => outln!(
@@ -369,27 +375,27 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let cfg = load_config(&cli)?;
             let repo = Repository::open(&cfg).await?;
             require_cluster(&repo).await?;
-            let st = crate::status::gather(&cfg, &repo).await?;
+            let st = crate::cmd::status::gather(&cfg, &repo).await?;
             match cli.output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&st).map_err(anyhow::Error::from)?),
-                Output::Text => out!("{}", crate::status::render(&st)),
+                Output::Text => out!("{}", crate::cmd::status::render(&st)),
             }
             Ok(if st.problems.is_empty() { 0 } else { 1 })
         }
         Command::Check { timeout } => {
             let cfg = load_config(&cli)?;
             let path = cli.config.as_ref().map(|c| absolute(c)).transpose()?;
-            let r = crate::check::run(&cfg, path.as_deref(), Duration::from_secs(*timeout)).await;
+            let r = crate::cmd::check::run(&cfg, path.as_deref(), Duration::from_secs(*timeout)).await;
             match cli.output {
                 Output::Json => outln!("{}", serde_json::to_string_pretty(&r).map_err(anyhow::Error::from)?),
-                Output::Text => out!("{}", crate::check::render(&r)),
+                Output::Text => out!("{}", crate::cmd::check::render(&r)),
             }
             Ok(if r.ok { 0 } else { 1 })
         }
         Command::Demo => {
             let cfg = Config::load_or_defaults(cli.config.as_deref())?;
             let (bin, user) = (cfg.postgres.bin_dir.clone(), cfg.postgres.os_user.clone());
-            tokio::task::spawn_blocking(move || crate::demo::run(bin.as_deref(), &user))
+            tokio::task::spawn_blocking(move || crate::cmd::demo::run(bin.as_deref(), &user))
                 .await
                 .map_err(anyhow::Error::from)??;
             Ok(0)
@@ -400,12 +406,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let res = match load_config(&cli) {
                 Ok(cfg) => wal_fetch_from_archive(&cfg, name, dest).await.inspect(|code| {
                     if *code == 0 {
-                        per_file::note_fetch_timing(&cfg, began);
+                        fast_path::note_fetch_timing(&cfg, began);
                     }
                 }),
                 Err(f) => Err(f),
             };
-            res.map_err(|f| per_file::fetch_abort(name, f))
+            res.map_err(|f| fast_path::fetch_abort(name, f))
         }
         Command::WalPrefetch { name } => wal_prefetch(&load_config(&cli)?, name).await,
         Command::WalRemove { file, cluster, yes } => wal_remove(&cli, file, cluster.as_deref(), *yes).await,
@@ -430,7 +436,7 @@ async fn wal_remove(cli: &Cli, file: &str, cluster: Option<&str>, yes: bool) -> 
     use crate::catalog::wal_remove;
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster).await?;
-    let seg_size = fetch::segment_size(&repo).await?;
+    let seg_size = crate::repo::cluster::segment_size(&repo).await?;
     let wal_file = crate::wal::name::WalFile::parse(file.trim(), seg_size).map_err(|e| {
         usage(format!(
             "{e}: give a WAL file name as archived, such as 00000002.history or 000000010000000000000007 (see `tidemark verify`)"
@@ -488,7 +494,7 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
     if let Some(n) = std::fs::read_to_string(&cache).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
         return Ok(n);
     }
-    let n = fetch::segment_size(repo).await?;
+    let n = crate::repo::cluster::segment_size(repo).await?;
     let _ =
         spool.ensure_dir().and_then(|_| crate::wal::spool::write_atomic(&cache, n.to_string().as_bytes(), SPOOL_TMP));
     Ok(n)
@@ -496,7 +502,7 @@ async fn cached_segment_size(repo: &Repository, spool: &Spool) -> Result<u64, Fa
 
 /// `wal-fetch`, second step: reads the file from the archive; exit 1 when it is not there.
 async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result<u8, Failure> {
-    let spool = per_file::spool_of(cfg);
+    let spool = fast_path::spool_of(cfg);
     let repo = Repository::open(cfg).await?;
     let seg_size = cached_segment_size(&repo, &spool).await?;
     let outcome = fetch::fetch(&repo, name, dest, seg_size).await?;
@@ -511,7 +517,7 @@ async fn wal_fetch_from_archive(cfg: &Config, name: &str, dest: &Path) -> Result
 /// `wal-prefetch`: read-ahead that follows recovery until it goes quiet; exits at once when
 /// another one holds the spool lock.
 async fn wal_prefetch(cfg: &Config, name: &str) -> Result<u8, Failure> {
-    let spool = per_file::spool_of(cfg);
+    let spool = fast_path::spool_of(cfg);
     let lock = spool.lock_file().map_err(|e| anyhow::anyhow!("spool lock in {}: {e}", spool.dir().display()))?;
     if lock.try_lock().is_err() {
         return Ok(0);
@@ -565,7 +571,7 @@ async fn open_existing(cfg: &Config, cluster: Option<&str>) -> Result<Repository
 }
 
 async fn require_cluster(repo: &Repository) -> Result<(), Failure> {
-    if crate::catalog::cluster::load(repo).await?.is_some() {
+    if crate::repo::cluster::load(repo).await?.is_some() {
         return Ok(());
     }
     let there = crate::catalog::policy::clusters(repo).await?;
@@ -714,7 +720,7 @@ async fn backup_cmd(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
         }
         BackupAction::Orphaned => {
             let repo = Repository::open(&cfg).await?;
-            let all = crate::catalog::lifecycle::orphaned(&repo).await?;
+            let all = crate::backup::lifecycle::orphaned(&repo).await?;
             print_backups(cli.output, &all)?;
             Ok(0)
         }

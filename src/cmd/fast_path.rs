@@ -11,17 +11,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::cli::{Cli, Command};
+use crate::cmd::failure::{report, usage, Failure};
 use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
-use crate::failure::{report, usage, Failure};
 use crate::wal::fetch::{FetchError, FetchOutcome};
 use crate::wal::spool::{BindError, Binding, Owner, Spool, Wanted};
-
-/// File name of the full program, installed beside `tidemark`.
-pub const AGENT: &str = "tidemark-agent";
-
-/// File name of the front end.
-pub const FRONT_END: &str = "tidemark";
 
 /// Set by the front end when it hands a per-file command to the agent after its local step.
 pub const LOCAL_STEP_DONE: &str = "TIDEMARK_LOCAL_STEP_DONE";
@@ -46,10 +40,10 @@ pub fn init_logging_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tidemark={default},warn")));
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(crate::aws::RedactingStderr)
+        .with_writer(crate::store::aws::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .with_filter(filter.and(crate::aws::credential_cap()));
+        .with_filter(filter.and(crate::store::aws::credential_cap()));
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
@@ -309,7 +303,7 @@ pub fn fetch_abort(name: &str, f: Failure) -> Failure {
 /// Starts a detached `wal-prefetch` so read-ahead outlives this short-lived process.
 fn start_prefetcher(config: Option<&Path>, spool: &Spool, name: &str) {
     use std::os::unix::process::CommandExt;
-    let Ok(exe) = agent_exe() else {
+    let Ok(exe) = crate::cli::agent_exe() else {
         return;
     };
     // Its warnings go to a log in the spool: PostgreSQL never shows a detached child's stderr.
@@ -329,21 +323,6 @@ fn start_prefetcher(config: Option<&Path>, spool: &Spool, name: &str) {
     if let Err(e) = cmd.spawn() {
         tracing::warn!(error = %e, "cannot start read-ahead");
     }
-}
-
-/// The agent binary: the one beside the front end, or this process when it is the agent.
-pub fn agent_exe() -> std::io::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    Ok(if me.file_name().is_some_and(|n| n == FRONT_END) { me.with_file_name(AGENT) } else { me })
-}
-
-/// The binary to write into a restored cluster's `restore_command`: the front end beside
-/// this process when there is one (a `cargo run` of the agent builds only the agent), else
-/// this process.
-pub fn front_end_exe() -> std::io::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let front = me.with_file_name(FRONT_END);
-    Ok(if front.is_file() { front } else { me })
 }
 
 #[cfg(test)]

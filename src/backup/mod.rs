@@ -1,7 +1,8 @@
 //! The backup flow: pg_backup_start on a held session → provider captures → pg_backup_stop →
 //! manifest → WAL up to the stop LSN archived → completed.
 
-use std::io::IsTerminal;
+pub mod lifecycle;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,27 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest, Tablespace};
-use crate::catalog::cluster;
 use crate::config::Config;
 use crate::pg::conn::{Session, StopResult};
+use crate::repo::cluster;
 use crate::repo::Repository;
 use crate::snapshot::freeze::{Freezer, GuardProcess};
 use crate::snapshot::{ebs, files};
 use crate::wal::name::{Lsn, Segment, WalFile};
-
-/// A progress bar on a terminal, nothing otherwise (logs carry the outcome).
-pub fn bytes_bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(total);
-    let style =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-    pb.set_style(style.progress_chars("=> "));
-    pb.set_message(what.to_string());
-    pb
-}
 
 /// The timeline in a backup_label ("START TIMELINE: 1").
 pub fn label_timeline(label: &str) -> Option<u32> {
@@ -364,7 +351,7 @@ async fn copy(cfg: &Config, repo: &Repository, m: &mut Manifest) -> anyhow::Resu
     let dd = cfg.postgres.data_dir.clone();
     let mut items = tokio::task::spawn_blocking(move || files::walk(&dd)).await??;
     let total: u64 = items.iter().map(|i| i.entry.size).sum();
-    let pb = bytes_bar(total, "backup");
+    let pb = crate::snapshot::progress::bytes_bar(total, "backup");
     let pb2 = pb.clone();
     let bundles = files::capture(
         repo,

@@ -1,6 +1,8 @@
 //! The repository: an object store plus the keyring, and the object key layout of DESIGN.md.
 //! Every object goes through the codec, so everything stored is compressed and encrypted.
 
+pub mod cluster;
+
 use std::io::Read;
 use std::sync::Arc;
 
