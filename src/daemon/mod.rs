@@ -1,4 +1,5 @@
-//! The agent: control socket, archive read-ahead, and (later) scheduler and sweeper.
+//! The agent: control socket, archive read-ahead, and the periodic tasks (backup schedule,
+//! retention sweep, index roll-up, cross-region copies), each its own task.
 
 pub mod control;
 pub mod metrics;
@@ -153,7 +154,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let one_backup = schedule::OneBackup::default();
     let backups = Arc::new(Backups { cfg: cfg.clone(), repo: repo.clone(), one: one_backup.clone() });
-    let scheduler = tokio::spawn(schedule::run(cfg.clone(), repo, one_backup));
+    let periodic = schedule::spawn(cfg.clone(), repo, one_backup);
     let watchdog = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -176,7 +177,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     sd_notify("STOPPING=1");
     tracing::info!("shutting down: finishing uploads in flight");
     scanner.abort();
-    scheduler.abort();
+    for t in &periodic {
+        t.abort();
+    }
     watchdog.abort();
     if let Some(m) = metrics {
         m.abort();

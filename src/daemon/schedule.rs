@@ -197,22 +197,39 @@ async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
     if !a.backups.is_empty() || a.wal_objects > 0 {
         tracing::info!(backups = ?a.backups, wal_objects = a.wal_objects, "retention applied");
     }
+    // Once an hour: says the sweep ran (and when it last did) even when it found nothing.
+    tracing::info!(backups_purged = a.backups.len(), wal_objects_purged = a.wal_objects, "retention sweep done");
     Ok(())
 }
 
-/// Runs forever: checks the schedule every minute (retrying a failed automatic backup with
-/// backoff inside its slot) and sweeps every hour.
-pub async fn run(cfg: Config, repo: Repository, one: OneBackup) {
-    let minute = backup::timer_minute();
-    let mut tick = tokio::time::interval(minute);
-    // A backup that takes longer than a tick is not followed by a burst of ticks.
+/// Starts the daemon's periodic work as separate tasks, so that none waits on another (an
+/// EBS backup waiting hours for its snapshots stalls neither purges nor copies): the
+/// backup schedule, the retention sweep, the index roll-up and the cross-region copies.
+pub fn spawn(cfg: Config, repo: Repository, one: OneBackup) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(run_backups(cfg.clone(), repo.clone(), one)),
+        tokio::spawn(run_sweeps(repo.clone())),
+        tokio::spawn(run_roll_ups(repo.clone())),
+        tokio::spawn(run_copies(cfg, repo)),
+    ]
+}
+
+/// A timer of `period` whose late ticks are not made up in a burst.
+fn every(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sweep: Option<std::time::Instant> = None;
+    tick
+}
+
+/// Checks the schedule every minute, retrying a failed automatic backup with backoff
+/// inside its slot.
+async fn run_backups(cfg: Config, repo: Repository, one: OneBackup) {
+    let minute = backup::timer_minute();
+    let mut tick = every(minute);
     let mut retry = Retry::default();
     // The slot whose catch-up at start was deferred: its backup waits for the next slot.
     let mut deferred: Option<DateTime<Utc>> = None;
     let mut at_start = true;
-    let mut copy_marks = crate::catalog::copies::Marks::default();
     loop {
         tick.tick().await;
         let now = Utc::now();
@@ -241,13 +258,25 @@ pub async fn run(cfg: Config, repo: Repository, one: OneBackup) {
             }
         }
         at_start = false;
-        if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
-            last_sweep = Some(std::time::Instant::now());
-            if let Err(e) = sweep_and_apply(&repo).await {
-                tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour");
-            }
+    }
+}
+
+/// Applies retention at start and then every hour (sixty of the test-scalable minutes).
+async fn run_sweeps(repo: Repository) {
+    let mut tick = every(backup::timer_minute() * 60);
+    loop {
+        tick.tick().await;
+        if let Err(e) = sweep_and_apply(&repo).await {
+            tracing::warn!(error = format!("{e:#}"), "retention sweep failed; retrying next hour");
         }
-        // The commit-time index stays rolled up, so reading it costs what changed lately.
+    }
+}
+
+/// Keeps the commit-time index rolled up, so reading it costs what changed lately.
+async fn run_roll_ups(repo: Repository) {
+    let mut tick = every(backup::timer_minute());
+    loop {
+        tick.tick().await;
         match crate::catalog::wal_index::roll_up_all(&repo, false).await {
             Ok(done) => {
                 for (tli, d) in done.iter().filter(|(_, d)| d.blocks > 0) {
@@ -262,8 +291,16 @@ pub async fn run(cfg: Config, repo: Repository, one: OneBackup) {
             }
             Err(e) => tracing::warn!(error = format!("{e:#}"), "wal index roll-up failed; retrying in a minute"),
         }
-        // Cross-region copies trail the source by at most a tick plus the copy time.
-        match crate::catalog::copies::sync_all_marked(&cfg, &repo, &mut copy_marks).await {
+    }
+}
+
+/// Cross-region copies trail the source by at most a minute plus the copy time.
+async fn run_copies(cfg: Config, repo: Repository) {
+    let mut tick = every(backup::timer_minute());
+    let mut marks = crate::catalog::copies::Marks::default();
+    loop {
+        tick.tick().await;
+        match crate::catalog::copies::sync_all_marked(&cfg, &repo, &mut marks).await {
             Ok(done) => {
                 for s in done.iter().filter(|s| s.objects + s.backups + s.purged + s.deleted > 0) {
                     tracing::info!(region = %s.region, objects = s.objects, backups = s.backups, snapshots = s.snapshots, purged = s.purged, "cross-region copy synced");
