@@ -1,0 +1,68 @@
+//! `verify`: WAL continuity and joins, backups' bundles.
+
+use super::*;
+
+/// The Verify command.
+pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
+    let Command::Verify { cluster, deep } = &cli.command else {
+        return Err(usage("internal: wrong command for this handler"));
+    };
+    let cfg = load_config(cli)?;
+    let repo = open_existing(&cfg, cluster.as_deref()).await?;
+    let report = crate::catalog::verify::verify(&repo, *deep).await?;
+    match cli.output {
+        Output::Json => super::render::json(&report)?,
+        Output::Text => {
+            for t in &report.timelines {
+                let range = format!("{} .. {}", t.first.as_deref().unwrap_or("-"), t.last.as_deref().unwrap_or("-"));
+                for b in &t.breaks {
+                    outln!("timeline {}: WAL history breaks at {b}", t.timeline);
+                }
+                if t.unindexed_count > 0 {
+                    outln!(
+                        "timeline {}: {} archived segment(s) have no commit-time summary ({}{}): restores treat them as missing; run `tidemark wal-index rebuild`",
+                        t.timeline,
+                        t.unindexed_count,
+                        t.unindexed.join(", "),
+                        if t.unindexed_count > t.unindexed.len() { ", ..." } else { "" }
+                    );
+                }
+                if t.read_from_bytes > 0 {
+                    outln!(
+                        "timeline {}: {} segment(s) after the index's end read from their bytes (their summaries are written with the daemon's next batch)",
+                        t.timeline,
+                        t.read_from_bytes
+                    );
+                }
+                if t.last.is_none() && t.gaps.is_empty() {
+                    outln!("timeline {}: a history file, no WAL segments archived", t.timeline);
+                } else if t.gaps.is_empty() && t.breaks.is_empty() {
+                    outln!("timeline {}: WAL continuous {range}", t.timeline);
+                } else if t.gaps.is_empty() {
+                    outln!("timeline {}: WAL {range} has no missing segment, but is not one history", t.timeline);
+                } else {
+                    outln!(
+                        "timeline {}: WAL {range} has {} missing segment(s): {}",
+                        t.timeline,
+                        t.gaps.len(),
+                        t.gaps.join(", ")
+                    );
+                }
+            }
+            for h in &report.foreign_histories {
+                outln!("history {h}");
+            }
+            for b in &report.backups {
+                if b.problems.is_empty() {
+                    outln!("backup {} ({:?}): ok", b.id, b.state);
+                } else {
+                    for p in &b.problems {
+                        outln!("backup {} ({:?}): {p}", b.id, b.state);
+                    }
+                }
+            }
+            outln!("{}", if report.ok { "verify: ok" } else { "verify: PROBLEMS FOUND" });
+        }
+    }
+    Ok(if report.ok { 0 } else { 1 })
+}
