@@ -138,7 +138,8 @@ pub async fn timeline_files(repo: &Repository) -> Result<TimelineFiles, RepoErro
     let mut out = TimelineFiles::default();
     for tli in timelines(repo).await? {
         // A few keys tell whether segments are there; the history file sorts first.
-        let is_segment = |o: &crate::store::ObjectMeta| o.key.rsplit('/').next().is_some_and(|n| n.len() == 24);
+        let is_segment =
+            |o: &crate::store::ObjectMeta| o.key.rsplit('/').next().is_some_and(crate::wal::name::is_segment_name);
         let mut metas = repo.store().list_some(&repo.wal_prefix(tli), 16).await?;
         if metas.len() >= 16 && !metas.iter().any(is_segment) {
             metas = repo.store().list(&repo.wal_prefix(tli)).await?;

@@ -192,7 +192,7 @@ pub fn run(bin_dir: Option<&Path>, os_user: &str) -> anyhow::Result<()> {
     step(7, "fetch every archived segment back with wal-fetch and compare sha256");
     let mut names: Vec<String> = std::fs::read_dir(demo.data().join("pg_wal/archive_status"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".done").map(str::to_string))
-        .filter(|n| n.len() == 24)
+        .filter(|n| crate::wal::name::is_segment_name(n))
         .collect();
     names.sort();
     let (mut wal_bytes, mut repo_bytes) = (0u64, 0u64);

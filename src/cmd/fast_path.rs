@@ -213,7 +213,7 @@ fn wal_push_via_daemon(cfg: &Config, path: &Path) -> Result<Option<u8>, Failure>
 /// waiting for it when running read-ahead has it in hand, and keeps read-ahead going.
 fn wal_fetch_from_spool(config: Option<&Path>, cfg: &Config, name: &str, dest: &Path) -> Result<bool, Failure> {
     let spool = spool_of(cfg);
-    let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let is_segment = crate::wal::name::is_segment_name(name);
     // The spool only ever holds segments, and only one filled for this repository and keyring
     // is served (or filled): segments another config spooled, this one might not open.
     if !is_segment || !spool_is_ours(&spool, cfg)? {

@@ -76,6 +76,12 @@ impl<'de> serde::Deserialize<'de> for Lsn {
     }
 }
 
+/// Whether `name` is spelled like a segment file (24 hex digits), whatever its size: for
+/// listings and directories, before the segment size is known. [`Segment::parse`] checks more.
+pub fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Checks that `seg_size` is a segment size PostgreSQL accepts.
 pub fn check_segment_size(seg_size: u64) -> Result<(), NameError> {
     if seg_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&seg_size) {
@@ -104,7 +110,7 @@ impl Segment {
     pub fn parse(name: &str, seg_size: u64) -> Result<Segment, NameError> {
         check_segment_size(seg_size)?;
         let bad = || NameError::BadName(name.to_string());
-        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_segment_name(name) {
             return Err(bad());
         }
         let tli = u32::from_str_radix(&name[0..8], 16).map_err(|_| bad())?;

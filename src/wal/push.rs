@@ -443,7 +443,7 @@ impl Archiver {
         .await
         .map_err(read_err)?;
 
-        let is_segment_like = file_name.len() == 24 || file_name.ends_with(".partial");
+        let is_segment_like = crate::wal::name::is_segment_name(file_name) || file_name.ends_with(".partial");
         let seg_size = if is_segment_like {
             let h = header::parse(&opened.first).map_err(|e| PushError::Header(file_name.to_string(), e))?;
             let seg_size = u64::from(h.segment_size);

@@ -310,7 +310,7 @@ impl Spool {
                 }
                 Some(_) => continue,
             };
-            if segment.len() != 24 || keep.iter().any(|k| k == segment) {
+            if !crate::wal::name::is_segment_name(segment) || keep.iter().any(|k| k == segment) {
                 continue;
             }
             let _ = std::fs::remove_file(e.path());
