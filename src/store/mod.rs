@@ -1,7 +1,9 @@
 //! The object store seam: one trait, a folder-free file per backend, one constructor.
 
 pub mod counting;
+pub mod faulty;
 pub mod fs;
+pub mod memory;
 pub mod s3;
 
 use std::pin::Pin;
