@@ -1,10 +1,13 @@
-//! One contract suite for every `ObjectStore`: the fs store and S3 through a local moto server.
+//! One contract suite for every `ObjectStore`: the fs store, S3 through a local moto server,
+//! the in-memory store, and the fault-injecting wrapper with no fault set.
 
 mod common;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use tidemark::store::faulty::Faulty;
+use tidemark::store::memory::MemoryStore;
 use tidemark::store::{self, ObjectStore, PutOutcome, StoreOptions};
 use tokio::io::AsyncReadExt;
 
@@ -114,6 +117,18 @@ async fn fs_store_meets_the_contract() {
     // No temp files are left behind by successful writes.
     let leftovers = walk(&d.path().join("repo")).into_iter().filter(|p| p.contains(".tidemark-tmp.")).count();
     assert_eq!(leftovers, 0);
+}
+
+#[tokio::test]
+async fn memory_store_meets_the_contract() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
+async fn faulty_store_without_faults_meets_the_contract() {
+    let f = Arc::new(Faulty::new(MemoryStore::new()));
+    contract(f.clone()).await;
+    assert!(f.log().iter().all(|l| !l.failed));
 }
 
 fn walk(p: &std::path::Path) -> Vec<String> {

@@ -300,3 +300,141 @@ pub async fn sync_all_marked(cfg: &Config, src: &Repository, marks: &mut Marks) 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use crate::catalog::purge::tests::{assert_consistent, stored_backup};
+    use crate::store::faulty::{Fault, Faulty, Op};
+    use crate::store::memory::{repo_over, MemoryStore};
+    use crate::store::ObjectStore;
+    use crate::wal::push::{Archiver, PushOutcome};
+    use crate::wal::record::synth::history;
+
+    /// A source repository with a cluster record, three archived segments with their
+    /// summaries rolled up into index blocks, and a completed backup.
+    async fn source() -> (Arc<MemoryStore>, Repository) {
+        let store = Arc::new(MemoryStore::named("east"));
+        let repo = repo_over(store.clone(), "c");
+        let a = Archiver::new(repo.clone());
+        for (name, bytes) in history(3, 0) {
+            assert_eq!(a.push_bytes(&name, Bytes::from(bytes)).await.unwrap(), PushOutcome::Stored);
+        }
+        crate::catalog::wal_index::roll_up_all(&repo, true).await.unwrap();
+        stored_backup(&repo, "20261126T030000Z", "manual", "completed", 2).await;
+        (store, repo)
+    }
+
+    /// A copy repository (same keyring: sealed objects are copied as they are) holding a
+    /// backup the source no longer has.
+    async fn copy_of(src: &Repository) -> (Arc<Faulty<MemoryStore>>, Repository) {
+        let store = Arc::new(Faulty::new(MemoryStore::named("west")));
+        let repo = Repository::new(store.clone(), src.keyring().clone(), src.level(), src.cluster());
+        stored_backup(&repo, "20261120T030000Z", "automatic", "completed", 2).await;
+        (store, repo)
+    }
+
+    /// The copy lists the same backups and holds the source's objects, each opening to the
+    /// same plaintext (manifests and records are sealed again as the copy saves them; the
+    /// rest is copied byte for byte), and nothing else. A catalog record may be missing: a
+    /// stop between a copied manifest and its record leaves it so (the listing reads the
+    /// manifest instead, and the copier does not write it again).
+    async fn assert_mirrored(
+        src: &Repository,
+        src_store: &MemoryStore,
+        dst: &Repository,
+        dst_store: &MemoryStore,
+        when: &str,
+    ) {
+        let (want, got) = (backup::list_records(src).await.unwrap(), backup::list_records(dst).await.unwrap());
+        assert_eq!(want, got, "{when}: the copy lists other backups");
+        let (have, copied) = (src_store.keys(), dst_store.keys());
+        assert!(copied.iter().all(|k| have.contains(k)), "{when}: the copy has more: {copied:?}");
+        for k in have {
+            let (a, b) = (src_store.bytes(&k), dst_store.bytes(&k));
+            if b.is_none() && k.ends_with("/record.json") {
+                continue;
+            }
+            assert!(b.is_some(), "{when}: {k} was not copied");
+            if a != b {
+                assert!(k.ends_with("/manifest.json") || k.ends_with("/record.json"), "{when}: {k} differs");
+                let same = src.get_opened(&k).await.unwrap() == dst.get_opened(&k).await.unwrap();
+                assert!(same, "{when}: {k} opens to other bytes");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_copy_reads_back_as_the_source() {
+        let (src_store, src) = source().await;
+        let (dst_store, dst) = copy_of(&src).await;
+        let cfg = Config::default();
+        let mut marks = Marks::default();
+        let out = sync_marked(&cfg, &src, &dst, "us-west-1", &mut marks).await.unwrap();
+        assert_eq!((out.backups, out.purged, out.snapshots), (1, 1, 0), "{out:?}");
+        assert_mirrored(&src, &src_store, &dst, dst_store.inner(), "after a sync").await;
+        // What was copied opens with the keyring: the backup, its data, the WAL.
+        let m = backup::load(&dst, "20261126T030000Z").await.unwrap().unwrap();
+        assert_eq!(Some(m.clone()), backup::load(&src, "20261126T030000Z").await.unwrap());
+        let bundle = backup::bundle_key(&dst, &m.id, &m.bundles[0].name);
+        assert_eq!(dst.get_opened(&bundle).await.unwrap().unwrap(), b"bundle!!");
+        for (name, bytes) in history(3, 0) {
+            let key = dst.wal_key(&crate::wal::name::WalFile::parse(&name, 1 << 20).unwrap(), 1 << 20);
+            assert!(dst.get_opened(&key).await.unwrap().unwrap() == bytes, "{name} reads back");
+        }
+        assert_eq!(src_store.keys(), dst_store.inner().keys());
+        // Nothing new: the next (marked) sync copies nothing but what is rewritten in place.
+        let before = dst_store.log().len();
+        let again = sync_marked(&cfg, &src, &dst, "us-west-1", &mut marks).await.unwrap();
+        assert_eq!((again.backups, again.purged, again.deleted), (0, 0, 0), "{again:?}");
+        let writes: Vec<String> = dst_store
+            .log()
+            .split_off(before)
+            .into_iter()
+            .filter(|l| matches!(l.op, Op::Put | Op::Delete))
+            .map(|l| l.key)
+            .collect();
+        assert!(writes.iter().all(|k| k.ends_with("/cluster.json") || k.contains("/wal-index/")), "{writes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sync_stopped_at_any_step_is_completed_by_the_next() {
+        let (src_store, src) = source().await;
+        let cfg = Config::default();
+        let (dst_store, dst) = copy_of(&src).await;
+        let setup = dst_store.log().len();
+        sync_marked(&cfg, &src, &dst, "us-west-1", &mut Marks::default()).await.unwrap();
+        let steps = (dst_store.log().len() - setup) as u64;
+        assert!(steps > 20, "{steps} operations on the copy");
+        for k in 0..steps {
+            let (dst_store, dst) = copy_of(&src).await;
+            // The daemon's copier: the same marks from one tick to the next.
+            let mut marks = Marks::default();
+            dst_store.crash_after(k);
+            assert!(sync_marked(&cfg, &src, &dst, "us-west-1", &mut marks).await.is_err(), "crash after {k}");
+            dst_store.heal();
+            assert_consistent(&dst, dst_store.inner(), &format!("copy, crash after {k}")).await;
+            sync_marked(&cfg, &src, &dst, "us-west-1", &mut marks).await.unwrap();
+            assert_mirrored(&src, &src_store, &dst, dst_store.inner(), &format!("crash after {k}")).await;
+        }
+        // A source read failing midway: the copy is left whole, and the next sync finishes.
+        let src_faulty = Arc::new(Faulty::new(MemoryStore::named("east")));
+        for k in src_store.keys() {
+            src_faulty.inner().put(&k, src_store.bytes(&k).unwrap()).await.unwrap();
+        }
+        let src = Repository::new(src_faulty.clone(), src.keyring().clone(), src.level(), src.cluster());
+        for n in [1, 5, 9] {
+            let (dst_store, dst) = copy_of(&src).await;
+            src_faulty.fail(Fault::on(Op::Get).nth(n));
+            assert!(sync_marked(&cfg, &src, &dst, "us-west-1", &mut Marks::default()).await.is_err(), "get {n}");
+            src_faulty.heal();
+            assert_consistent(&dst, dst_store.inner(), &format!("source get {n} failed")).await;
+            sync_marked(&cfg, &src, &dst, "us-west-1", &mut Marks::default()).await.unwrap();
+            assert_mirrored(&src, src_faulty.inner(), &dst, dst_store.inner(), &format!("source get {n} failed")).await;
+        }
+    }
+}

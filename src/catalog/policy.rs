@@ -215,6 +215,58 @@ pub async fn plan_now(repo: &Repository, policy: &Policy, now: DateTime<Utc>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use crate::catalog::purge::tests::{assert_consistent, stored_backup};
+    use crate::store::faulty::Faulty;
+    use crate::store::memory::{repo_over, MemoryStore};
+
+    /// Keeps no automatic backup: retention deletes every automatic and failed one.
+    fn keep_manual_only() -> Policy {
+        Policy { daily: 0, monthly: 0, yearly: 0, pitr_enabled: false, ..Policy::default() }
+    }
+
+    /// One retention run as the daemon's timer makes it: sweep, plan, apply.
+    async fn retention(repo: &Repository) -> anyhow::Result<()> {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z").map(|t| t.with_timezone(&Utc))?;
+        sweep(repo, now).await?;
+        let plan = plan_now(repo, &keep_manual_only(), now).await?;
+        apply(repo, &plan).await?;
+        Ok(())
+    }
+
+    /// Two clusters: an automatic and a failed backup to delete, a manual one to keep.
+    async fn fresh() -> (Arc<Faulty<MemoryStore>>, Repository) {
+        let store = Arc::new(Faulty::new(MemoryStore::new()));
+        let repo = repo_over(store.clone(), "c");
+        stored_backup(&repo, "20261126T030000Z", "automatic", "completed", 3).await;
+        stored_backup(&repo, "20261126T040000Z", "manual", "completed", 2).await;
+        stored_backup(&repo.for_cluster("d"), "20261126T050000Z", "automatic", "failed", 1).await;
+        (store, repo)
+    }
+
+    #[tokio::test]
+    async fn retention_stopped_at_any_step_leaves_a_catalog_the_next_run_finishes() {
+        let (store, repo) = fresh().await;
+        let setup = store.log().len();
+        retention(&repo).await.unwrap();
+        let steps = (store.log().len() - setup) as u64;
+        let kept = store.inner().keys();
+        assert!(kept.iter().all(|k| k.contains("20261126T040000Z")), "{kept:?}");
+        assert_eq!(kept.len(), 5, "{kept:?}");
+        for k in 0..steps {
+            let (store, repo) = fresh().await;
+            store.crash_after(k);
+            assert!(retention(&repo).await.is_err(), "crash after {k} of {steps} operations");
+            store.heal();
+            for r in [repo.clone(), repo.for_cluster("d")] {
+                assert_consistent(&r, store.inner(), &format!("crash after {k}")).await;
+            }
+            // The next run removes everything the stopped one meant to, and nothing else.
+            retention(&repo).await.unwrap();
+            assert_eq!(store.inner().keys(), kept, "crash after {k} operations");
+        }
+    }
 
     #[test]
     fn ranges_keep_overlapping_segments() {

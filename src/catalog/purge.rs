@@ -97,6 +97,10 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     if m.state != BackupState::Purging {
         m.state = BackupState::Purging;
         backup::save(repo, &m).await?;
+    } else {
+        // Resumed: a crash between the manifest and its record left the record listing the
+        // backup as it was, and the data is about to go.
+        repo.put_json(&backup::record_key(repo, id), &backup::record_of(&m)).await?;
     }
     failpoint("purge-after-mark");
     if m.ebs.is_some() {
@@ -124,8 +128,114 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use crate::catalog::backup::{tests::old_manifest, Bundle, Manifest};
+    use crate::store::faulty::Faulty;
+    use crate::store::memory::{repo_over, MemoryStore};
+
+    /// Stores backup `id` of `repo`'s cluster: its bundles, a stray object under its prefix
+    /// (a bundle of an older manifest version), its manifest and catalog record.
+    pub(crate) async fn stored_backup(
+        repo: &Repository,
+        id: &str,
+        kind: &str,
+        state: &str,
+        bundles: usize,
+    ) -> Manifest {
+        let mut m = old_manifest(kind, state, "2026-11-26T03:00:00Z");
+        m.id = id.to_string();
+        m.cluster = repo.cluster().to_string();
+        m.bundles =
+            (0..bundles).map(|i| Bundle { name: format!("b{i:06}"), plain_bytes: 8, stored_bytes: 8 }).collect();
+        for b in &m.bundles {
+            repo.put_sealed(&bundle_key(repo, id, &b.name), Bytes::from_static(b"bundle!!")).await.unwrap();
+        }
+        repo.store()
+            .put(&format!("{}data/old-b000000", repo.backup_prefix(id)), Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+        backup::save(repo, &m).await.unwrap();
+        m
+    }
+
+    /// No backup looks restorable without its data: every backup that a manifest or a
+    /// catalog record shows as anything but purging has its manifest and every bundle in it.
+    pub(crate) async fn assert_consistent(repo: &Repository, store: &MemoryStore, when: &str) {
+        let manifests = backup::list(repo).await.unwrap();
+        let records = backup::list_records(repo).await.unwrap();
+        let live = manifests.iter().chain(&records).filter(|m| m.state != BackupState::Purging);
+        for id in live.map(|m| m.id.as_str()).collect::<std::collections::BTreeSet<_>>() {
+            let m = manifests.iter().find(|m| m.id == id);
+            let m = m.unwrap_or_else(|| panic!("{when}: {id} is listed without a manifest"));
+            for b in &m.bundles {
+                let key = bundle_key(repo, id, &b.name);
+                assert!(store.bytes(&key).is_some(), "{when}: {id} is listed, but its {key} is gone");
+            }
+        }
+    }
+
+    /// Whether a catalog record says another state than its manifest.
+    async fn stale_record(repo: &Repository) -> bool {
+        let manifests = backup::list(repo).await.unwrap();
+        let records = backup::list_records(repo).await.unwrap();
+        records.iter().any(|r| manifests.iter().any(|m| m.id == r.id && m.state != r.state))
+    }
+
+    const GONE: &str = "20261126T030000Z";
+
+    async fn fresh() -> (Arc<Faulty<MemoryStore>>, Repository) {
+        let store = Arc::new(Faulty::new(MemoryStore::new()));
+        let repo = repo_over(store.clone(), "c");
+        stored_backup(&repo, GONE, "manual", "completed", 3).await;
+        // Another backup's objects, which the purge leaves alone.
+        repo.store().put("clusters/c/backups/20261126T040000Z/data/b000000", Bytes::new()).await.unwrap();
+        (store, repo)
+    }
+
+    /// Purges [`GONE`] with the store crashing after `k` operations, then heals it; whether
+    /// the purge failed (a resumed purge may take fewer than `k`).
+    async fn crashed_purge(store: &Faulty<MemoryStore>, repo: &Repository, k: u64) -> bool {
+        store.crash_after(k);
+        let failed = purge(repo, GONE).await.is_err();
+        store.heal();
+        failed
+    }
+
+    #[tokio::test]
+    async fn a_purge_stopped_at_any_step_is_finished_by_the_next() {
+        let (store, repo) = fresh().await;
+        let setup = store.log().len();
+        purge(&repo, GONE).await.unwrap();
+        let steps = (store.log().len() - setup) as u64;
+        assert!(steps >= 9, "{steps} operations");
+        let kept: Vec<String> = store.inner().keys();
+        assert_eq!(kept, ["clusters/c/backups/20261126T040000Z/data/b000000"]);
+        for k in 0..steps {
+            let (store, repo) = fresh().await;
+            assert!(crashed_purge(&store, &repo, k).await, "crash after {k} operations");
+            assert_consistent(&repo, store.inner(), &format!("crash after {k}")).await;
+            if stale_record(&repo).await {
+                // The manifest is marked but its record is not: a second run stopped
+                // anywhere must not leave that record listing a backup whose data went.
+                for j in 0..steps {
+                    let (store, repo) = fresh().await;
+                    crashed_purge(&store, &repo, k).await;
+                    crashed_purge(&store, &repo, j).await;
+                    assert_consistent(&repo, store.inner(), &format!("crash after {k}, then after {j}")).await;
+                }
+            }
+            // The operator runs it again: it finishes, or finds nothing left to purge.
+            if let Err(e) = purge(&repo, GONE).await {
+                assert!(e.to_string().contains(&format!("no backup {GONE}")), "crash after {k}: {e}");
+            }
+            assert_eq!(store.inner().keys(), kept, "crash after {k} operations");
+        }
+    }
 
     #[test]
     fn fail_actions() {

@@ -599,52 +599,19 @@ mod tests {
         assert_eq!(p.validate(), Ok(()));
     }
 
-    /// A tiny self-describing value so the serde field names can be checked without a JSON crate.
-    #[derive(Clone, Copy)]
-    enum V {
-        U(u32),
-        B(bool),
-        S(&'static str),
-    }
+    use serde_json::json;
 
-    impl<'de> serde::de::IntoDeserializer<'de, serde::de::value::Error> for V {
-        type Deserializer = V;
-        fn into_deserializer(self) -> V {
-            self
-        }
-    }
-
-    impl<'de> serde::Deserializer<'de> for V {
-        type Error = serde::de::value::Error;
-        fn deserialize_any<W: serde::de::Visitor<'de>>(self, visitor: W) -> Result<W::Value, Self::Error> {
-            match self {
-                V::U(n) => visitor.visit_u32(n),
-                V::B(b) => visitor.visit_bool(b),
-                V::S(s) => visitor.visit_borrowed_str(s),
-            }
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-            unit_struct newtype_struct seq tuple tuple_struct map struct enum identifier ignored_any
-        }
-    }
-
-    fn policy_from(fields: &[(&'static str, V)]) -> Result<Policy, serde::de::value::Error> {
-        Policy::deserialize(serde::de::value::MapDeserializer::new(fields.iter().copied()))
+    fn policy_from(fields: serde_json::Value) -> Result<Policy, serde_json::Error> {
+        serde_json::from_value(fields)
     }
 
     #[test]
     fn policy_deserializes_with_defaults_and_field_names() {
-        assert_eq!(policy_from(&[]).expect("empty policy"), Policy::default());
-        let p = policy_from(&[
-            ("daily", V::U(7)),
-            ("monthly", V::U(3)),
-            ("yearly", V::U(1)),
-            ("copy_regions", V::S("auto")),
-            ("keep_final", V::B(false)),
-            ("pitr_enabled", V::B(false)),
-            ("pitr_days", V::U(14)),
-        ])
+        assert_eq!(policy_from(json!({})).expect("empty policy"), Policy::default());
+        let p = policy_from(json!({
+            "daily": 7, "monthly": 3, "yearly": 1, "copy_regions": "auto",
+            "keep_final": false, "pitr_enabled": false, "pitr_days": 14,
+        }))
         .expect("full policy");
         let want = Policy {
             daily: 7,
@@ -656,10 +623,10 @@ mod tests {
             pitr_days: 14,
         };
         assert_eq!(p, want);
-        let partial = policy_from(&[("daily", V::U(2))]).expect("partial policy");
+        let partial = policy_from(json!({"daily": 2})).expect("partial policy");
         assert_eq!(partial, Policy { daily: 2, ..Policy::default() });
         // A typo must not silently fall back to a default.
-        assert!(policy_from(&[("dayly", V::U(2))]).is_err());
+        assert!(policy_from(json!({"dayly": 2})).is_err());
     }
 
     #[test]

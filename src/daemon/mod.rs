@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sd_notify::NotifyState;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -76,25 +77,22 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>, backups: Arc<Backups>) {
 }
 
 /// Tells systemd (Type=notify) something, when run under it.
-pub fn sd_notify(msg: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let path = path.to_string_lossy().into_owned();
-    let res = if let Some(abstract_name) = path.strip_prefix('@') {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
-            .and_then(|a| sock.send_to_addr(msg.as_bytes(), &a))
-    } else {
-        sock.send_to(msg.as_bytes(), &path)
+pub fn sd_notify(state: NotifyState<'_>) {
+    let res = match std::env::var_os("NOTIFY_SOCKET") {
+        // The crate connects by path only; systemd also names abstract sockets ('@name').
+        Some(p) if p.as_encoded_bytes().starts_with(b"@") => notify_abstract(&p.as_encoded_bytes()[1..], &state),
+        _ => sd_notify::notify(&[state]),
     };
     if let Err(e) = res {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// Sends `state` to the abstract socket `name`, as the crate does to a path.
+fn notify_abstract(name: &[u8], state: &NotifyState<'_>) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(format!("{state}\n").as_bytes(), &addr).map(drop)
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -135,7 +133,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(socket = %cfg.daemon.socket.display(), data_dir = %cfg.postgres.data_dir.display(), workers = cfg.archive.workers, "daemon ready");
-    sd_notify("READY=1");
+    sd_notify(NotifyState::Ready);
 
     let scanner = {
         let ra = ra.clone();
@@ -159,7 +157,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            sd_notify("WATCHDOG=1");
+            sd_notify(NotifyState::Watchdog);
         }
     });
 
@@ -174,7 +172,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    sd_notify("STOPPING=1");
+    sd_notify(NotifyState::Stopping);
     tracing::info!("shutting down: finishing uploads in flight");
     scanner.abort();
     for t in &periodic {
@@ -191,4 +189,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     ra.flush().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifies_an_abstract_socket() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("tidemark-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        notify_abstract(name.as_bytes(), &NotifyState::Ready).unwrap();
+        let mut buf = [0u8; 64];
+        let n = listener.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1\n");
+    }
 }

@@ -2,7 +2,9 @@
 
 pub mod aws;
 pub mod counting;
+pub mod faulty;
 pub mod fs;
+pub mod memory;
 pub mod s3;
 
 use std::pin::Pin;

@@ -849,3 +849,94 @@ pub fn refuse_restored_copy(data_dir: &Path, cluster: &str) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::faulty::{Fault, Faulty, Op};
+    use crate::store::memory::{repo_over, MemoryStore};
+    use crate::wal::record::synth::{history, SEG};
+
+    /// Keys of a segment's object and of its summary.
+    fn keys(repo: &Repository, name: &str) -> (String, String) {
+        let file = WalFile::parse(name, SEG).unwrap();
+        (repo.wal_key(&file, SEG), repo.wal_index_key(1, name))
+    }
+
+    async fn push(a: &Archiver, (name, bytes): &(String, Vec<u8>)) -> Result<PushOutcome, PushError> {
+        a.push_bytes(name, Bytes::from(bytes.clone())).await
+    }
+
+    #[tokio::test]
+    async fn the_same_bytes_twice_are_already_archived() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Archiver::new(repo_over(store.clone(), "c"));
+        let wal = history(2, 0);
+        assert_eq!(push(&a, &wal[0]).await.unwrap(), PushOutcome::Stored);
+        assert_eq!(push(&a, &wal[0]).await.unwrap(), PushOutcome::AlreadyArchived);
+        // A successor that joins is stored; so is a push by a fresh archiver (no cache).
+        assert_eq!(push(&a, &wal[1]).await.unwrap(), PushOutcome::Stored);
+        let b = Archiver::new(a.repo().clone());
+        assert_eq!(push(&b, &wal[1]).await.unwrap(), PushOutcome::AlreadyArchived);
+        let (seg, summary) = keys(a.repo(), &wal[0].0);
+        assert!(store.bytes(&seg).is_some() && store.bytes(&summary).is_some());
+    }
+
+    #[tokio::test]
+    async fn other_bytes_under_an_archived_name_conflict_and_leave_the_archive() {
+        let store = Arc::new(MemoryStore::new());
+        let a = Archiver::new(repo_over(store.clone(), "c"));
+        let (mine, theirs) = (history(1, 0), history(1, 64));
+        assert_eq!(mine[0].0, theirs[0].0);
+        push(&a, &mine[0]).await.unwrap();
+        let before: Vec<_> = store.keys().into_iter().map(|k| (store.bytes(&k), k)).collect();
+        let e = push(&a, &theirs[0]).await.unwrap_err();
+        assert!(matches!(e, PushError::Conflict { .. }) && e.is_other_history(), "{e}");
+        let after: Vec<_> = store.keys().into_iter().map(|k| (store.bytes(&k), k)).collect();
+        assert_eq!(before, after, "the archive is untouched");
+        // And the archived bytes still read back as the first push's.
+        let (seg, _) = keys(a.repo(), &mine[0].0);
+        assert_eq!(a.repo().get_opened(&seg).await.unwrap().unwrap(), mine[0].1);
+    }
+
+    #[tokio::test]
+    async fn a_summary_lost_after_its_segment_is_written_by_the_next_push() {
+        let store = Arc::new(Faulty::new(MemoryStore::new()));
+        let repo = repo_over(store.clone(), "c");
+        let wal = history(1, 0);
+        let (seg, summary) = keys(&repo, &wal[0].0);
+        store.fail(Fault::on(Op::Put).under(&format!("{}wal-index/", repo.cluster_prefix())).nth(1));
+        let a = Archiver::new(repo.clone());
+        let e = push(&a, &wal[0]).await.unwrap_err();
+        assert!(e.to_string().contains(crate::store::faulty::INJECTED), "{e}");
+        assert!(store.inner().bytes(&seg).is_some() && store.inner().bytes(&summary).is_none());
+        // PostgreSQL pushes the file again (a new archiver: the process may have died).
+        let a = Archiver::new(repo.clone());
+        assert_eq!(push(&a, &wal[0]).await.unwrap(), PushOutcome::AlreadyArchived);
+        let want = wal_index::summarize(&wal[0].1, Segment::parse(&wal[0].0, SEG).unwrap(), SEG);
+        assert_eq!(wal_index::load(&repo, Segment::parse(&wal[0].0, SEG).unwrap(), SEG).await.unwrap(), Some(want));
+    }
+
+    #[tokio::test]
+    async fn a_segment_that_does_not_continue_its_archived_neighbour_is_a_chain_break() {
+        let (mine, theirs) = (history(2, 0), history(2, 64));
+        // Its predecessor archived: the successor of another history is refused.
+        let store = Arc::new(MemoryStore::new());
+        let a = Archiver::new(repo_over(store.clone(), "c"));
+        push(&a, &mine[0]).await.unwrap();
+        let e = push(&a, &theirs[1]).await.unwrap_err();
+        assert!(matches!(e, PushError::ChainBreak { .. }) && e.is_other_history(), "{e}");
+        assert!(e.to_string().contains("first record points back to"), "{e}");
+        assert!(store.bytes(&keys(a.repo(), &theirs[1].0).0).is_none(), "nothing stored");
+        // Its successor archived (by another archiver, say): the predecessor is refused.
+        let store = Arc::new(MemoryStore::new());
+        let repo = repo_over(store.clone(), "c");
+        push(&Archiver::new(repo.clone()), &mine[1]).await.unwrap();
+        let e = push(&Archiver::new(repo.clone()), &theirs[0]).await.unwrap_err();
+        assert!(matches!(e, PushError::ChainBreak { .. }), "{e}");
+        assert!(e.to_string().contains("last record is at"), "{e}");
+        assert!(store.bytes(&keys(&repo, &theirs[0].0).0).is_none(), "nothing stored");
+        // While the segment of this history joins.
+        assert_eq!(push(&Archiver::new(repo), &mine[0]).await.unwrap(), PushOutcome::Stored);
+    }
+}
