@@ -383,21 +383,61 @@ pub async fn execute(job: &Job<'_>) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(target_dir).with_context(|| format!("creating {}", target_dir.display()))?;
     std::fs::set_permissions(target_dir, std::fs::Permissions::from_mode(0o700))?;
-    let marker = target_dir.join(INCOMPLETE_MARKER);
-    std::fs::write(
-        &marker,
-        format!("restore of backup {} in progress; this directory is not a usable cluster\n", m.id),
-    )?;
-    let res = write_all(job).await;
-    match res {
-        Ok(()) => {
-            std::fs::remove_file(&marker)?;
-            Ok(())
+    Incomplete::begin(target_dir, &m.id)?.finish(write_all(job).await)
+}
+
+/// The incomplete marker of a directory being restored: written first, removed when the
+/// restore's steps succeed, rewritten to say FAILED and why when one fails. One left
+/// behind without either (a panic, a cancelled task) says the restore stopped part way.
+pub struct Incomplete {
+    path: PathBuf,
+    backup: String,
+    settled: bool,
+}
+
+impl Incomplete {
+    /// Marks `dir` as a restore of `backup` in progress.
+    pub fn begin(dir: &Path, backup: &str) -> std::io::Result<Incomplete> {
+        let path = dir.join(INCOMPLETE_MARKER);
+        std::fs::write(
+            &path,
+            format!("restore of backup {backup} in progress; this directory is not a usable cluster\n"),
+        )?;
+        Ok(Incomplete { path, backup: backup.to_string(), settled: false })
+    }
+
+    /// Removes the marker when `res` is a success, else says in it why the restore failed;
+    /// returns `res`.
+    pub fn finish<T>(mut self, res: anyhow::Result<T>) -> anyhow::Result<T> {
+        self.settled = true;
+        match res {
+            Ok(v) => {
+                std::fs::remove_file(&self.path)
+                    .with_context(|| format!("removing the incomplete marker {}", self.path.display()))?;
+                Ok(v)
+            }
+            Err(e) => {
+                write_marker(&self.path, &format!("restore of backup {} FAILED: {e:#}", self.backup));
+                Err(e)
+            }
         }
-        Err(e) => {
-            let _ = std::fs::write(&marker, format!("restore of backup {} FAILED: {e:#}\nthis directory is not a usable cluster; remove it and restore again\n", m.id));
-            Err(e)
+    }
+}
+
+impl Drop for Incomplete {
+    fn drop(&mut self) {
+        if !self.settled {
+            write_marker(&self.path, &format!("restore of backup {} stopped before it finished", self.backup));
         }
+    }
+}
+
+/// Writes the incomplete marker at `path` saying `why` (best effort: the caller is failing
+/// with the same message already).
+fn write_marker(path: &Path, why: &str) {
+    let text = format!("{why}\nthis directory is not a usable cluster; remove it and restore again\n");
+    if let Err(e) = std::fs::write(path, text) {
+        tracing::warn!(marker = %path.display(), error = %e, "cannot mark the restored directory incomplete");
     }
 }
 
@@ -537,11 +577,22 @@ pub fn prepare_snapshot_dir(
             m.id
         );
     }
-    let marker = dir.join(INCOMPLETE_MARKER);
-    std::fs::write(
-        &marker,
-        format!("restore of backup {} in progress; this directory is not a usable cluster\n", m.id),
-    )?;
+    let marker = Incomplete::begin(&dir, &m.id)?;
+    let res = snapshot_fix_up(&dir, m, refs, mounted, target, settings);
+    marker.finish(res)?;
+    Ok(dir)
+}
+
+/// `prepare_snapshot_dir`'s steps once its marker is written.
+fn snapshot_fix_up(
+    dir: &Path,
+    m: &Manifest,
+    refs: &crate::catalog::backup::EbsRefs,
+    mounted: &[crate::snapshot::ebs::Remounted],
+    target: Target,
+    settings: &RecoverySettings,
+) -> anyhow::Result<()> {
+    use crate::snapshot::ebs::relocate;
     for f in [
         "postmaster.pid",
         "postmaster.opts",
@@ -582,10 +633,10 @@ pub fn prepare_snapshot_dir(
         map.push_str(&format!("{} {}\n", ts.oid, at.display()));
     }
     let map = (!m.tablespaces.is_empty()).then_some(map);
-    write_recovery(&dir, m, target, settings, map.as_deref())?;
+    write_recovery(dir, m, target, settings, map.as_deref())?;
     // The snapshot keeps the database owner's files; what this (root) process wrote must
     // belong to the same owner or PostgreSQL cannot read it.
-    let meta = std::fs::metadata(&dir)?;
+    let meta = std::fs::metadata(dir)?;
     let (uid, gid) = (std::os::unix::fs::MetadataExt::uid(&meta), std::os::unix::fs::MetadataExt::gid(&meta));
     for f in ["backup_label", "tablespace_map", "recovery.signal", "postgresql.auto.conf", RESTORED_MARKER, "pg_wal"] {
         let p = dir.join(f);
@@ -593,8 +644,7 @@ pub fn prepare_snapshot_dir(
             std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).with_context(|| format!("chown {}", p.display()))?;
         }
     }
-    std::fs::remove_file(&marker)?;
-    Ok(dir)
+    Ok(())
 }
 
 /// What recovery reached, read from the server log.
@@ -646,10 +696,7 @@ pub fn stop(bin_dir: &Path, target_dir: &Path, owner: Option<(u32, u32)>) -> any
 /// Marks a restored directory as not a usable cluster, saying why (best effort: the
 /// caller is already failing with the same message).
 pub fn mark_incomplete(dir: &Path, why: &str) {
-    let text = format!("{why}\nthis directory is not a usable cluster; remove it and restore again\n");
-    if let Err(e) = std::fs::write(dir.join(INCOMPLETE_MARKER), text) {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot mark the restored directory incomplete");
-    }
+    write_marker(&dir.join(INCOMPLETE_MARKER), why);
 }
 
 /// Starts the restored cluster and waits until it has promoted; reports the point reached.
@@ -698,6 +745,28 @@ pub fn start_and_wait(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_incomplete_marker_goes_only_when_the_restore_succeeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join(INCOMPLETE_MARKER);
+        let read = || std::fs::read_to_string(&marker).unwrap();
+
+        let m = Incomplete::begin(dir.path(), "B1").unwrap();
+        assert!(read().contains("restore of backup B1 in progress"));
+        assert_eq!(m.finish(Ok(7)).unwrap(), 7);
+        assert!(!marker.exists());
+
+        let m = Incomplete::begin(dir.path(), "B2").unwrap();
+        let e = m.finish::<()>(Err(anyhow::anyhow!("the disk filled up"))).unwrap_err();
+        assert_eq!(e.to_string(), "the disk filled up");
+        assert!(read().contains("restore of backup B2 FAILED: the disk filled up"), "{}", read());
+        assert!(read().contains("not a usable cluster"));
+
+        // A step that returned early (a `?`, a panic) without settling it.
+        drop(Incomplete::begin(dir.path(), "B3").unwrap());
+        assert!(read().contains("restore of backup B3 stopped before it finished"), "{}", read());
+    }
 
     #[test]
     fn tablespaces_go_beside_the_target() {
