@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default config file location.
 pub const DEFAULT_PATH: &str = "/etc/tidemark/tidemark.toml";
@@ -122,14 +122,65 @@ pub struct FetchConfig {
     pub spool_dir: PathBuf,
 }
 
+/// How a backup captures the data directory (`backup.provider`, and each manifest's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// A portable file-level copy, packed into sealed bundles.
+    Files,
+    /// EBS snapshots of the volumes under the data directory.
+    Ebs,
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Files => "files",
+            Provider::Ebs => "ebs",
+        })
+    }
+}
+
+/// When automatic backups are taken (`backup.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Once a day at `backup.time_of_day`.
+    Daily,
+    /// Never: backups only on request.
+    Off,
+}
+
+/// `backup.provider`, naming the field and the choices when it is neither.
+fn provider_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Provider, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.as_str() {
+        "files" => Ok(Provider::Files),
+        "ebs" => Ok(Provider::Ebs),
+        _ => Err(serde::de::Error::custom(format!("'{v}' is not a provider (use \"files\" or \"ebs\")"))),
+    }
+}
+
+/// `backup.schedule`, naming the field and the choices when it is neither.
+fn schedule_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Schedule, D::Error> {
+    let v = String::deserialize(d)?;
+    match v.as_str() {
+        "daily" => Ok(Schedule::Daily),
+        "off" => Ok(Schedule::Off),
+        _ => Err(serde::de::Error::custom(format!("'{v}' must be \"daily\" or \"off\""))),
+    }
+}
+
 /// `[backup]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackupConfig {
     /// `files` or `ebs`.
-    pub provider: String,
+    #[serde(deserialize_with = "provider_setting")]
+    pub provider: Provider,
     /// `daily` or `off`.
-    pub schedule: String,
+    #[serde(deserialize_with = "schedule_setting")]
+    pub schedule: Schedule,
     /// UTC time of the automatic backup, `HH:MM`.
     pub time_of_day: String,
     /// Maximum bundle size in MiB.
@@ -236,8 +287,8 @@ impl Default for FetchConfig {
 impl Default for BackupConfig {
     fn default() -> Self {
         BackupConfig {
-            provider: "files".into(),
-            schedule: "daily".into(),
+            provider: Provider::Files,
+            schedule: Schedule::Daily,
             time_of_day: "03:00".into(),
             bundle_mib: 64,
             workers: 4,
@@ -409,18 +460,6 @@ impl Config {
                 format!("{} must be between 1 and 4096", self.backup.bundle_mib),
             ));
         }
-        if !matches!(self.backup.provider.as_str(), "files" | "ebs") {
-            return Err(ConfigError::Invalid(
-                "backup.provider",
-                format!("'{}' is not a provider (use \"files\" or \"ebs\")", self.backup.provider),
-            ));
-        }
-        if !matches!(self.backup.schedule.as_str(), "daily" | "off") {
-            return Err(ConfigError::Invalid(
-                "backup.schedule",
-                format!("'{}' must be \"daily\" or \"off\"", self.backup.schedule),
-            ));
-        }
         if self.time_of_day().is_none() {
             return Err(ConfigError::Invalid(
                 "backup.time_of_day",
@@ -536,7 +575,7 @@ mod tests {
         assert_eq!(c.cluster, "main");
         assert_eq!(c.archive.workers, 4);
         assert_eq!(c.archive.compression_level, 3);
-        assert_eq!(c.backup.provider, "files");
+        assert_eq!(c.backup.provider, Provider::Files);
         assert_eq!(c.backup.bundle_mib, 64);
         assert_eq!(c.fetch.prefetch, 8);
         assert!(c.ebs.freeze);

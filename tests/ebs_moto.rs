@@ -362,7 +362,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     };
     let b = tidemark::backup::create_with(&cfg, &repo, BackupKind::Manual, Some(&freezer)).await.unwrap();
     assert_eq!(b.state, BackupState::Completed);
-    assert_eq!(b.provider, "ebs");
+    assert_eq!(b.provider, tidemark::config::Provider::Ebs);
     assert_eq!(*thaws.lock().unwrap(), ["requested"]);
     let refs = b.ebs.clone().unwrap();
     assert_eq!(refs.volumes.len(), 1);

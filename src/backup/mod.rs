@@ -241,7 +241,7 @@ async fn create_inner(
         cluster: repo.cluster().to_string(),
         kind,
         state: BackupState::Running,
-        provider: cfg.backup.provider.clone(),
+        provider: cfg.backup.provider,
         pg_version: session.version,
         system_identifier: info.system_identifier.to_string(),
         timeline: info.timeline,
@@ -272,15 +272,15 @@ async fn create_inner(
     }
     let heartbeat = Heartbeat::start(repo, &m, backup::heartbeat_interval());
 
-    let captured = match cfg.backup.provider.as_str() {
-        "ebs" => match freezer {
+    let captured = match cfg.backup.provider {
+        crate::config::Provider::Ebs => match freezer {
             Some(f) => ebs::capture(cfg, &session, &mut m, f).await,
             None => match GuardProcess::current() {
                 Ok(g) => ebs::capture(cfg, &session, &mut m, &g).await,
                 Err(e) => Err(e),
             },
         },
-        _ => capture_files(cfg, repo, &session, &mut m).await,
+        crate::config::Provider::Files => capture_files(cfg, repo, &session, &mut m).await,
     };
     let res = match captured {
         Ok((start, stop)) => {

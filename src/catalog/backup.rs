@@ -136,7 +136,7 @@ pub struct Manifest {
     /// State.
     pub state: BackupState,
     /// `files` or `ebs`.
-    pub provider: String,
+    pub provider: crate::config::Provider,
     /// PostgreSQL `server_version_num`.
     pub pg_version: u32,
     /// System identifier (decimal).
@@ -886,7 +886,7 @@ pub(crate) mod fuzz {
             cluster: "orders-db".into(),
             kind: BackupKind::Automatic,
             state: BackupState::Completed,
-            provider: "ebs".into(),
+            provider: crate::config::Provider::Ebs,
             pg_version: 150004,
             system_identifier: "7301234567890123456".into(),
             timeline: 1,

@@ -153,7 +153,7 @@ mod tests {
             cluster: "c".into(),
             kind: BackupKind::Manual,
             state,
-            provider: "files".into(),
+            provider: crate::config::Provider::Files,
             pg_version: 150000,
             system_identifier: "1".into(),
             timeline: tli,

@@ -242,8 +242,8 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
     let inputs = Inputs::load(repo).await?;
     let last = inputs.backups.iter().rev().find(|m| m.state == BackupState::Completed);
     let now = Utc::now();
-    let next_backup = match (cfg.backup.schedule.as_str(), cfg.time_of_day()) {
-        ("daily", Some((h, m))) => Some(rfc3339(next_daily(now, h, m))),
+    let next_backup = match (cfg.backup.schedule, cfg.time_of_day()) {
+        (crate::config::Schedule::Daily, Some((h, m))) => Some(rfc3339(next_daily(now, h, m))),
         _ => None,
     };
     let windows = inputs.windows();

@@ -161,7 +161,7 @@ async fn maybe_backup(
 /// Whether a backup is due now, deferred, or not due.
 async fn due_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_start: bool) -> anyhow::Result<Decision> {
     let Some((h, m)) = cfg.time_of_day() else { return Ok(Decision::Nothing) };
-    if cfg.backup.schedule != "daily" {
+    if cfg.backup.schedule != crate::config::Schedule::Daily {
         return Ok(Decision::Nothing);
     }
     if let Some(rec) = cluster::load(repo).await? {

@@ -191,7 +191,7 @@ pub async fn run_with(
     tracing::info!(timeline, "recovery follows this timeline");
     let settings = execute::RecoverySettings { restore_command, port: req.port, timeline: Some(timeline) };
     let (data_dir, volumes) = match &m.ebs {
-        Some(refs) if m.provider == "ebs" => {
+        Some(refs) if m.provider == crate::config::Provider::Ebs => {
             let mounted = crate::snapshot::ebs::restore_volumes(cfg, refs, &m, &req.target_dir, &req.ebs, host).await?;
             let dir = execute::prepare_snapshot_dir(&m, refs, &mounted, req.target, &settings)?;
             (dir, mounted)
