@@ -24,19 +24,9 @@ pub fn emit(text: &str) {
     }
 }
 
+/// A size for people to read: "15 B", "1.46 KiB".
 pub fn human_bytes(n: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < units.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", units[u])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 /// Prints `v` as one pretty JSON document.

@@ -74,29 +74,6 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// A sink that only hashes.
-#[derive(Default)]
-pub struct HashingWriter {
-    hasher: Sha256,
-}
-
-impl HashingWriter {
-    /// Hex digest of what was written.
-    pub fn finish(self) -> String {
-        hex::encode(self.hasher.finalize())
-    }
-}
-
-impl std::io::Write for HashingWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.hasher.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl Repository {
     /// Opens the configured repository and keyring.
     pub async fn open(cfg: &Config) -> Result<Repository, RepoError> {
@@ -242,8 +219,8 @@ impl Repository {
         let ring = self.keyring.clone();
         let k = key.to_string();
         let digest = tokio::task::spawn_blocking(move || {
-            let mut w = HashingWriter::default();
-            codec::open(&ring, &k, &sealed[..], &mut w).map(|_| w.finish())
+            let mut w = Sha256::new();
+            codec::open(&ring, &k, &sealed[..], &mut w).map(|_| hex::encode(w.finalize()))
         })
         .await
         .map_err(|e| CodecError::Io(key.to_string(), std::io::Error::other(e)))??;

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
 use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
 use crate::codec::envelope::read_full;
 use crate::codec::{CodecError, Sealer};
 use crate::repo::cluster::{self, ClusterRecord};
-use crate::repo::{HashingWriter, RepoError, Repository};
+use crate::repo::{RepoError, Repository};
 use crate::restore::plan::Join;
 use crate::store::{PutOutcome, Staged};
 use crate::wal::name::{Lsn, Segment, WalFile, DEFAULT_SEGMENT_SIZE};
@@ -191,9 +192,9 @@ impl Source {
     /// Hex SHA-256 of the bytes.
     fn digest(&self) -> std::io::Result<String> {
         let (mut r, _) = self.open()?;
-        let mut w = HashingWriter::default();
+        let mut w = Sha256::new();
         std::io::copy(&mut r, &mut w)?;
-        Ok(w.finish())
+        Ok(hex::encode(w.finalize()))
     }
 }
 
