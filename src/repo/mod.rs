@@ -3,7 +3,6 @@
 
 pub mod cluster;
 
-use std::io::Read;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -45,33 +44,6 @@ pub struct Repository {
     in_flight: usize,
     /// Requests sent to the store, when opened from a config.
     requests: Option<Arc<store::counting::Counts>>,
-}
-
-/// Reads everything from `r` while hashing it; returns (bytes read, hex digest).
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    /// Wraps a reader.
-    pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), len: 0 }
-    }
-    /// Length and hex digest of what was read.
-    pub fn finish(self) -> (u64, String) {
-        (self.len, hex::encode(self.hasher.finalize()))
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 impl Repository {
