@@ -207,12 +207,12 @@ async fn op(name: &str, url: &str, copy: Option<&str>) -> anyhow::Result<serde_j
             let inputs = tidemark::restore::Inputs::load(&repo).await?;
             let segs = inputs.archives.values().map(|a| a.last().unwrap_or(0)).max().unwrap_or(0);
             let mid = base() + chrono::Duration::seconds((segs * 3 / 4) as i64);
-            let (_, p) = inputs.plan(tidemark::restore::plan::Target::Time(mid), None)?;
-            let (_, l) = inputs.plan(tidemark::restore::plan::Target::Latest, None)?;
+            let (_, p) = inputs.plan(tidemark::catalog::restore_plan::Target::Time(mid), None)?;
+            let (_, l) = inputs.plan(tidemark::catalog::restore_plan::Target::Latest, None)?;
             extra = serde_json::json!({"time_target_segments": p.last_segment - p.first_segment + 1, "latest_last": l.last_segment});
         }
         "verify" => {
-            let v = tidemark::catalog::verify::verify(&repo, false).await?;
+            let v = tidemark::verify::verify(&repo, false).await?;
             extra = serde_json::json!({"ok": v.ok});
         }
         "list" => {
@@ -220,10 +220,10 @@ async fn op(name: &str, url: &str, copy: Option<&str>) -> anyhow::Result<serde_j
             extra = serde_json::json!({"backups": l.len()});
         }
         "purge-plan" => {
-            let policy = tidemark::catalog::policy::load(&repo).await?;
+            let policy = tidemark::sweep::load(&repo).await?;
             let now = Utc::now();
-            let plan = tidemark::catalog::policy::plan_now(&repo, &policy, now).await?;
-            let wal = tidemark::catalog::policy::all_wal_deletions(&repo, &plan).await?;
+            let plan = tidemark::sweep::plan_now(&repo, &policy, now).await?;
+            let wal = tidemark::sweep::all_wal_deletions(&repo, &plan).await?;
             extra = serde_json::json!({"wal_deletions": wal.len()});
         }
         "records" => {
@@ -232,13 +232,13 @@ async fn op(name: &str, url: &str, copy: Option<&str>) -> anyhow::Result<serde_j
         }
         "copy" => {
             let dst = open(copy.ok_or_else(|| anyhow::anyhow!("copy needs COPY_URL"))?).await?.0;
-            let mut marks = tidemark::catalog::copies::Marks::default();
-            let full = tidemark::catalog::copies::sync_marked(&cfg, &repo, &dst, "copy", &mut marks).await?;
+            let mut marks = tidemark::copy::Marks::default();
+            let full = tidemark::copy::sync_marked(&cfg, &repo, &dst, "copy", &mut marks).await?;
             let full_ms = started.elapsed().as_secs_f64() * 1e3;
             let full_requests = counts.json();
             let t = Instant::now();
             let before = counts.total();
-            let steady = tidemark::catalog::copies::sync_marked(&cfg, &repo, &dst, "copy", &mut marks).await?;
+            let steady = tidemark::copy::sync_marked(&cfg, &repo, &dst, "copy", &mut marks).await?;
             extra = serde_json::json!({
                 "full_ms": full_ms, "full_requests": full_requests, "full_copied": full.objects,
                 "steady_ms": t.elapsed().as_secs_f64() * 1e3, "steady_requests": counts.total() - before,

@@ -4,18 +4,22 @@
 //! listed in [`LAYERS`] and checked by a test.
 //!
 
+pub mod archive;
 pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod cmd;
 pub mod codec;
 pub mod config;
+pub mod copy;
 pub mod daemon;
 pub mod pg;
 pub mod repo;
 pub mod restore;
 pub mod snapshot;
 pub mod store;
+pub mod sweep;
+pub mod verify;
 pub mod wal;
 
 /// The layers, top to bottom, by module path: a module uses its own layer and the ones
@@ -25,23 +29,9 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // What the user runs: parse, dispatch, render, exit codes, the per-file fast path.
     ("command", &["cmd"]),
     // Operations over time: backup, restore, archive (push, fetch), sweep, copies, daemon.
-    (
-        "flow",
-        &[
-            "backup",
-            "restore",
-            "daemon",
-            "wal::push",
-            "wal::fetch",
-            "catalog::policy",
-            "catalog::purge",
-            "catalog::copies",
-            "catalog::verify",
-            "catalog::wal_remove",
-        ],
-    ),
+    ("flow", &["archive", "backup", "restore", "sweep", "copy", "verify", "daemon"]),
     // What the repository knows and the pure planners over it.
-    ("domain", &["catalog", "restore::plan"]),
+    ("domain", &["catalog"]),
     // Things outside the repository: WAL on disk, PostgreSQL, snapshot providers.
     ("provider", &["wal", "pg", "snapshot"]),
     // The repository: key layout, sealed documents, the cluster record.

@@ -388,8 +388,8 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
         },
     );
     let pol = tidemark::catalog::retention::Policy { copy_regions: "us-west-1".into(), ..Default::default() };
-    tidemark::catalog::policy::save(&repo, &pol).await.unwrap();
-    let done = tidemark::catalog::copies::sync_all(&cross, &repo).await.unwrap();
+    tidemark::sweep::save(&repo, &pol).await.unwrap();
+    let done = tidemark::copy::sync_all(&cross, &repo).await.unwrap();
     assert_eq!((done[0].backups, done[0].snapshots), (1, 1), "{done:?}");
     let west_repo = tidemark::repo::Repository::open(&cross.for_region("us-west-1").unwrap()).await.unwrap();
     let copied = tidemark::catalog::backup::load(&west_repo, &b.id).await.unwrap().unwrap();
@@ -404,9 +404,9 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
         vec![west_refs.volumes[0].snapshot_id.clone()]
     );
     // Purging the copy's backup deletes the copied snapshot there.
-    tidemark::catalog::purge::purge(&west_repo.for_cluster("ebsdb"), &b.id).await.unwrap();
+    tidemark::sweep::purge::purge(&west_repo.for_cluster("ebsdb"), &b.id).await.unwrap();
     assert!(west.tagged_snapshots(&[(TAG_BACKUP, &b.id)]).await.unwrap().is_empty());
-    tidemark::catalog::policy::save(&repo, &Default::default()).await.unwrap();
+    tidemark::sweep::save(&repo, &Default::default()).await.unwrap();
 
     pg.sql("INSERT INTO orders SELECT g, 'after backup' FROM generate_series(1001, 1500) g;");
     let target = pg.time_mark();
@@ -418,7 +418,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     let port = common::free_port();
     let req = tidemark::restore::Request {
         target_dir: target_dir.clone(),
-        target: tidemark::restore::plan::Target::Time(tidemark::cmd::parse_time(&target).unwrap()),
+        target: tidemark::catalog::restore_plan::Target::Time(tidemark::cmd::parse_time(&target).unwrap()),
         backup: None,
         start: true,
         port: Some(port),

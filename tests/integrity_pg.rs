@@ -514,7 +514,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let r = tidemark::repo::Repository::open(&cfg).await.unwrap();
-        tidemark::catalog::policy::sweep(&r, chrono::Utc::now()).await.unwrap();
+        tidemark::sweep::sweep(&r, chrono::Utc::now()).await.unwrap();
     });
     let (temps, empty) = leftovers(repo.path());
     eprintln!("kill -9 rounds: {pushes} during push, {backups_killed} during backup, {purges_killed} during purge; left: {} temp files, {} empty directories", temps.len(), empty.len());

@@ -45,19 +45,19 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
 
     let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
     let repo = tidemark::repo::Repository::open(&cfg).await.unwrap();
-    let done = tidemark::catalog::copies::sync_all(&cfg, &repo).await.unwrap();
+    let done = tidemark::copy::sync_all(&cfg, &repo).await.unwrap();
     assert_eq!(done.len(), 1);
     assert_eq!((done[0].region.as_str(), done[0].backups), ("us-west-1", 2), "{done:?}");
     assert!(done[0].objects > 4, "{done:?}");
     // Nothing left to do: a second pass copies nothing.
-    let again = tidemark::catalog::copies::sync_all(&cfg, &repo).await.unwrap();
+    let again = tidemark::copy::sync_all(&cfg, &repo).await.unwrap();
     assert_eq!((again[0].objects, again[0].backups, again[0].purged), (0, 0, 0), "{again:?}");
 
     // Retention in the source is followed by the copy.
     let id1 = b1["id"].as_str().unwrap();
     let o = tm.cmd(&["backup", "purge", id1, "--yes"]).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let after = tidemark::catalog::copies::sync_all(&cfg, &repo).await.unwrap();
+    let after = tidemark::copy::sync_all(&cfg, &repo).await.unwrap();
     assert_eq!(after[0].purged, 1, "{after:?}");
     let west = tidemark::repo::Repository::open(&cfg.for_region("us-west-1").unwrap()).await.unwrap();
     let ids: Vec<String> = tidemark::catalog::backup::list(&west).await.unwrap().into_iter().map(|m| m.id).collect();

@@ -4,10 +4,10 @@
 use anyhow::{bail, Context};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
-use crate::catalog::{policy, purge};
 use crate::config::Config;
 use crate::repo::cluster::{self, ClusterRecord, ClusterState};
 use crate::repo::Repository;
+use crate::sweep::{self as policy, purge};
 
 async fn record(repo: &Repository) -> anyhow::Result<ClusterRecord> {
     cluster::load(repo).await?.with_context(|| {

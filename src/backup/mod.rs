@@ -148,7 +148,7 @@ async fn still_ours(repo: &Repository, m: &Manifest) -> bool {
 /// The sweep every backup runs first (abandoned backups marked failed, store leftovers
 /// removed); a failure only warns, the backup goes ahead.
 async fn sweep_first(repo: &Repository) {
-    match crate::catalog::policy::sweep(repo, chrono::Utc::now()).await {
+    match crate::sweep::sweep(repo, chrono::Utc::now()).await {
         Ok(s) if !s.is_empty() => {
             tracing::info!(failed = ?s.failed, temp_files = s.leftovers.temp_files, dirs = s.leftovers.dirs, uploads = s.leftovers.uploads, "swept")
         }
@@ -338,7 +338,7 @@ async fn capture_files(
     let start = session.backup_start(&format!("tidemark {}", m.id)).await?;
     m.start_lsn = start;
     m.start_time = now_rfc3339();
-    let copied = match crate::catalog::purge::failpoint_async("backup-copy").await {
+    let copied = match crate::sweep::purge::failpoint_async("backup-copy").await {
         Ok(()) => copy(cfg, repo, m).await,
         Err(e) => Err(e),
     };

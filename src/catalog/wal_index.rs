@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::restore_plan::{roll_up, Archive, Join, SegmentCommits};
 use crate::repo::{RepoError, Repository};
-use crate::restore::plan::{roll_up, Archive, Join, SegmentCommits};
 use crate::wal::name::{timeline_hex, Segment};
 use crate::wal::record;
 

@@ -63,7 +63,7 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
         BackupAction::List { cluster, all_clusters } => {
             let repo = Repository::open(&cfg).await?;
             let handles: Vec<String> = if *all_clusters {
-                crate::catalog::policy::clusters(&repo).await?
+                crate::sweep::clusters(&repo).await?
             } else {
                 vec![cluster.clone().unwrap_or_else(|| cfg.cluster.clone())]
             };
@@ -84,7 +84,7 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
             if !yes {
                 return Err(usage(format!("purging backup {id} deletes it permanently; add --yes to confirm")));
             }
-            crate::catalog::purge::purge(&repo, id).await?;
+            crate::sweep::purge::purge(&repo, id).await?;
             match cli.output {
                 Output::Json => outln!("{}", serde_json::json!({ "purged": id, "cluster": repo.cluster() })),
                 Output::Text => outln!("backup {id} of cluster {} purged", repo.cluster()),

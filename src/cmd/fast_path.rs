@@ -10,11 +10,11 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::archive::fetch::{FetchError, FetchOutcome};
 use crate::cli::{Cli, Command};
 use crate::cmd::failure::{report, usage, Failure};
 use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
-use crate::wal::fetch::{FetchError, FetchOutcome};
 use crate::wal::spool::{BindError, Binding, Owner, Spool, Wanted};
 
 /// Set by the front end when it hands a per-file command to the agent after its local step.
@@ -189,7 +189,7 @@ pub fn push_target(path: &Path) -> Result<(PathBuf, String), Failure> {
 fn wal_push_via_daemon(cfg: &Config, path: &Path) -> Result<Option<u8>, Failure> {
     let (path, name) = push_target(path)?;
     // The data directory whose pg_wal the file must be in (the push refuses any other).
-    crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
+    crate::archive::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let req = Request::Push { path: path.display().to_string() };
     match control::call_blocking(&cfg.daemon.socket, &req, Duration::from_secs(600)) {
         Ok(Response::Pushed { outcome, read_ahead }) => {

@@ -23,15 +23,15 @@ mod window;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::archive::fetch::{self, FetchOutcome};
+use crate::archive::push::Archiver;
 use crate::catalog::backup::{self as catalog_backup, BackupKind, Manifest};
+use crate::catalog::restore_plan::{rfc3339, Target};
 use crate::cli::{BackupAction, Cli, Command, Output, PolicyAction};
 use crate::codec::Keyring;
 use crate::config::Config;
 use crate::daemon::control::{self, Request, Response};
 use crate::repo::Repository;
-use crate::restore::plan::{rfc3339, Target};
-use crate::wal::fetch::{self, FetchOutcome};
-use crate::wal::push::Archiver;
 use crate::wal::spool::{Spool, SPOOL_TMP};
 
 pub use failure::Failure;
@@ -170,7 +170,7 @@ async fn require_cluster(repo: &Repository) -> Result<(), Failure> {
     if crate::repo::cluster::load(repo).await?.is_some() {
         return Ok(());
     }
-    let there = crate::catalog::policy::clusters(repo).await?;
+    let there = crate::sweep::clusters(repo).await?;
     if there.is_empty() {
         return Err(anyhow::anyhow!(
             "{} does not exist or holds no cluster: check repository.url, or, if nothing was archived or backed up under '{}' yet, take a first backup with `tidemark backup create`",

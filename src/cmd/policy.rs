@@ -3,7 +3,7 @@
 use super::*;
 
 /// One line per cluster: how many WAL objects go, from which to which.
-pub(super) fn wal_summary(wal: &[crate::catalog::policy::WalDeletion]) -> Vec<String> {
+pub(super) fn wal_summary(wal: &[crate::sweep::WalDeletion]) -> Vec<String> {
     let mut out = Vec::new();
     for w in wal.chunk_by(|a, b| a.cluster == b.cluster) {
         let (first, last) = (&w[0], &w[w.len() - 1]);
@@ -13,7 +13,7 @@ pub(super) fn wal_summary(wal: &[crate::catalog::policy::WalDeletion]) -> Vec<St
 }
 
 pub(super) async fn run(cli: &Cli, action: &PolicyAction) -> Result<u8, Failure> {
-    use crate::catalog::policy;
+    use crate::sweep as policy;
     let cfg = load_config(cli)?;
     let repo = Repository::open(&cfg).await?;
     let old = policy::load(&repo).await?;

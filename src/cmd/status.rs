@@ -7,11 +7,11 @@ use chrono::{DateTime, NaiveTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::backup::BackupState;
+use crate::catalog::restore_plan::rfc3339;
 use crate::config::Config;
 use crate::daemon::control::{self, Request, Response, Stats};
 use crate::pg::conn::Session;
 use crate::repo::Repository;
-use crate::restore::plan::rfc3339;
 use crate::restore::Inputs;
 use crate::wal::name::Segment;
 
@@ -158,7 +158,10 @@ pub fn assess(
 }
 
 /// What the gathered parts say is wrong with the archive's integrity (pure).
-pub fn integrity_problems(daemon: Option<&Stats>, windows: &[(u32, crate::restore::plan::Window)]) -> Vec<String> {
+pub fn integrity_problems(
+    daemon: Option<&Stats>,
+    windows: &[(u32, crate::catalog::restore_plan::Window)],
+) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(d) = daemon.filter(|d| d.other_history > 0) {
         out.push(format!(

@@ -9,7 +9,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
     };
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster.as_deref()).await?;
-    let report = crate::catalog::verify::verify(&repo, *deep).await?;
+    let report = crate::verify::verify(&repo, *deep).await?;
     match cli.output {
         Output::Json => super::render::json(&report)?,
         Output::Text => {

@@ -5,7 +5,7 @@ use super::*;
 /// `wal-remove`: says what goes and why; removes it only with `--yes` (exit 2 without, like
 /// the other deleting commands, but with the list on stdout so it can be reviewed first).
 pub(super) async fn remove(cli: &Cli, file: &str, cluster: Option<&str>, yes: bool) -> Result<u8, Failure> {
-    use crate::catalog::wal_remove;
+    use crate::verify::wal_remove;
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster).await?;
     let seg_size = crate::repo::cluster::segment_size(&repo).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wal::push::PushOutcome;
+use crate::archive::push::PushOutcome;
 
 /// A request to the daemon.
 #[derive(Debug, Serialize, Deserialize)]

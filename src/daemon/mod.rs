@@ -17,11 +17,11 @@ use sd_notify::NotifyState;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::archive::push::Archiver;
 use crate::config::Config;
 use crate::daemon::control::{Request, Response};
 use crate::daemon::read_ahead::ReadAhead;
 use crate::repo::Repository;
-use crate::wal::push::Archiver;
 use crate::wal::watch;
 
 /// Binds the control socket, replacing a stale one left by a crashed daemon.
@@ -97,7 +97,7 @@ fn notify_abstract(name: &[u8], state: &NotifyState<'_>) -> std::io::Result<()> 
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    crate::wal::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
+    crate::archive::push::refuse_restored_copy(&cfg.postgres.data_dir, &cfg.cluster)?;
     let repo = Repository::open(&cfg).await?;
     let mut archiver =
         Archiver::new(repo.clone()).only_from(&cfg.postgres.data_dir.join("pg_wal")).batching_summaries();

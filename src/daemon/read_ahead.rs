@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::archive::push::{Archiver, PushOutcome};
 use crate::daemon::control::Stats;
-use crate::wal::push::{Archiver, PushOutcome};
 use crate::wal::watch;
 
 /// Identity of a file on disk: a recycled segment file gets a new stamp.
@@ -189,7 +189,7 @@ impl ReadAhead {
                 }
             };
             drop(reserved);
-            if archiver.pending_summaries() >= crate::wal::push::BATCH {
+            if archiver.pending_summaries() >= crate::archive::push::BATCH {
                 if let Err(e) = archiver.flush_summaries().await {
                     tracing::warn!(error = %e, "writing a batch of WAL summaries failed; retrying with the next");
                 }
@@ -252,7 +252,7 @@ impl ReadAhead {
         if !in_pg_wal {
             // The socket is reachable by the daemon's group: a path outside pg_wal is never
             // read (the archiver refuses it too; this names the reason without touching it).
-            return Err(crate::wal::push::check_in_wal_dir(path, &self.pg_wal)
+            return Err(crate::archive::push::check_in_wal_dir(path, &self.pg_wal)
                 .err()
                 .map_or_else(|| format!("{} is not in {}", path.display(), self.pg_wal.display()), |e| e.to_string()));
         }
@@ -303,7 +303,7 @@ impl ReadAhead {
             Ok(names) => names.iter().all(|r| Some(r.as_str()) == answering),
             Err(_) => true,
         };
-        if caught_up || self.archiver.pending_summaries() >= crate::wal::push::BATCH {
+        if caught_up || self.archiver.pending_summaries() >= crate::archive::push::BATCH {
             if let Err(e) = self.archiver.flush_summaries().await {
                 tracing::warn!(error = %e, "writing the WAL summaries failed; retrying in a moment");
             }

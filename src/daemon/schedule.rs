@@ -8,10 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveTime, Utc};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
-use crate::catalog::policy;
 use crate::config::Config;
 use crate::repo::cluster::{self, ClusterState};
 use crate::repo::Repository;
+use crate::sweep as policy;
 
 /// The most recent daily slot at or before `now` (pure).
 pub fn last_slot(now: DateTime<Utc>, hour: u32, minute: u32) -> DateTime<Utc> {
@@ -297,10 +297,10 @@ async fn run_roll_ups(repo: Repository) {
 /// Cross-region copies trail the source by at most a minute plus the copy time.
 async fn run_copies(cfg: Config, repo: Repository) {
     let mut tick = every(backup::timer_minute());
-    let mut marks = crate::catalog::copies::Marks::default();
+    let mut marks = crate::copy::Marks::default();
     loop {
         tick.tick().await;
-        match crate::catalog::copies::sync_all_marked(&cfg, &repo, &mut marks).await {
+        match crate::copy::sync_all_marked(&cfg, &repo, &mut marks).await {
             Ok(done) => {
                 for s in done.iter().filter(|s| s.objects + s.backups + s.purged + s.deleted > 0) {
                     tracing::info!(region = %s.region, objects = s.objects, backups = s.backups, snapshots = s.snapshots, purged = s.purged, "cross-region copy synced");

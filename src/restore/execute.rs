@@ -14,10 +14,10 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::catalog::backup::{bundle_key, EntryKind, Manifest, Part};
+use crate::catalog::restore_plan::{rfc3339, Target};
 use crate::codec;
 use crate::pg::ctl;
 use crate::repo::Repository;
-use crate::restore::plan::{rfc3339, Target};
 use crate::wal::name::Lsn;
 
 /// Marker left in a directory whose restore did not finish.

@@ -1,7 +1,6 @@
 //! Restore: plan (pick the backup, check WAL coverage) and execute into a new directory.
 
 pub mod execute;
-pub mod plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::catalog::backup::{self, BackupState, Manifest};
+use crate::catalog::restore_plan::{self as plan, Archive, BackupPoint, RestorePlan, Target, Window};
 use crate::catalog::wal_index;
 use crate::config::Config;
 use crate::pg::ctl;
 use crate::repo::Repository;
-use crate::restore::plan::{Archive, BackupPoint, RestorePlan, Target, Window};
 
 /// Completed backups and the archive of each of their timelines.
 pub struct Inputs {

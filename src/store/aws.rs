@@ -189,7 +189,7 @@ mod tests {
             assert!(!cap.would_enable(target, &level), "{target} at {level}");
         }
         for (target, level) in [
-            ("tidemark::wal::fetch", tracing::Level::TRACE),
+            ("tidemark::archive::fetch", tracing::Level::TRACE),
             ("aws_smithy_runtime::client::orchestrator", tracing::Level::DEBUG),
             ("aws_config::meta::credentials::chain", tracing::Level::INFO),
             ("aws_sigv4", tracing::Level::WARN),

@@ -1,10 +1,11 @@
 //! The repository's retention policy (`policy.json`) and applying a retention plan:
 //! purging backups and the WAL no kept backup or the PITR window needs.
 
+pub mod purge;
+
 use chrono::{DateTime, Utc};
 
 use crate::catalog::backup::{self, BackupKind, BackupState};
-use crate::catalog::purge;
 use crate::catalog::retention::{self, BackupInfo, Kind, Plan, Policy};
 use crate::repo::cluster::{self, ClusterState};
 use crate::repo::{RepoError, Repository};
@@ -217,9 +218,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use crate::catalog::purge::tests::{assert_consistent, stored_backup};
     use crate::store::faulty::Faulty;
     use crate::store::memory::{repo_over, MemoryStore};
+    use crate::sweep::purge::tests::{assert_consistent, stored_backup};
 
     /// Keeps no automatic backup: retention deletes every automatic and failed one.
     fn keep_manual_only() -> Policy {

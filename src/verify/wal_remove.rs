@@ -6,8 +6,9 @@
 use serde::Serialize;
 
 use crate::catalog::backup::{self, BackupState, Manifest};
-use crate::catalog::{verify, wal_index};
+use crate::catalog::wal_index;
 use crate::repo::Repository;
+use crate::verify;
 use crate::wal::name::{Segment, WalFile};
 
 /// What removing one WAL file takes out, and why that is allowed.
@@ -92,7 +93,8 @@ async fn segment_reason(
     // The same walk `verify` does, from the oldest completed backup's start on this timeline.
     let first = backup::first_segments(manifests, seg_size).get(&seg.timeline).copied().unwrap_or(0);
     let archive = wal_index::load_archive(repo, seg.timeline, seg_size, first).await?;
-    let flagged = crate::restore::plan::chain_breaks(&archive, first).into_iter().find(|b| b.segment == seg.number);
+    let flagged =
+        crate::catalog::restore_plan::chain_breaks(&archive, first).into_iter().find(|b| b.segment == seg.number);
     if let Some(b) = flagged {
         return Ok(format!("`tidemark verify` flags it as foreign: {b}"));
     }

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::catalog::backup::{self, BackupState, Manifest};
-use crate::catalog::{policy, purge};
 use crate::config::Config;
 use crate::repo::Repository;
 use crate::snapshot::ec2::{self, Ec2};
+use crate::sweep::{self as policy, purge};
 
 /// What one sync did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -308,11 +308,11 @@ mod tests {
 
     use bytes::Bytes;
 
-    use crate::catalog::purge::tests::{assert_consistent, stored_backup};
+    use crate::archive::push::{Archiver, PushOutcome};
     use crate::store::faulty::{Fault, Faulty, Op};
     use crate::store::memory::{repo_over, MemoryStore};
     use crate::store::ObjectStore;
-    use crate::wal::push::{Archiver, PushOutcome};
+    use crate::sweep::purge::tests::{assert_consistent, stored_backup};
     use crate::wal::record::synth::history;
 
     /// A source repository with a cluster record, three archived segments with their

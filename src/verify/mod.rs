@@ -1,6 +1,8 @@
 //! `tidemark verify`: WAL continuity per timeline from each backup's start to the archive's
 //! end, and every backup's bundles present (and, with `--deep`, every file's checksum).
 
+pub mod wal_remove;
+
 use serde::Serialize;
 
 use crate::catalog::backup::{self, bundle_key, BackupState};
@@ -120,7 +122,7 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         let mut archive = wal_index::load_archive(repo, tli, seg_size, first.unwrap_or(0)).await?;
         // What a restore reads the same way: the segments past the index's end.
         let read_from_bytes = wal_index::add_unindexed_tail(repo, tli, &mut archive, wal_index::UNINDEXED_TAIL).await?;
-        let breaks = crate::restore::plan::chain_breaks(&archive, first.unwrap_or(0))
+        let breaks = crate::catalog::restore_plan::chain_breaks(&archive, first.unwrap_or(0))
             .into_iter()
             .map(|b| format!("{}: {b}", name(b.segment)))
             .collect();

@@ -10,12 +10,12 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use crate::catalog::restore_plan::Join;
 use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
 use crate::codec::envelope::read_full;
 use crate::codec::{CodecError, Sealer};
 use crate::repo::cluster::{self, ClusterRecord};
 use crate::repo::{RepoError, Repository};
-use crate::restore::plan::Join;
 use crate::store::{PutOutcome, Staged};
 use crate::wal::name::{Lsn, Segment, WalFile, DEFAULT_SEGMENT_SIZE};
 use crate::wal::{header, history};
