@@ -1,9 +1,10 @@
-//! One record's bytes: its fixed header, the fragment headers that locate its main data
-//! (`DecodeXLogRecord`) and its CRC-32C; little-endian field access for the whole reader.
+//! The on-disk structures, decoded: page headers (the one parser of them, also behind
+//! [`crate::wal::header`]), a record's fixed header, the fragment headers that locate its
+//! main data (`DecodeXLogRecord`), its CRC-32C; little-endian field access for all of it.
 
 use super::constants::{
     BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE, MAXALIGN, SIZE_OF_REL_FILE_NODE,
-    SIZE_OF_XLOG_RECORD, XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN,
+    SIZE_OF_XLOG_RECORD, XLP_LONG_HEADER, XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN,
     XLR_BLOCK_ID_TOPLEVEL_XID, XLR_MAX_BLOCK_ID, XL_CRC_OFFSET,
 };
 use crate::wal::layout::WalFormat;
@@ -95,6 +96,69 @@ pub(super) fn le_u64(b: &[u8], at: usize) -> Option<u64> {
 
 pub(super) fn align8(x: u64) -> u64 {
     (x + (MAXALIGN - 1)) & !(MAXALIGN - 1)
+}
+
+// ---------------------------------------------------------------------------
+// Page headers.
+// ---------------------------------------------------------------------------
+
+/// The header every WAL page starts with (`XLogPageHeaderData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PageHeader {
+    /// `xlp_magic`.
+    pub(crate) magic: u16,
+    /// `xlp_info`: the `XLP_*` flags.
+    pub(crate) info: u16,
+    /// `xlp_tli`.
+    pub(crate) timeline: u32,
+    /// `xlp_pageaddr`: the LSN of the page.
+    pub(crate) page_addr: u64,
+    /// `xlp_rem_len`: bytes of a record continued from the previous page.
+    pub(crate) rem_len: u32,
+}
+
+impl PageHeader {
+    /// Reads the header at the start of `b`; None if `b` is shorter than its 20 bytes.
+    pub(crate) fn parse(b: &[u8]) -> Option<Self> {
+        Some(PageHeader {
+            magic: le_u16(b, 0)?,
+            info: le_u16(b, 2)?,
+            timeline: le_u32(b, 4)?,
+            page_addr: le_u64(b, 8)?,
+            rem_len: le_u32(b, 16)?,
+        })
+    }
+
+    /// Whether `XLP_LONG_HEADER` is set (the first page of a segment).
+    pub(crate) fn is_long(&self) -> bool {
+        self.info & XLP_LONG_HEADER != 0
+    }
+}
+
+/// The long header on the first page of a segment (`XLogLongPageHeaderData`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LongPageHeader {
+    /// The short header it begins with.
+    pub(crate) page: PageHeader,
+    /// `xlp_sysid`: the cluster's system identifier.
+    pub(crate) system_identifier: u64,
+    /// `xlp_seg_size`.
+    pub(crate) segment_size: u32,
+    /// `xlp_xlog_blcksz`: the page size.
+    pub(crate) block_size: u32,
+}
+
+impl LongPageHeader {
+    /// Reads the long header at the start of `b`, whatever its flags say; None if `b` is
+    /// shorter than its 40 bytes.
+    pub(crate) fn parse(b: &[u8]) -> Option<Self> {
+        Some(LongPageHeader {
+            page: PageHeader::parse(b)?,
+            system_identifier: le_u64(b, 24)?,
+            segment_size: le_u32(b, 32)?,
+            block_size: le_u32(b, 36)?,
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -288,6 +352,24 @@ mod tests {
     use crate::wal::record::constants::*;
     use crate::wal::record::synth::*;
     use crate::wal::record::*;
+
+    #[test]
+    fn page_headers_need_their_whole_length() {
+        let mut b = WalBuilder::new(1);
+        b.commit(1, 1);
+        let seg = b.segment(0);
+        let long = LongPageHeader::parse(seg).unwrap();
+        assert_eq!(
+            long.page,
+            PageHeader { magic: XLOG_PAGE_MAGIC, info: XLP_LONG_HEADER, timeline: 1, page_addr: START, rem_len: 0 }
+        );
+        assert!(long.page.is_long());
+        assert_eq!((long.system_identifier, long.segment_size, long.block_size), (42, SEG as u32, PAGE as u32));
+        assert_eq!(LongPageHeader::parse(&seg[..40]), Some(long));
+        assert_eq!(LongPageHeader::parse(&seg[..39]), None);
+        assert_eq!(PageHeader::parse(&seg[..20]), Some(long.page));
+        assert_eq!(PageHeader::parse(&seg[..19]), None);
+    }
 
     #[test]
     fn hardware_crc_matches_the_reference_table() {

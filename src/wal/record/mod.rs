@@ -35,6 +35,7 @@ mod xact;
 
 pub use constants::{MAX_WAL_SEGMENT_SIZE, MIN_WAL_SEGMENT_SIZE, RM_XACT_ID, RM_XLOG_ID, XLOG_PAGE_MAGIC};
 pub use decode::{crc32c, WalRecord};
+pub(crate) use decode::{LongPageHeader, PageHeader};
 pub use error::WalParseError;
 pub use reader::{FeedOutcome, IncompleteRecord, StopReason, WalReader};
 pub use summary::{summarize_segment, summarize_segment_at, SegmentSummarizer, SegmentSummary};

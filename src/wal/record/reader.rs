@@ -4,10 +4,11 @@
 
 use super::constants::{
     RM_MIN_CUSTOM_ID, RM_XLOG_ID, SIZE_OF_LONG_PHD, SIZE_OF_SHORT_PHD, SIZE_OF_XLOG_RECORD, XLOG_OVERWRITE_CONTRECORD,
-    XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
-    XLR_RMGR_INFO_MASK,
+    XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
 };
-use super::decode::{align8, decode_layout, le_u16, le_u32, le_u64, record_crc, LayoutError, RecordHeader, WalRecord};
+use super::decode::{
+    align8, decode_layout, le_u32, le_u64, record_crc, LayoutError, LongPageHeader, PageHeader, RecordHeader, WalRecord,
+};
 use super::xact::{xact_end_from_partial, XactEnd};
 use super::{validate_segment_size, WalParseError};
 use crate::wal::layout::{self, WalFormat};
@@ -459,9 +460,9 @@ impl WalReader {
         if head.iter().all(|&b| b == 0) {
             return Ok(Err(StopReason::ZeroPage { page_lsn: self.next_segment }));
         }
-        let magic = le_u16(seg, 0).unwrap_or(0);
-        let info = le_u16(seg, 2).unwrap_or(0);
-        let pageaddr = le_u64(seg, 8).unwrap_or(0);
+        // The caller checked that the piece holds a long header.
+        let h = LongPageHeader::parse(head).ok_or(WalParseError::PieceMisaligned { offset: 0, len: seg.len() })?;
+        let (magic, info, pageaddr) = (h.page.magic, h.page.info, h.page.page_addr);
         let where_ = self.next_segment.unwrap_or(pageaddr);
         let format = match (self.format, layout::for_magic(magic)) {
             (Some(f), _) if f.page_magic != magic => {
@@ -473,11 +474,10 @@ impl WalReader {
         if info & !XLP_ALL_FLAGS != 0 {
             return Err(WalParseError::BadPageInfo { page_lsn: where_, info });
         }
-        if info & XLP_LONG_HEADER == 0 {
+        if !h.page.is_long() {
             return Err(WalParseError::MissingLongHeader { page_lsn: where_ });
         }
-        let seg_size = le_u32(seg, 32).unwrap_or(0);
-        let blcksz = le_u32(seg, 36).unwrap_or(0);
+        let (seg_size, blcksz) = (h.segment_size, h.block_size);
         // XLOG_BLCKSZ is a build option (1..64 kB, power of two); honour it
         // but insist it stays the same for the whole stream.
         let usable_blcksz = blcksz.is_power_of_two()
@@ -525,11 +525,9 @@ impl WalReader {
         if head.iter().all(|&b| b == 0) {
             return Ok(PageCheck::End(StopReason::ZeroPage { page_lsn: Some(page_lsn) }));
         }
-        let magic = le_u16(head, 0).unwrap_or(0);
-        let info = le_u16(head, 2).unwrap_or(0);
-        let tli = le_u32(head, 4).unwrap_or(0);
-        let pageaddr = le_u64(head, 8).unwrap_or(0);
-        let rem_len = le_u32(head, 16).unwrap_or(0);
+        let h = PageHeader::parse(head)
+            .ok_or(WalParseError::SegmentLength { expected: self.seg_size, actual: seg.len() as u64 })?;
+        let PageHeader { magic, info, timeline: tli, page_addr: pageaddr, rem_len } = h;
         if magic != self.fmt().page_magic {
             return Err(WalParseError::BadPageMagic { page_lsn, magic });
         }
@@ -543,7 +541,7 @@ impl WalReader {
             }
             return Err(WalParseError::BadPageAddress { expected: page_lsn, found: pageaddr });
         }
-        let size = if info & XLP_LONG_HEADER != 0 {
+        let size = if h.is_long() {
             SIZE_OF_LONG_PHD
         } else if seg_off == 0 {
             return Err(WalParseError::MissingLongHeader { page_lsn });
