@@ -3,16 +3,10 @@
 
 use crate::wal::layout;
 
-/// Page magic of PostgreSQL 15 WAL (`XLOG_PAGE_MAGIC`); other majors are in [`layout`].
-pub const XLOG_PAGE_MAGIC: u16 = 0xD110;
 /// Resource manager id of the XLOG rmgr (`RM_XLOG_ID`).
 pub const RM_XLOG_ID: u8 = 0;
 /// Resource manager id of transaction records (`RM_XACT_ID`).
 pub const RM_XACT_ID: u8 = 1;
-/// Smallest valid WAL segment size (1 MiB).
-pub const MIN_WAL_SEGMENT_SIZE: u64 = 1 << 20;
-/// Largest valid WAL segment size (1 GiB).
-pub const MAX_WAL_SEGMENT_SIZE: u64 = 1 << 30;
 
 /// `SizeOfXLogRecord`: offsetof(xl_crc) + 4, not MAXALIGNed in PG >= 9.5.
 pub(super) const SIZE_OF_XLOG_RECORD: usize = 24;

@@ -349,6 +349,7 @@ pub struct WalRecord<'a> {
 mod tests {
     use super::*;
     use crate::wal::layout;
+    use crate::wal::name::Lsn;
     use crate::wal::record::constants::*;
     use crate::wal::record::synth::*;
     use crate::wal::record::*;
@@ -361,7 +362,13 @@ mod tests {
         let long = LongPageHeader::parse(seg).unwrap();
         assert_eq!(
             long.page,
-            PageHeader { magic: XLOG_PAGE_MAGIC, info: XLP_LONG_HEADER, timeline: 1, page_addr: START, rem_len: 0 }
+            PageHeader {
+                magic: layout::PG15.page_magic,
+                info: XLP_LONG_HEADER,
+                timeline: 1,
+                page_addr: START,
+                rem_len: 0
+            }
         );
         assert!(long.page.is_long());
         assert_eq!((long.system_identifier, long.segment_size, long.block_size), (42, SEG as u32, PAGE as u32));
@@ -420,7 +427,7 @@ mod tests {
             }
             other => panic!("expected CRC error, got {other:?}"),
         }
-        assert!(err.to_string().contains(&format_lsn(c)), "{err}");
+        assert!(err.to_string().contains(&Lsn(c).to_string()), "{err}");
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::fmt;
 
 use super::constants::SIZE_OF_XLOG_RECORD;
-use super::format_lsn;
 use crate::wal::layout;
+use crate::wal::name::Lsn;
 
 /// Errors from walking or decoding WAL; every variant names where it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,7 +172,8 @@ pub enum WalParseError {
 impl fmt::Display for WalParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use WalParseError as E;
-        let l = format_lsn;
+        // LSNs as PostgreSQL prints a pg_lsn (16/B374D848).
+        let l = Lsn;
         match self {
             E::InvalidSegmentSize(s) => write!(
                 f,
@@ -290,3 +291,16 @@ impl fmt::Display for WalParseError {
 }
 
 impl std::error::Error for WalParseError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_print_lsns_as_postgresql_does() {
+        let e = WalParseError::UnexpectedContrecord { page_lsn: 0x16_B374_D848 };
+        assert_eq!(e.to_string(), "WAL page at 16/B374D848 continues a record, but no record is in progress");
+        let e = WalParseError::PastEndOfWal { end_lsn: 0x0150_0028 };
+        assert_eq!(e.to_string(), "segment fed after the end of WAL at 0/1500028");
+    }
+}

@@ -10,8 +10,9 @@ use super::decode::{
     align8, decode_layout, le_u32, le_u64, record_crc, LayoutError, LongPageHeader, PageHeader, RecordHeader, WalRecord,
 };
 use super::xact::{xact_end_from_partial, XactEnd};
-use super::{validate_segment_size, WalParseError};
+use super::WalParseError;
 use crate::wal::layout::{self, WalFormat};
+use crate::wal::name::check_segment_size;
 
 /// Why a segment walk stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +131,7 @@ struct SegWalk {
 impl WalReader {
     /// Create a reader whose first segment may be any segment.
     pub fn new(wal_segment_size: u64) -> Result<Self, WalParseError> {
-        validate_segment_size(wal_segment_size)?;
+        check_segment_size(wal_segment_size).map_err(|_| WalParseError::InvalidSegmentSize(wal_segment_size))?;
         Ok(WalReader {
             seg_size: wal_segment_size,
             page_size: None,

@@ -148,6 +148,7 @@ impl SegmentSummarizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wal::name::Lsn;
     use crate::wal::record::constants::*;
     use crate::wal::record::synth::*;
     use crate::wal::record::*;
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(recs.len(), s.records);
         for (lsn, main) in &expect_main {
             let got = recs.iter().find(|x| x.0 == *lsn).expect("record decoded");
-            assert_eq!(&got.3, main, "main data of record at {}", format_lsn(*lsn));
+            assert_eq!(&got.3, main, "main data of record at {}", Lsn(*lsn));
         }
         assert_eq!(r.end_of_wal(), Some(end));
         assert_eq!(r.feed_segment(b.segment(0), |_| {}), Err(WalParseError::PastEndOfWal { end_lsn: end }));

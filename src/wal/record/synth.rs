@@ -3,11 +3,12 @@
 
 use super::constants::{
     BKPBLOCK_SAME_REL, RM_XACT_ID, SIZE_OF_LONG_PHD, SIZE_OF_REL_FILE_NODE, SIZE_OF_SHORT_PHD, SIZE_OF_XLOG_RECORD,
-    XLOG_PAGE_MAGIC, XLOG_XACT_COMMIT, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    XLOG_XACT_COMMIT, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
     XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN, XLR_BLOCK_ID_TOPLEVEL_XID,
 };
 use super::decode::{align8, le_u32, record_crc};
 use super::{FeedOutcome, WalReader};
+use crate::wal::layout;
 use crate::wal::name::Segment;
 
 pub(crate) const SEG: u64 = 1 << 20;
@@ -121,7 +122,7 @@ pub(crate) struct WalBuilder {
 
 impl WalBuilder {
     pub(crate) fn new(nsegs: usize) -> Self {
-        Self::with_magic(nsegs, XLOG_PAGE_MAGIC)
+        Self::with_magic(nsegs, layout::PG15.page_magic)
     }
 
     pub(crate) fn with_magic(nsegs: usize, magic: u16) -> Self {

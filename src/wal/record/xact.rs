@@ -165,3 +165,14 @@ fn twophase_xid(xl_info: u8, kind: XactKind, main: &[u8], fmt: &WalFormat) -> Re
     }
     le_u32(main, pos).map(Some).ok_or(SHORT)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_convert_to_unix_and_saturate() {
+        assert_eq!(pg_time_to_unix_us(0), 946_684_800_000_000);
+        assert_eq!(pg_time_to_unix_us(i64::MAX), i64::MAX);
+    }
+}
