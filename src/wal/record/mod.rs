@@ -34,7 +34,7 @@ mod summary;
 mod xact;
 
 pub use constants::{RM_XACT_ID, RM_XLOG_ID};
-pub use decode::{crc32c, WalRecord};
+pub use decode::WalRecord;
 pub(crate) use decode::{LongPageHeader, PageHeader};
 pub use error::WalParseError;
 pub use reader::{FeedOutcome, IncompleteRecord, StopReason, WalReader};
