@@ -7,10 +7,11 @@
 //! `xlogreader.c`; only little-endian WAL (every platform PostgreSQL ships on
 //! in practice) with the default 8-byte MAXALIGN is supported.
 //!
-//! Majors: the first page's magic picks the major's [`WalFormat`](crate::wal::layout::WalFormat) (what differs
-//! between majors is in [`crate::wal::layout`]); every later page must carry the
-//! same magic. A magic of a major the reader does not read is
-//! [`WalParseError::UnsupportedMajor`], which says what still works.
+//! Majors: the first page's magic picks the major's
+//! [`WalFormat`](crate::wal::layout::WalFormat) (what differs between majors is in
+//! [`crate::wal::layout`]); every later page must carry the same magic. A magic of a major
+//! the reader does not read is [`WalParseError::UnsupportedMajor`], which says what still
+//! works.
 //!
 //! Segment boundaries: [`WalReader`] is fed whole, consecutive segments and
 //! reassembles records that cross them. Whatever is fed first starts with the
@@ -21,10 +22,11 @@
 //! address is older than expected (a recycled segment) end the walk cleanly;
 //! anything else malformed is an error naming the LSN.
 //!
-//! By job: `constants` (the on-disk constants every major shares), `decode` (one record's
-//! header, fragment headers and CRC), `reader` (pages, continuation, segment walking), `xact`
-//! (commit and abort records), `summary` (one segment's summary, and how it counts records
-//! crossing the segment's edges), `error`; test-only, `synth` builds WAL and `fuzz` mutates it.
+//! By job: `constants` (the on-disk constants every major shares), `decode` (page headers,
+//! and one record's header, fragment headers and CRC), `reader` (page walking, continuation,
+//! consecutive segments), `xact` (commit and abort records), `summary` (one segment's
+//! summary, and how it counts records crossing the segment's edges), `error`; test-only,
+//! `synth` builds WAL and `fuzz` mutates it.
 
 mod constants;
 mod decode;
