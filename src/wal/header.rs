@@ -1,4 +1,8 @@
-//! The long page header at the start of every WAL segment (pure, no I/O).
+//! The long page header at the start of every WAL segment (pure, no I/O): what archiving
+//! checks before it stores a file. The bytes are read by the record reader's page-header
+//! parser, the only one.
+
+use crate::wal::record::{LongPageHeader, PageHeader};
 
 /// Facts read from a segment's first page header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,9 +22,6 @@ pub struct SegmentHeader {
     pub block_size: u32,
 }
 
-/// `XLP_LONG_HEADER`: set on the first page of a segment.
-const XLP_LONG_HEADER: u16 = 0x0002;
-
 /// Why a segment header cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeaderError {
@@ -35,40 +36,25 @@ pub enum HeaderError {
     BadMagic(u16),
 }
 
-fn u16_at(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
 /// Parses XLogLongPageHeaderData (little-endian, as written on x86-64 and arm64).
 pub fn parse(bytes: &[u8]) -> Result<SegmentHeader, HeaderError> {
-    if bytes.len() < 40 {
-        return Err(HeaderError::TooShort(bytes.len()));
-    }
-    let magic = u16_at(bytes, 0);
+    let long = LongPageHeader::parse(bytes).ok_or(HeaderError::TooShort(bytes.len()))?;
+    let PageHeader { magic, info, timeline, page_addr, .. } = long.page;
     // PostgreSQL 9.x used 0xD0xx; 10..18 use 0xD097..0xD118. A major the record reader does
     // not read is still WAL: it is archived, only without commit times.
     if !(0xD000..=0xD1FF).contains(&magic) {
         return Err(HeaderError::BadMagic(magic));
     }
-    let info = u16_at(bytes, 2);
-    if info & XLP_LONG_HEADER == 0 {
+    if !long.page.is_long() {
         return Err(HeaderError::NotLong(info));
     }
     Ok(SegmentHeader {
         magic,
-        timeline: u32_at(bytes, 4),
-        page_addr: u64_at(bytes, 8),
-        system_identifier: u64_at(bytes, 24),
-        segment_size: u32_at(bytes, 32),
-        block_size: u32_at(bytes, 36),
+        timeline,
+        page_addr,
+        system_identifier: long.system_identifier,
+        segment_size: long.segment_size,
+        block_size: long.block_size,
     })
 }
 

@@ -6,7 +6,7 @@
 //! is here: the page and record headers (`XLogPageHeaderData`, `XLogRecord`,
 //! `XLogRecordBlockHeader`), the block-reference flags (`BKPBLOCK_*`), the transaction
 //! opcodes (`XLOG_XACT_*`), the `xinfo` bits 0–7 and `XLOG_SWITCH` are the same in all of
-//! them and live in `record.rs`.
+//! them and live in `record/constants.rs`.
 //!
 //! What changed, by major:
 //! - 14: `XLR_BLOCK_ID_TOPLEVEL_XID` (252), a block id carrying the top-level xid.

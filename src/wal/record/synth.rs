@@ -1,7 +1,14 @@
 //! Synthetic WAL for tests: records laid into pages as PostgreSQL writes them, with valid
 //! CRCs and `xl_prev` links (timeline 1, system identifier 42, 1 MiB segments, 8 KiB pages).
 
-use super::*;
+use super::constants::{
+    BKPBLOCK_SAME_REL, RM_XACT_ID, SIZE_OF_LONG_PHD, SIZE_OF_REL_FILE_NODE, SIZE_OF_SHORT_PHD, SIZE_OF_XLOG_RECORD,
+    XLOG_XACT_COMMIT, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
+    XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN, XLR_BLOCK_ID_TOPLEVEL_XID,
+};
+use super::decode::{align8, le_u32, record_crc};
+use super::{FeedOutcome, WalReader};
+use crate::wal::layout;
 use crate::wal::name::Segment;
 
 pub(crate) const SEG: u64 = 1 << 20;
@@ -9,6 +16,20 @@ pub(crate) const PAGE: usize = 8192;
 pub(crate) const PAGES_PER_SEG: u64 = SEG / PAGE as u64;
 /// Segment-aligned start for synthetic WAL (segment 5 of timeline 1).
 pub(crate) const START: u64 = 5 * SEG;
+
+/// (lsn, rmid, info, main data) of each record.
+pub(crate) type Collected = Vec<(u64, u8, u8, Vec<u8>)>;
+
+/// Feeds one whole segment to `reader`, collecting each record it hands out.
+pub(crate) fn collect(reader: &mut WalReader, seg: &[u8]) -> (FeedOutcome, Collected) {
+    let mut recs = Vec::new();
+    let out = reader
+        .feed_segment(seg, |r| {
+            recs.push((r.lsn, r.xl_rmid, r.xl_info, r.main_data.to_vec()));
+        })
+        .unwrap();
+    (out, recs)
+}
 
 /// A fragment of a synthetic record, in header order.
 pub(crate) enum Frag {
@@ -101,7 +122,7 @@ pub(crate) struct WalBuilder {
 
 impl WalBuilder {
     pub(crate) fn new(nsegs: usize) -> Self {
-        Self::with_magic(nsegs, XLOG_PAGE_MAGIC)
+        Self::with_magic(nsegs, layout::PG15.page_magic)
     }
 
     pub(crate) fn with_magic(nsegs: usize, magic: u16) -> Self {
