@@ -1,12 +1,12 @@
 //! One contract suite for every `ObjectStore`: the fs store and S3 through a local moto server.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tidemark::store::{self, ObjectStore, PutOutcome, StoreOptions};
 use tokio::io::AsyncReadExt;
+
+use crate::harness;
 
 async fn contract(s: Arc<dyn ObjectStore>) {
     // Absent objects.
@@ -130,7 +130,7 @@ fn walk(p: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn s3_store_meets_the_contract() {
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     moto.create_bucket("contract").await;
     let opts = StoreOptions {
         region: Some("us-east-1".into()),
@@ -150,10 +150,10 @@ async fn s3_store_meets_the_contract() {
 
 #[tokio::test]
 async fn s3_store_unreachable_is_a_clear_error() {
-    for (k, v) in common::AWS_ENV {
+    for (k, v) in harness::AWS_ENV {
         std::env::set_var(k, v);
     }
-    let port = common::free_port();
+    let port = harness::free_port();
     let opts = StoreOptions {
         region: Some("us-east-1".into()),
         endpoint: Some(format!("http://127.0.0.1:{port}")),

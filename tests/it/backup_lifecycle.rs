@@ -4,14 +4,12 @@
 //! temp files and empty directories from the fs repository and leaves fresh ones; the S3
 //! sweep aborts only old multipart uploads under its prefix.
 
-mod common;
-
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{Pg, Tidemark};
+use crate::harness::{self, Pg, Tidemark};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -33,12 +31,12 @@ fn state_of(tm: &Tidemark, id: &str) -> Option<String> {
 
 /// Sets a path's mtime `hours` back (as a writer killed that long ago would have left it).
 fn age(p: &Path, hours: u32) {
-    common::run_ok(std::process::Command::new("touch").arg("-h").arg("-d").arg(format!("{hours} hours ago")).arg(p));
+    harness::run_ok(std::process::Command::new("touch").arg("-h").arg("-d").arg(format!("{hours} hours ago")).arg(p));
 }
 
 #[test]
 fn failed_automatic_backup_is_retried_within_its_slot() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("retry", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -51,7 +49,7 @@ fn failed_automatic_backup_is_retried_within_its_slot() {
     tm.start_daemon();
     let completed =
         |tm: &Tidemark| list(tm).iter().filter(|b| b["kind"] == "automatic" && b["state"] == "completed").count();
-    common::wait_for("the retried automatic backup", Duration::from_secs(120), || completed(&tm) == 1);
+    harness::wait_for("the retried automatic backup", Duration::from_secs(120), || completed(&tm) == 1);
     let log = tm.daemon_log();
     assert!(log.contains("failpoint backup-copy: injected failure"), "{log}");
     assert!(log.contains("attempt=1") && log.contains("attempt=2") && !log.contains("attempt=3"), "{log}");
@@ -68,7 +66,7 @@ fn failed_automatic_backup_is_retried_within_its_slot() {
 
 #[test]
 fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("killed", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -123,7 +121,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
     let new_empty = repo.path().join("clusters/killed/backups/20200102T000000Z/data");
     std::fs::create_dir_all(&old_empty).unwrap();
     std::fs::create_dir_all(&new_empty).unwrap();
-    common::chown_postgres(repo.path());
+    harness::chown_postgres(repo.path());
     age(&old_tmp, 2);
     age(&old_empty, 3);
     age(old_empty.parent().unwrap(), 3);
@@ -148,11 +146,11 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
     // The daemon's sweep applies retention: the failed manual backup is purged, the
     // completed ones stay.
     tm.start_daemon();
-    common::wait_for("the failed backup's purge", Duration::from_secs(120), || state_of(&tm, &id).is_none());
+    harness::wait_for("the failed backup's purge", Duration::from_secs(120), || state_of(&tm, &id).is_none());
     assert!(!repo.path().join(format!("clusters/killed/backups/{id}/manifest.json")).exists());
     assert_eq!(state_of(&tm, &next).as_deref(), Some("completed"));
     // The sweep's summary is logged after the purge has removed the record.
-    common::wait_for("the retention summary", Duration::from_secs(30), || {
+    harness::wait_for("the retention summary", Duration::from_secs(30), || {
         tm.daemon_log().contains(&format!("killed/{id}"))
     });
     tm.stop_daemon();
@@ -161,7 +159,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
 
 #[test]
 fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("handed", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -187,7 +185,7 @@ fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
     assert!(stderr(&o).contains(&format!("backup {id} of cluster handed is already running")), "{}", stderr(&o));
     // Go: the daemon finishes it.
     std::fs::write(&go, b"").unwrap();
-    common::wait_for("the daemon's backup to complete", Duration::from_secs(120), || {
+    harness::wait_for("the daemon's backup to complete", Duration::from_secs(120), || {
         state_of(&tm, &id).as_deref() == Some("completed")
     });
     assert!(tm.daemon_log().contains("manual backup completed"), "{}", tm.daemon_log());
@@ -204,7 +202,7 @@ fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
 
 #[tokio::test]
 async fn s3_sweep_aborts_only_old_multipart_uploads_under_its_prefix() {
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     moto.create_bucket("sweep").await;
     let opts = tidemark::store::StoreOptions {
         region: Some("us-east-1".into()),
