@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::{self, fake_segment, Tidemark};
+use crate::harness::{self, fake_segment, stderr, Tidemark};
 
 struct Setup {
     tm: Tidemark,
@@ -38,10 +38,6 @@ impl Setup {
     fn object(&self, cluster: &str, name: &str) -> PathBuf {
         self.repo.path().join(format!("clusters/{cluster}/wal/00000001/{name}"))
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn mode(p: &Path) -> u32 {

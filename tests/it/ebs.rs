@@ -18,12 +18,6 @@ use tidemark::snapshot::freeze::{Freezer, Frozen, GuardProcess};
 
 use crate::harness::{self, FaultProxy, LoopMount, Moto, Pg, Tidemark};
 
-fn aws_env() {
-    for (k, v) in harness::AWS_ENV {
-        std::env::set_var(k, v);
-    }
-}
-
 /// Runs an instance in us-east-1a with extra EBS volumes at `devices`; returns its id.
 async fn run_instance(ec2: &Ec2, devices: &[(&str, i32)]) -> String {
     let images = ec2.client().describe_images().owners("amazon").send().await.unwrap();
@@ -54,7 +48,7 @@ fn tags(backup: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn snapshots_volumes_and_copies_against_moto() {
-    aws_env();
+    harness::aws_env();
     let moto = Moto::start();
     let ec2 = Ec2::new("us-east-1", Some(&moto.endpoint())).await;
     let id = run_instance(&ec2, &[("/dev/sdf", 10), ("/dev/sdg", 20), ("/dev/sdh", 5)]).await;
@@ -117,7 +111,7 @@ async fn snapshots_volumes_and_copies_against_moto() {
 
 #[tokio::test]
 async fn throttling_is_retried_and_a_snapshot_in_error_fails_with_awss_message() {
-    aws_env();
+    harness::aws_env();
     let moto = Moto::start();
     let direct = Ec2::new("us-east-1", Some(&moto.endpoint())).await;
     let id = run_instance(&direct, &[("/dev/sdf", 8)]).await;
@@ -302,7 +296,7 @@ impl Host for ImageHost {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
-    aws_env();
+    harness::aws_env();
     let Some(lm) = LoopMount::new(256) else { return };
     let data = lm.dir.join("pgdata");
     std::fs::create_dir_all(&data).unwrap();
@@ -452,13 +446,14 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
 
 #[tokio::test]
 async fn identity_comes_from_imdsv2_unless_configured() {
-    aws_env();
+    harness::aws_env();
     let imds = harness::imds_server(&[
         ("/latest/meta-data/instance-id", "i-0fedcba9876543210"),
         ("/latest/meta-data/placement/availability-zone", "eu-central-1b"),
         ("/latest/meta-data/placement/region", "eu-central-1"),
     ]);
-    // Only this test in this binary asks IMDS: the others configure ebs.instance_id.
+    // The endpoint is process-wide, so every test shares it: only this one asks IMDS (the
+    // EBS tests configure ebs.instance_id; the SDK chains have AWS_EC2_METADATA_DISABLED).
     std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{imds}"));
     let got = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap();
     assert_eq!(got, ("i-0fedcba9876543210".to_string(), "eu-central-1".to_string(), "eu-central-1b".to_string()));

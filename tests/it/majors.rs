@@ -9,7 +9,7 @@
 //! time T".
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -18,52 +18,15 @@ use tidemark::catalog::wal_index;
 use tidemark::wal::name::Segment;
 use tidemark::wal::record;
 
-use crate::harness::{self, Pg, Tidemark};
+use crate::harness::{self, stderr, stdout, Pg, Restored, Tidemark};
 
 const SEG: u64 = 1 << 20;
 
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || payload, ',' order by id), '')) from t";
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A restored cluster of the major's binaries, stopped on drop.
-struct Restored {
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    bin: PathBuf,
-}
-
-impl Restored {
-    fn sql(&self, sql: &str) -> String {
-        harness::psql(&self.sock, self.port, sql)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        harness::as_postgres(self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(args).output().unwrap()
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
-    }
-}
-
 fn restore(tm: &Tidemark, pg: &Pg, dir: &Path, target: &[&str]) -> (Output, Restored) {
-    let port = harness::free_port();
-    let p = port.to_string();
-    let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port", &p];
-    args.extend_from_slice(target);
-    let o = tm.cmd(&args).output().unwrap();
-    (o, Restored { dir: dir.to_path_buf(), sock: pg.sock.clone(), port, bin: pg.bin.clone() })
+    harness::restore_started(tm, pg, dir, target)
 }
 
 /// PostgreSQL's timestamptz text (`2026-12-01 10:00:00.123456+00`) or RFC 3339, in UTC.

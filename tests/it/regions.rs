@@ -12,9 +12,7 @@ fn text(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_follow_the_source_and_restore_from_another_region() {
-    for (k, v) in harness::AWS_ENV {
-        std::env::set_var(k, v);
-    }
+    harness::aws_env();
     let moto = Moto::start();
     let ep = moto.endpoint();
     moto.create_bucket("east").await;

@@ -6,15 +6,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use crate::harness::{self, Moto, Pg, Restored, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::harness::{self, stderr, stdout, Moto, Pg, Restored, Tidemark};
 
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || payload, ',' order by id), '')) from t";

@@ -4,15 +4,7 @@
 
 use std::process::Output;
 
-use crate::harness::{self, Pg, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::harness::{self, stderr, stdout, Pg, Tidemark};
 
 fn backup(tm: &Tidemark) -> String {
     let o = tm

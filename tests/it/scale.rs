@@ -4,16 +4,12 @@
 //! part, rebuilt, or cut off by kill -9 in the middle of a rebuild still answers the same.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{self, Pg, Restored, Tidemark};
+use crate::harness::{self, stderr, Pg, Restored, Tidemark};
 
 const SEGMENTS: u32 = 5_000;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// `tidemark --config CFG args...` as root with at most 256 open files.
 fn limited(tm: &Tidemark, args: &[&str]) -> Command {
@@ -136,7 +132,7 @@ fn five_thousand_segments_after_a_backup() {
     )
     .output()
     .unwrap();
-    let r = Restored { dir: dir.clone(), sock: pg.sock.clone(), port: port.parse().unwrap() };
+    let r = Restored { dir: dir.clone(), sock: pg.sock.clone(), port: port.parse().unwrap(), bin: pg.bin.clone() };
     assert!(
         o.status.success(),
         "restore: {}\n{}",

@@ -150,9 +150,7 @@ async fn s3_store_meets_the_contract() {
 
 #[tokio::test]
 async fn s3_store_unreachable_is_a_clear_error() {
-    for (k, v) in harness::AWS_ENV {
-        std::env::set_var(k, v);
-    }
+    harness::aws_env();
     let port = harness::free_port();
     let opts = StoreOptions {
         region: Some("us-east-1".into()),

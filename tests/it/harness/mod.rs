@@ -18,7 +18,7 @@ pub use tidemark::{bin, run_cmd, Tidemark};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Waits for `cond` up to `limit`, polling; panics with `what` on timeout.
@@ -88,6 +88,27 @@ pub const AWS_ENV: &[(&str, &str)] = &[
     ("AWS_EC2_METADATA_DISABLED", "true"),
     ("AWS_REGION", "us-east-1"),
 ];
+
+/// Puts [`AWS_ENV`] into this process's environment (for the SDK clients tests make in
+/// process), once: every test process shares one environment.
+pub fn aws_env() {
+    static SET: Once = Once::new();
+    SET.call_once(|| {
+        for (k, v) in AWS_ENV {
+            std::env::set_var(k, v);
+        }
+    });
+}
+
+/// A command's stderr, as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A command's stdout, as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
 
 /// Segment number of a 24-hex segment name (16 MiB segments).
 pub fn seg_no(name: &str) -> u64 {

@@ -4,7 +4,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, wait_for, AWS_ENV};
+use super::{aws_env, free_port, wait_for};
 
 /// A moto server on a free loopback port.
 pub struct Moto {
@@ -36,9 +36,7 @@ impl Moto {
 
     /// Creates a bucket.
     pub async fn create_bucket(&self, bucket: &str) {
-        for (k, v) in AWS_ENV {
-            std::env::set_var(k, v);
-        }
+        aws_env();
         let opts = tidemark::store::StoreOptions {
             region: Some("us-east-1".into()),
             endpoint: Some(self.endpoint()),

@@ -262,6 +262,8 @@ pub struct Restored {
     pub sock: PathBuf,
     /// Port.
     pub port: u16,
+    /// Server binaries it runs with: its source's.
+    pub bin: PathBuf,
 }
 
 impl Restored {
@@ -269,15 +271,16 @@ impl Restored {
     pub fn sql(&self, sql: &str) -> String {
         psql(&self.sock, self.port, sql)
     }
+
+    /// `pg_ctl -D DIR args...` as postgres.
+    pub fn pg_ctl(&self, args: &[&str]) -> Output {
+        as_postgres(self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(args).output().unwrap()
+    }
 }
 
 impl Drop for Restored {
     fn drop(&mut self) {
-        let _ = as_postgres(pg_bin().join("pg_ctl"))
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-w", "-m", "immediate", "stop"])
-            .output();
+        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
     }
 }
 
@@ -288,7 +291,7 @@ pub fn restore_started(tm: &Tidemark, source: &Pg, dir: &Path, target: &[&str]) 
     let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port", &p];
     args.extend_from_slice(target);
     let o = tm.cmd(&args).output().unwrap();
-    (o, Restored { dir: dir.to_path_buf(), sock: source.sock.clone(), port })
+    (o, Restored { dir: dir.to_path_buf(), sock: source.sock.clone(), port, bin: source.bin.clone() })
 }
 
 /// Runs SQL with psql over the Unix socket in `sock` and returns trimmed unaligned output.
