@@ -89,8 +89,8 @@ pub const AWS_ENV: &[(&str, &str)] = &[
     ("AWS_REGION", "us-east-1"),
 ];
 
-/// Puts [`AWS_ENV`] into this process's environment (for the SDK clients tests make in
-/// process), once: every test process shares one environment.
+/// Puts [`AWS_ENV`] into this process's environment, for the SDK clients tests make in
+/// process; once, as every test shares that environment.
 pub fn aws_env() {
     static SET: Once = Once::new();
     SET.call_once(|| {
