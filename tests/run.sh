@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (idempotent: only what is missing) and runs every test once,
-# in one profile. Real parts: PostgreSQL 15 (run as the `postgres` OS user), a local
-# moto[server] for the S3 API, the fs store.
+# in one profile (`tests/run.sh FILTER...`: only the integration tests matching a filter).
+# Real parts: PostgreSQL 15 (run as the `postgres` OS user), a local moto[server] for the
+# S3 API, the fs store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -84,5 +85,20 @@ fi
 tail -n 3 "$build_log"
 rm -f "$build_log"
 
+# Two test binaries: the unit tests (src/) and every integration test (tests/it/, one
+# binary whose tests all share the two test threads). Arguments are filters for the
+# integration tests alone (`tests/run.sh archive:: scale::`), and skip the unit tests.
 say "running tests"
-cargo test --locked --no-fail-fast -- --test-threads=2
+test_log=$(mktemp)
+status=0
+if [ $# -gt 0 ]; then
+  cargo test --locked --no-fail-fast --test it -- --test-threads=2 "$@" 2>&1 | tee "$test_log" || status=$?
+else
+  cargo test --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$test_log" || status=$?
+fi
+
+say "what ran"
+awk '/^ *(Running|Doc-tests) /{sub(/^ *Running /, ""); sub(/^ *Doc-tests /, "doc-tests "); sub(/ \(.*/, ""); what=$0}
+     /^test result:/{sub(/^test result: /, ""); sub(/; [0-9]+ measured/, ""); printf "%-24s %s\n", what, $0}' "$test_log" >&2
+rm -f "$test_log"
+exit "$status"

@@ -2,7 +2,7 @@
 //!
 //! One table per major, read off that version's `xlog_internal.h`, `xlogrecord.h`,
 //! `xact.h` and `rmgrlist.h`; the page magic of each was also checked against WAL written by
-//! a real server of that major (`tests/majors_pg.rs`). Only what differs between the majors
+//! a real server of that major (`tests/it/majors.rs`). Only what differs between the majors
 //! is here: the page and record headers (`XLogPageHeaderData`, `XLogRecord`,
 //! `XLogRecordBlockHeader`), the block-reference flags (`BKPBLOCK_*`), the transaction
 //! opcodes (`XLOG_XACT_*`), the `xinfo` bits 0–7 and `XLOG_SWITCH` are the same in all of

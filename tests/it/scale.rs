@@ -3,25 +3,19 @@
 //! `ulimit -n 256` and give the exact rows; the commit-time index rolled up, deleted in
 //! part, rebuilt, or cut off by kill -9 in the middle of a rebuild still answers the same.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Pg, Restored, Tidemark};
+use crate::harness::{self, stderr, Pg, Restored, Tidemark};
 
 const SEGMENTS: u32 = 5_000;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// `tidemark --config CFG args...` as root with at most 256 open files.
 fn limited(tm: &Tidemark, args: &[&str]) -> Command {
     let mut c = Command::new("sh");
     c.args(["-c", "ulimit -n 256 && exec \"$@\"", "sh"]);
-    c.arg(common::bin()).arg("--config").arg(&tm.config).args(args);
+    c.arg(harness::bin()).arg("--config").arg(&tm.config).args(args);
     c.env("AWS_EC2_METADATA_DISABLED", "true");
     c
 }
@@ -58,7 +52,7 @@ fn index_files(root: &Path) -> (Option<std::path::PathBuf>, Vec<std::path::PathB
 #[test]
 fn five_thousand_segments_after_a_backup() {
     let mut pg = Pg::init_with(None, &["--wal-segsize=1"]);
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let root = repo.path().join("r");
     let mut tm = Tidemark::for_pg("big", &Tidemark::fs_url(&root), None, &pg);
     tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
@@ -129,16 +123,16 @@ fn five_thousand_segments_after_a_backup() {
     }
 
     // A restore to the middle under the same limit: exactly the rows committed by then.
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let dir = scratch.path().join("mid");
-    let port = common::free_port().to_string();
+    let port = harness::free_port().to_string();
     let o = limited(
         &tm,
         &["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port", &port, "--target-time", &mark],
     )
     .output()
     .unwrap();
-    let r = Restored { dir: dir.clone(), sock: pg.sock.clone(), port: port.parse().unwrap() };
+    let r = Restored { dir: dir.clone(), sock: pg.sock.clone(), port: port.parse().unwrap(), bin: pg.bin.clone() };
     assert!(
         o.status.success(),
         "restore: {}\n{}",

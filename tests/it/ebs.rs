@@ -4,8 +4,6 @@
 //! a real freeze, where only the block layer is simulated (the frozen filesystem is imaged
 //! at freeze time and "mounted" back from that image).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,17 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType, Placement, VolumeState, VolumeType};
-use common::{FaultProxy, LoopMount, Moto, Pg, Tidemark};
 use tidemark::catalog::backup::{BackupKind, BackupState};
 use tidemark::snapshot::ebs::Host;
 use tidemark::snapshot::ec2::{Ec2, NewVolume, TAG_BACKUP, TAG_CLUSTER, TAG_KIND};
 use tidemark::snapshot::freeze::{Freezer, Frozen, GuardProcess};
 
-fn aws_env() {
-    for (k, v) in common::AWS_ENV {
-        std::env::set_var(k, v);
-    }
-}
+use crate::harness::{self, FaultProxy, LoopMount, Moto, Pg, Tidemark};
 
 /// Runs an instance in us-east-1a with extra EBS volumes at `devices`; returns its id.
 async fn run_instance(ec2: &Ec2, devices: &[(&str, i32)]) -> String {
@@ -55,7 +48,7 @@ fn tags(backup: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn snapshots_volumes_and_copies_against_moto() {
-    aws_env();
+    harness::aws_env();
     let moto = Moto::start();
     let ec2 = Ec2::new("us-east-1", Some(&moto.endpoint())).await;
     let id = run_instance(&ec2, &[("/dev/sdf", 10), ("/dev/sdg", 20), ("/dev/sdh", 5)]).await;
@@ -118,7 +111,7 @@ async fn snapshots_volumes_and_copies_against_moto() {
 
 #[tokio::test]
 async fn throttling_is_retried_and_a_snapshot_in_error_fails_with_awss_message() {
-    aws_env();
+    harness::aws_env();
     let moto = Moto::start();
     let direct = Ec2::new("us-east-1", Some(&moto.endpoint())).await;
     let id = run_instance(&direct, &[("/dev/sdf", 8)]).await;
@@ -184,7 +177,7 @@ fn writer(dir: &Path) -> std::process::Child {
 fn freeze_guard_thaws_on_request_on_agent_death_and_on_its_watchdog() {
     let Some(lm) = LoopMount::new(64) else { return };
     let guard = |timeout_ms: u64| {
-        let mut c = Command::new(common::bin())
+        let mut c = Command::new(harness::bin())
             .args(["freeze-guard", "--timeout-ms", &timeout_ms.to_string()])
             .arg(&lm.dir)
             .stdin(Stdio::piped())
@@ -207,7 +200,7 @@ fn freeze_guard_thaws_on_request_on_agent_death_and_on_its_watchdog() {
     // Agent death (stdin closes, as with kill -9): the blocked writer goes on.
     let (mut c, out) = guard(600_000);
     let mut w = writer(&lm.dir);
-    common::wait_for("the writer to block on the frozen mount", Duration::from_secs(20), || {
+    harness::wait_for("the writer to block on the frozen mount", Duration::from_secs(20), || {
         stat_state(w.id()) == Some('D')
     });
     drop(c.stdin.take());
@@ -223,10 +216,10 @@ fn freeze_guard_thaws_on_request_on_agent_death_and_on_its_watchdog() {
     // Through the Freezer seam: thaw on request.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let g = GuardProcess { exe: common::bin().to_path_buf() };
+        let g = GuardProcess { exe: harness::bin().to_path_buf() };
         let frozen = g.freeze(std::slice::from_ref(&lm.dir), Duration::from_secs(60)).await.unwrap();
         let mut w = writer(&lm.dir);
-        common::wait_for("the writer to block", Duration::from_secs(20), || stat_state(w.id()) == Some('D'));
+        harness::wait_for("the writer to block", Duration::from_secs(20), || stat_state(w.id()) == Some('D'));
         assert_eq!(frozen.thaw().await.unwrap(), "requested");
         assert!(w.wait().unwrap().success());
         // A path that is not a mount point of a freezable filesystem: a clear error.
@@ -256,7 +249,7 @@ impl Freezer for ImagingFreezer {
         let inner = self.inner.freeze(mounts, timeout).await?;
         let img = self.images.join(&self.volume);
         std::fs::create_dir_all(&img)?;
-        common::run_ok(Command::new("cp").arg("-a").arg(format!("{}/.", mounts[0].display())).arg(&img));
+        harness::run_ok(Command::new("cp").arg("-a").arg(format!("{}/.", mounts[0].display())).arg(&img));
         Ok(Box::new(ImagingFrozen { inner, thaws: self.thaws.clone() }))
     }
 }
@@ -290,7 +283,9 @@ impl Host for ImageHost {
         let s = self.ec2.client().describe_snapshots().snapshot_ids(&snap).send().await?;
         let source = s.snapshots()[0].volume_id().unwrap().to_string();
         std::fs::create_dir_all(dir)?;
-        common::run_ok(Command::new("cp").arg("-a").arg(format!("{}/.", self.images.join(&source).display())).arg(dir));
+        harness::run_ok(
+            Command::new("cp").arg("-a").arg(format!("{}/.", self.images.join(&source).display())).arg(dir),
+        );
         self.mounted.lock().unwrap().push((vol.to_string(), dir.to_path_buf()));
         Ok(())
     }
@@ -301,11 +296,11 @@ impl Host for ImageHost {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
-    aws_env();
+    harness::aws_env();
     let Some(lm) = LoopMount::new(256) else { return };
     let data = lm.dir.join("pgdata");
     std::fs::create_dir_all(&data).unwrap();
-    common::chown_postgres(&data);
+    harness::chown_postgres(&data);
     std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let mut pg = Pg::init_at(Some(data.clone()));
     let moto = Moto::start();
@@ -319,7 +314,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     let mounts = tidemark::snapshot::discover::read_mountinfo(Path::new("/proc")).unwrap();
     let canon = lm.dir.canonicalize().unwrap();
     let m = tidemark::snapshot::discover::mount_for(&canon, &mounts).unwrap().clone();
-    let work = common::postgres_dir("ebs");
+    let work = harness::postgres_dir("ebs");
     let sys = work.path().join("sys");
     std::fs::create_dir_all(sys.join("dev/block")).unwrap();
     std::os::unix::fs::symlink(
@@ -355,7 +350,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     let images = work.path().join("images");
     let thaws = Arc::new(Mutex::new(Vec::new()));
     let freezer = ImagingFreezer {
-        inner: GuardProcess { exe: common::bin().to_path_buf() },
+        inner: GuardProcess { exe: harness::bin().to_path_buf() },
         images: images.clone(),
         volume: volume.clone(),
         thaws: thaws.clone(),
@@ -415,7 +410,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
 
     let host = ImageHost { ec2: ec2.clone(), images, mounted: Mutex::new(Vec::new()) };
     let target_dir = work.path().join("restored");
-    let port = common::free_port();
+    let port = harness::free_port();
     let req = tidemark::restore::Request {
         target_dir: target_dir.clone(),
         target: tidemark::catalog::restore_plan::Target::Time(tidemark::cmd::parse_time(&target).unwrap()),
@@ -424,7 +419,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
         port: Some(port),
         config_path: Some(t.config.clone()),
         region: None,
-        exe: Some(common::bin().to_path_buf()),
+        exe: Some(harness::bin().to_path_buf()),
         ebs: Default::default(),
     };
     let report = tidemark::restore::run_with(&cfg, &repo, &req, &host).await.unwrap();
@@ -436,9 +431,9 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     assert!(v.attachments.iter().any(|(i, d, _)| i == &instance && d == "/dev/sdg"), "{v:?}");
     assert_eq!(host.mounted.lock().unwrap()[0].1, target_dir);
 
-    let r = common::psql(&pg.sock, port, "SELECT count(*), min(id) FROM orders");
+    let r = harness::psql(&pg.sock, port, "SELECT count(*), min(id) FROM orders");
     let stop = || {
-        let _ = common::as_postgres(common::pg_bin().join("pg_ctl"))
+        let _ = harness::as_postgres(harness::pg_bin().join("pg_ctl"))
             .arg("-D")
             .arg(&report.data_dir)
             .args(["-w", "-m", "immediate", "stop"])
@@ -451,20 +446,21 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
 
 #[tokio::test]
 async fn identity_comes_from_imdsv2_unless_configured() {
-    aws_env();
-    let imds = common::imds_server(&[
+    harness::aws_env();
+    let imds = harness::imds_server(&[
         ("/latest/meta-data/instance-id", "i-0fedcba9876543210"),
         ("/latest/meta-data/placement/availability-zone", "eu-central-1b"),
         ("/latest/meta-data/placement/region", "eu-central-1"),
     ]);
-    // Only this test in this binary asks IMDS: the others configure ebs.instance_id.
+    // The endpoint is process-wide, so every test shares it: only this one asks IMDS (the
+    // EBS tests configure ebs.instance_id; the SDK chains have AWS_EC2_METADATA_DISABLED).
     std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{imds}"));
     let got = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap();
     assert_eq!(got, ("i-0fedcba9876543210".to_string(), "eu-central-1".to_string(), "eu-central-1b".to_string()));
     let got = tidemark::snapshot::ec2::identity(Some("i-0abc"), None, Some("eu-central-1c")).await.unwrap();
     assert_eq!(got, ("i-0abc".to_string(), "eu-central-1".to_string(), "eu-central-1c".to_string()));
     // Not on EC2: the error says which settings replace IMDS.
-    std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{}", common::free_port()));
+    std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{}", harness::free_port()));
     let e = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap_err();
     assert!(format!("{e:#}").contains("set ebs.instance_id, ebs.region and ebs.availability_zone"), "{e:#}");
 }

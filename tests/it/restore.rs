@@ -2,27 +2,17 @@
 //! on S3 (moto): exact rows at a target time, --latest, refusals with the window,
 //! a damaged bundle, verify, and the promoted copy's timeline 2.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Moto, Pg, Restored, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::harness::{self, stderr, stdout, Moto, Pg, Restored, Tidemark};
 
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || payload, ',' order by id), '')) from t";
 
 fn restore(tm: &Tidemark, pg: &Pg, dir: &Path, target: &[&str]) -> (Output, Restored) {
-    common::restore_started(tm, pg, dir, target)
+    harness::restore_started(tm, pg, dir, target)
 }
 
 fn scenario(url: &str, endpoint: Option<String>) {
@@ -32,7 +22,7 @@ fn scenario(url: &str, endpoint: Option<String>) {
     pg.start();
     // A tablespace outside the data directory: restores must put it beside the new
     // directory and never touch the source's.
-    let ts_dir = common::postgres_dir("tblspc");
+    let ts_dir = harness::postgres_dir("tblspc");
     pg.sql(&format!("create tablespace ts location '{}'", ts_dir.path().display()));
     pg.sql("create table in_ts(id int) with (autovacuum_enabled = false) tablespace ts");
     pg.sql("insert into in_ts select generate_series(1, 5000)");
@@ -45,7 +35,7 @@ fn scenario(url: &str, endpoint: Option<String>) {
     pg.sql("insert into t select g, md5(g::text) from generate_series(1, 1000) g");
 
     // Nothing restorable before the first backup: refused, nothing written.
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let early = scratch.path().join("early");
     let o = tm.cmd(&["restore", "--target-dir", early.to_str().unwrap(), "--latest"]).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -169,7 +159,7 @@ fn scenario(url: &str, endpoint: Option<String>) {
     assert!(stderr(&o).contains("b000000"), "{}", stderr(&o));
     assert!(broken.join("TIDEMARK_RESTORE_INCOMPLETE").is_file());
     assert!(!broken.join("global/pg_control").exists());
-    let o = common::as_postgres(common::pg_bin().join("pg_ctl"))
+    let o = harness::as_postgres(harness::pg_bin().join("pg_ctl"))
         .arg("-D")
         .arg(&broken)
         .args(["-w", "-t", "10", "start"])
@@ -221,7 +211,7 @@ fn store_for(url: &str, endpoint: Option<String>) -> std::sync::Arc<dyn tidemark
 
 #[test]
 fn point_in_time_restore_fs() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     scenario(&Tidemark::fs_url(repo.path()), None);
 }
 

@@ -2,27 +2,17 @@
 //! primary archiving under the same handle (split brain), two new databases racing for one
 //! fresh handle, a planted segment that does not chain, and restores that prove their end.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Pg, Restored, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::harness::{self, stderr, stdout, Pg, Restored, Tidemark};
 
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || who, ',' order by id), '')) from t";
 
 fn restore_latest(tm: &Tidemark, pg: &Pg, dir: &Path) -> (Output, Restored) {
-    common::restore_started(tm, pg, dir, &["--latest"])
+    harness::restore_started(tm, pg, dir, &["--latest"])
 }
 
 /// A server with 1 MiB segments archiving through `tm`'s config, with a daemon.
@@ -63,7 +53,7 @@ fn index_key(repo: &Path, handle: &str, seg: &str) -> PathBuf {
 
 #[test]
 fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let url = Tidemark::fs_url(repo.path());
     for round in 0..5 {
         let handle = format!("sb{round}");
@@ -99,12 +89,12 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
         for _ in 0..4 {
             write_and_switch(loser, "loser", 300);
         }
-        common::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
+        harness::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
             archiver_failures(loser) > 0
         });
         tm_l.start_daemon();
         let later: Vec<String> = (1..4).map(|k| nth_after(&first, k)).collect();
-        common::wait_for("the loser's daemon to try its later segments", Duration::from_secs(60), || {
+        harness::wait_for("the loser's daemon to try its later segments", Duration::from_secs(60), || {
             let log = tm_l.daemon_log();
             later.iter().all(|n| log.contains(&format!("file={n}")))
         });
@@ -143,7 +133,7 @@ fn a_cold_copy_under_the_same_handle_never_mixes_histories() {
             tm_l.daemon_log()
         );
         let want = winner.sql(CHECKSUM);
-        let scratch = common::postgres_dir("restore");
+        let scratch = harness::postgres_dir("restore");
         if round == 0 {
             planted_segment_is_caught(&repo, &handle, tm_w, tm_l, loser, &primary, &scratch);
         }
@@ -231,7 +221,7 @@ fn planted_segment_is_caught(
 
 #[test]
 fn two_new_databases_racing_for_one_handle_leave_one_identity() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let url = Tidemark::fs_url(repo.path());
     for round in 0..5 {
         let handle = format!("race{round}");
@@ -247,7 +237,7 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
             s.spawn(|| b.sql("select pg_switch_wal()"));
         });
         let sysid = |pg: &Pg| {
-            let o = common::run_ok(std::process::Command::new(common::pg_bin().join("pg_controldata")).arg(&pg.data));
+            let o = harness::run_ok(std::process::Command::new(harness::pg_bin().join("pg_controldata")).arg(&pg.data));
             let text = String::from_utf8_lossy(&o.stdout).into_owned();
             text.lines()
                 .find_map(|l| l.strip_prefix("Database system identifier:"))
@@ -255,14 +245,14 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
                 .unwrap()
         };
         let (id_a, id_b) = (sysid(&a), sysid(&b));
-        common::wait_for("one server to archive", Duration::from_secs(60), || {
+        harness::wait_for("one server to archive", Duration::from_secs(60), || {
             a.sql("select archived_count from pg_stat_archiver") != "0"
                 || b.sql("select archived_count from pg_stat_archiver") != "0"
         });
         let a_won = a.sql("select archived_count from pg_stat_archiver") != "0";
         let (winner, loser, tm_w, win_id, lose_id) =
             if a_won { (&a, &b, &tm_a, &id_a, &id_b) } else { (&b, &a, &tm_b, &id_b, &id_a) };
-        common::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
+        harness::wait_for("the loser's archive_command to fail", Duration::from_secs(60), || {
             archiver_failures(loser) > 0
         });
         assert_eq!(loser.sql("select archived_count from pg_stat_archiver"), "0", "round {round}: both archived");
@@ -298,7 +288,7 @@ fn two_new_databases_racing_for_one_handle_leave_one_identity() {
             assert_eq!(o.status.code(), Some(1));
             assert!(stderr(&o).contains("inside (or holds) the source cluster"), "{}", stderr(&o));
             assert!(!inside.exists(), "nothing may be written inside the source");
-            let scratch = common::postgres_dir("restore");
+            let scratch = harness::postgres_dir("restore");
             let (o, r) = restore_latest(tm_w, winner, &scratch.path().join("latest"));
             assert!(o.status.success(), "restore: {}{}", stdout(&o), stderr(&o));
             assert_eq!(r.sql(CHECKSUM), winner.sql(CHECKSUM));
@@ -317,11 +307,11 @@ fn kill_and_restart_daemon(tm: &mut Tidemark) {
 #[test]
 fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     rt.block_on(moto.create_bucket("chaos"));
     // One request in ten broken: resets, 503 SlowDown, 500, truncated bodies, delays, and
     // resets after the request was applied.
-    let proxy = common::ChaosProxy::start(moto.port, 10);
+    let proxy = harness::ChaosProxy::start(moto.port, 10);
     let (mut pg, mut tm) = {
         let pg = Pg::init_with(None, &["--wal-segsize=1"]);
         let mut tm = Tidemark::for_pg("chaos", "s3://chaos/p", Some(&proxy.endpoint()), &pg);
@@ -342,7 +332,7 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
         kill_and_restart_daemon(&mut tm);
         pg.pgbench(&["-n", "-c", "2", "-t", "500"]);
         pg.sql("select pg_switch_wal()");
-        common::wait_for("archiving to go on after the daemon kill", Duration::from_secs(120), || {
+        harness::wait_for("archiving to go on after the daemon kill", Duration::from_secs(120), || {
             archived(&pg) > before
         });
         eprintln!("daemon kill {}: {} segments archived so far", kill + 1, archived(&pg));
@@ -357,7 +347,7 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     let gaps: usize = report["timelines"].as_array().unwrap().iter().map(|t| t["gaps"].as_array().unwrap().len()).sum();
     assert_eq!(gaps, 0);
     // A first-attempt restore of everything archived, through the same faulty store.
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let (o, r) = restore_latest(&tm, &pg, &scratch.path().join("latest"));
     assert!(o.status.success(), "restore through the faulty store: {}{}", stdout(&o), stderr(&o));
     let got = r.sql("select count(*) || ':' || sum(abalance) || ':' || (select count(*) from pgbench_history) from pgbench_accounts");
@@ -368,7 +358,7 @@ fn archiving_and_restore_survive_a_faulty_store_and_daemon_kills() {
     eprintln!(
         "faulty store: {requests} requests, {} faults injected ({}); {segments} segments archived, {failed} archive_command failures, {gaps} gaps, restore succeeded on the first attempt",
         injected.iter().sum::<u64>(),
-        common::CHAOS_KINDS.iter().zip(injected).map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+        harness::CHAOS_KINDS.iter().zip(injected).map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
     );
     assert!(injected.iter().all(|n| *n > 0), "every kind of fault was injected: {injected:?}");
     tm.stop_daemon();
@@ -403,14 +393,14 @@ fn leftovers(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
 
 /// Waits until `cond`, or the child exits; then SIGKILLs the child.
 fn kill_when(child: &mut std::process::Child, what: &str, mut cond: impl FnMut() -> bool) {
-    common::wait_for(what, Duration::from_secs(60), || cond() || child.try_wait().ok().flatten().is_some());
+    harness::wait_for(what, Duration::from_secs(60), || cond() || child.try_wait().ok().flatten().is_some());
     let _ = child.kill();
     let _ = child.wait();
 }
 
 #[test]
 fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let url = Tidemark::fs_url(repo.path());
     let (mut pg, mut tm) = server("kills", &url);
     pg.start();
@@ -428,7 +418,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
                 for _ in 0..3 {
                     write_and_switch(&pg, "push", 2000);
                 }
-                common::wait_for("a push to complete", Duration::from_secs(60), || {
+                harness::wait_for("a push to complete", Duration::from_secs(60), || {
                     tm.daemon_stats()["stored"].as_u64().unwrap_or(0) > before
                 });
                 tm.kill_daemon();
@@ -501,7 +491,7 @@ fn twenty_kill_9_rounds_during_push_backup_and_purge_leave_nothing_behind() {
     }
     assert!(backups(&tm).is_empty(), "{:?}", backups(&tm));
     tm.stop_daemon();
-    common::run_ok(std::process::Command::new("find").arg(repo.path()).args([
+    harness::run_ok(std::process::Command::new("find").arg(repo.path()).args([
         "-exec",
         "touch",
         "-h",
@@ -542,7 +532,7 @@ fn failed(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn check_proves_the_archive_path_and_names_what_is_wrong() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let (mut pg, mut tm) = server("chk", &Tidemark::fs_url(repo.path()));
     pg.conf("archive_timeout = 60");
     pg.start();
@@ -562,9 +552,9 @@ fn check_proves_the_archive_path_and_names_what_is_wrong() {
     tm.start_daemon();
 
     // A read-only repository: the probe and then the switch fail, with the fix.
-    common::run_ok(std::process::Command::new("chmod").arg("0500").arg(repo.path()));
+    harness::run_ok(std::process::Command::new("chmod").arg("0500").arg(repo.path()));
     let (o, v) = check(&tm, &[]);
-    common::run_ok(std::process::Command::new("chmod").arg("0700").arg(repo.path()));
+    harness::run_ok(std::process::Command::new("chmod").arg("0700").arg(repo.path()));
     assert_eq!(o.status.code(), Some(1));
     assert!(failed(&v).contains(&"repository".to_string()), "{v:#}");
     let probe = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "repository").unwrap().clone();
@@ -573,7 +563,7 @@ fn check_proves_the_archive_path_and_names_what_is_wrong() {
     // An archive_command that does not call tidemark with this config.
     pg.sql("alter system set archive_command = 'cp %p /dev/null'");
     pg.sql("select pg_reload_conf()");
-    common::wait_for("the new archive_command", Duration::from_secs(10), || {
+    harness::wait_for("the new archive_command", Duration::from_secs(10), || {
         pg.sql("show archive_command") == "cp %p /dev/null"
     });
     let (o, v) = check(&tm, &[]);
@@ -596,7 +586,7 @@ fn check_proves_the_archive_path_and_names_what_is_wrong() {
 #[test]
 fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
     use std::os::unix::fs::MetadataExt;
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let (mut pg, tm) = server("rooted", &Tidemark::fs_url(repo.path()));
     pg.start();
     pg.sql("create table t(id int primary key, who text)");
@@ -605,7 +595,7 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
     let o = tm.cmd(&["--output", "json", "backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["id"].as_str().unwrap().to_string();
-    let (uid, _) = common::postgres_ids();
+    let (uid, _) = harness::postgres_ids();
     let mut stack = vec![repo.path().to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).unwrap().flatten() {
@@ -627,13 +617,13 @@ fn a_root_backup_leaves_nothing_the_database_user_cannot_use() {
 
 #[test]
 fn stray_history_files_are_reported_never_followed_and_removed() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     stray_history_files(&Tidemark::fs_url(repo.path()), None);
 }
 
 #[test]
 fn stray_history_files_in_s3_are_reported_never_followed_and_removed() {
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(moto.create_bucket("hist"));
     stray_history_files("s3://hist/p", Some(&moto.endpoint()));
@@ -669,7 +659,7 @@ fn stray_history_files(url: &str, endpoint: Option<&str>) {
     assert!(stdout(&v).contains("00000005.history") && !stdout(&v).contains("00000002.history"), "{}", stdout(&v));
     // `--latest` follows timeline 1 (the only lineage with WAL) and gets every row.
     let want = pg.sql(CHECKSUM);
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let dir = scratch.path().join("latest");
     let (o, restored) = restore_latest(&tm, &pg, &dir);
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
@@ -730,7 +720,7 @@ fn json_of(tm: &Tidemark, args: &[&str], ok: bool) -> serde_json::Value {
 
 #[test]
 fn every_command_prints_one_json_document() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let (mut pg, mut tm) = server("json", &Tidemark::fs_url(repo.path()));
     pg.conf("archive_timeout = 60");
     pg.start();
@@ -741,7 +731,7 @@ fn every_command_prints_one_json_document() {
     let id = b["id"].as_str().unwrap().to_string();
     write_and_switch(&pg, "b", 100);
     pg.switch_wal_archived(Duration::from_secs(60));
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let target = scratch.path().join("r");
     let ring = scratch.path().join("ring");
     for (args, ok) in [

@@ -1,15 +1,16 @@
 //! One contract suite for every `ObjectStore`: the fs store, S3 through a local moto server,
 //! the in-memory store, and the fault-injecting wrapper with no fault set.
 
-mod common;
-
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use tidemark::store::faulty::Faulty;
 use tidemark::store::memory::MemoryStore;
 use tidemark::store::{self, ObjectStore, PutOutcome, StoreOptions};
 use tokio::io::AsyncReadExt;
+
+use crate::harness;
 
 async fn contract(s: Arc<dyn ObjectStore>) {
     // Absent objects.
@@ -78,24 +79,14 @@ async fn contract(s: Arc<dyn ObjectStore>) {
 
     // More than 1,000 objects: every listing paginates.
     let n = 1_234;
-    futures::future::try_join_all((0..n).map(|i| {
-        let s = s.clone();
-        async move { s.put(&format!("many/{i:05}"), Bytes::from(i.to_string())).await }
-    }))
-    .await
-    .unwrap();
+    put_all((0..n).map(|i| (format!("many/{i:05}"), Bytes::from(i.to_string()))), &s).await;
     let all = s.list("many/").await.unwrap();
     assert_eq!(all.len(), n);
     assert_eq!(all[0].key, "many/00000");
     assert_eq!(all[n - 1].key, format!("many/{:05}", n - 1));
     assert!(all.windows(2).all(|w| w[0].key < w[1].key));
     // A level listing paginates too, objects and directories alike.
-    futures::future::try_join_all((0..1_100).map(|i| {
-        let s = s.clone();
-        async move { s.put(&format!("many/d{i:05}/x"), Bytes::from_static(b"x")).await }
-    }))
-    .await
-    .unwrap();
+    put_all((0..1_100).map(|i| (format!("many/d{i:05}/x"), Bytes::from_static(b"x"))), &s).await;
     let l = s.list_level("many/").await.unwrap();
     assert_eq!((l.objects.len(), l.dirs.len()), (n, 1_100));
     assert_eq!(l.dirs[1_099], "many/d01099/");
@@ -106,6 +97,20 @@ async fn contract(s: Arc<dyn ObjectStore>) {
     let r = keys(s.list_between("many/", Some("many/01230"), None).await.unwrap());
     assert_eq!(&r[..4], ["many/01231", "many/01232", "many/01233", "many/d00000/x"]);
     assert_eq!(keys(s.list_between("many/", None, Some("many/00002")).await.unwrap()), ["many/00000", "many/00001"]);
+}
+
+/// Puts every `(key, body)`, a few at a time: a thousand at once is a thousand connects to
+/// moto, whose listen queue (128) then overflows on a busy machine and connects time out.
+async fn put_all(objects: impl Iterator<Item = (String, Bytes)>, s: &Arc<dyn ObjectStore>) {
+    futures::stream::iter(objects)
+        .map(|(key, body)| {
+            let s = s.clone();
+            async move { s.put(&key, body).await }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -145,7 +150,7 @@ fn walk(p: &std::path::Path) -> Vec<String> {
 
 #[tokio::test]
 async fn s3_store_meets_the_contract() {
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     moto.create_bucket("contract").await;
     let opts = StoreOptions {
         region: Some("us-east-1".into()),
@@ -165,10 +170,8 @@ async fn s3_store_meets_the_contract() {
 
 #[tokio::test]
 async fn s3_store_unreachable_is_a_clear_error() {
-    for (k, v) in common::AWS_ENV {
-        std::env::set_var(k, v);
-    }
-    let port = common::free_port();
+    harness::aws_env();
+    let port = harness::free_port();
     let opts = StoreOptions {
         region: Some("us-east-1".into()),
         endpoint: Some(format!("http://127.0.0.1:{port}")),

@@ -8,63 +8,25 @@
 //! counts, and the restored server's "recovery stopping before commit of transaction X,
 //! time T".
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::{Pg, Tidemark};
 use tidemark::catalog::wal_index;
 use tidemark::wal::name::Segment;
 use tidemark::wal::record;
+
+use crate::harness::{self, stderr, stdout, Pg, Restored, Tidemark};
 
 const SEG: u64 = 1 << 20;
 
 const CHECKSUM: &str =
     "select count(*) || ':' || md5(coalesce(string_agg(id::text || ':' || payload, ',' order by id), '')) from t";
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A restored cluster of the major's binaries, stopped on drop.
-struct Restored {
-    dir: PathBuf,
-    sock: PathBuf,
-    port: u16,
-    bin: PathBuf,
-}
-
-impl Restored {
-    fn sql(&self, sql: &str) -> String {
-        common::psql(&self.sock, self.port, sql)
-    }
-
-    fn pg_ctl(&self, args: &[&str]) -> Output {
-        common::as_postgres(self.bin.join("pg_ctl")).arg("-D").arg(&self.dir).args(args).output().unwrap()
-    }
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-w", "-m", "immediate", "stop"]);
-    }
-}
-
 fn restore(tm: &Tidemark, pg: &Pg, dir: &Path, target: &[&str]) -> (Output, Restored) {
-    let port = common::free_port();
-    let p = port.to_string();
-    let mut args = vec!["restore", "--target-dir", dir.to_str().unwrap(), "--start", "--port", &p];
-    args.extend_from_slice(target);
-    let o = tm.cmd(&args).output().unwrap();
-    (o, Restored { dir: dir.to_path_buf(), sock: pg.sock.clone(), port, bin: pg.bin.clone() })
+    harness::restore_started(tm, pg, dir, target)
 }
 
 /// PostgreSQL's timestamptz text (`2026-12-01 10:00:00.123456+00`) or RFC 3339, in UTC.
@@ -107,7 +69,7 @@ fn batch(sql: impl Fn(&str) -> String, lo: u32) -> u32 {
 
 fn scenario(major: u32) {
     let started = Instant::now();
-    let repo_dir = common::postgres_dir("repo");
+    let repo_dir = harness::postgres_dir("repo");
     let url = Tidemark::fs_url(repo_dir.path());
     let mut pg = Pg::init_major(major, &["--wal-segsize=1"]);
     let handle = format!("maj{major}");
@@ -221,7 +183,7 @@ fn scenario(major: u32) {
     assert!(stdout(&o).contains("restorable by time from"), "{}", stdout(&o));
 
     // Restore to t2: exactly t2's rows; the server stopped before t3's commit, at its time.
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let at_t2 = scratch.path().join("t2");
     let (o, r) = restore(&tm, &pg, &at_t2, &["--target-time", &marks[1]]);
     let log = std::fs::read_to_string(at_t2.join("tidemark-restore.log")).unwrap_or_default();
@@ -245,7 +207,7 @@ fn scenario(major: u32) {
     conf.push_str(&format!(
         "archive_mode = on\narchive_command = 'TIDEMARK_CLUSTER={copy} TIDEMARK_POSTGRES_DATA_DIR={} {} --config {} wal-push %p'\n",
         at_t2.display(),
-        common::bin().display(),
+        harness::bin().display(),
         tm.config.display()
     ));
     std::fs::write(&auto, conf).unwrap();
@@ -258,7 +220,7 @@ fn scenario(major: u32) {
     let seg2 = r.sql("select pg_walfile_name(pg_current_wal_lsn())");
     assert!(seg2.starts_with("00000002"), "{seg2}");
     r.sql("select pg_switch_wal()");
-    common::wait_for("the copy to archive its segment", Duration::from_secs(60), || {
+    harness::wait_for("the copy to archive its segment", Duration::from_secs(60), || {
         let last = r.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
         last.len() >= 24 && last[..24] >= *seg2
     });
@@ -290,7 +252,7 @@ fn scenario(major: u32) {
     let x2_ts = commit_ts(|q| r.sql(q), &[x2])[&x2];
     let seg3 = r.sql("select pg_walfile_name(pg_current_wal_lsn())");
     r.sql("select pg_switch_wal()");
-    common::wait_for("the copy to archive its commit", Duration::from_secs(60), || {
+    harness::wait_for("the copy to archive its commit", Duration::from_secs(60), || {
         let last = r.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
         last.len() >= 24 && last[..24] >= *seg3
     });
@@ -322,7 +284,7 @@ fn scenario(major: u32) {
     let wrong = scratch.path().join("wrong-major");
     let o = tm
         .cmd(&["restore", "--target-dir", wrong.to_str().unwrap(), "--latest", "--start", "--port", "1"])
-        .env("TIDEMARK_POSTGRES_BIN_DIR", common::pg_major_bin(other))
+        .env("TIDEMARK_POSTGRES_BIN_DIR", harness::pg_major_bin(other))
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
@@ -351,7 +313,7 @@ fn scenario(major: u32) {
 /// --target-time restore say commit times are unknown and what works, not "no commits".
 #[test]
 fn unknown_major_keeps_archiving_and_says_what_works() {
-    let repo_dir = common::postgres_dir("repo");
+    let repo_dir = harness::postgres_dir("repo");
     let url = Tidemark::fs_url(repo_dir.path());
     let mut pg = Pg::init_major(15, &["--wal-segsize=1"]);
     let tm = Tidemark::for_pg("future", &url, None, &pg);
@@ -363,11 +325,11 @@ fn unknown_major_keeps_archiving_and_says_what_works() {
         "import os, re, sys\np = sys.argv[1]\nif re.fullmatch(r'[0-9A-F]{24}', os.path.basename(p)):\n    with open(p, 'r+b') as f:\n        for off in range(0, os.fstat(f.fileno()).st_size, 8192):\n            f.seek(off)\n            if f.read(2) != b'\\0\\0':\n                f.seek(off)\n                f.write((0xD121).to_bytes(2, 'little'))\n",
     )
     .unwrap();
-    common::chown_postgres(&script);
+    harness::chown_postgres(&script);
     pg.conf(&format!(
         "archive_command = 'python3 {} %p && {} --config {} wal-push %p'",
         script.display(),
-        common::bin().display(),
+        harness::bin().display(),
         tm.config.display()
     ));
     pg.start();
@@ -395,7 +357,7 @@ fn unknown_major_keeps_archiving_and_says_what_works() {
     let text = stdout(&o);
     assert!(text.contains(&format!("by LSN; commit times unknown: {why}")), "{text}");
     assert!(!text.contains("no commits"), "{text}");
-    let scratch = common::postgres_dir("restore");
+    let scratch = harness::postgres_dir("restore");
     let dir = scratch.path().join("t");
     let o = tm.cmd(&["restore", "--target-dir", dir.to_str().unwrap(), "--target-time", &mark]).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

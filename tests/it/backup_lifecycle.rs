@@ -4,18 +4,12 @@
 //! temp files and empty directories from the fs repository and leaves fresh ones; the S3
 //! sweep aborts only old multipart uploads under its prefix.
 
-mod common;
-
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use common::{Pg, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use crate::harness::{self, stderr, Pg, Tidemark};
 
 fn json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", stderr(o));
@@ -27,18 +21,30 @@ fn list(tm: &Tidemark) -> Vec<serde_json::Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
+/// [`list`], or none while the cluster's record is not there yet (the daemon's first backup
+/// or archived segment writes it; until then the repository "holds no cluster", or, with
+/// its directory made and the record not yet in it, "no cluster 'NAME'").
+fn list_once_there(tm: &Tidemark) -> Vec<serde_json::Value> {
+    let o = tm.cmd(&["backup", "list", "--output", "json"]).output().unwrap();
+    let err = stderr(&o);
+    if !o.status.success() && (err.contains("holds no cluster") || err.contains("no cluster 'retry'")) {
+        return Vec::new();
+    }
+    json(&o).as_array().cloned().unwrap_or_default()
+}
+
 fn state_of(tm: &Tidemark, id: &str) -> Option<String> {
     list(tm).iter().find(|b| b["id"] == id).and_then(|b| b["state"].as_str().map(str::to_string))
 }
 
 /// Sets a path's mtime `hours` back (as a writer killed that long ago would have left it).
 fn age(p: &Path, hours: u32) {
-    common::run_ok(std::process::Command::new("touch").arg("-h").arg("-d").arg(format!("{hours} hours ago")).arg(p));
+    harness::run_ok(std::process::Command::new("touch").arg("-h").arg("-d").arg(format!("{hours} hours ago")).arg(p));
 }
 
 #[test]
 fn failed_automatic_backup_is_retried_within_its_slot() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("retry", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -49,9 +55,10 @@ fn failed_automatic_backup_is_retried_within_its_slot() {
     tm.daemon_env.push(("TIDEMARK_FAILPOINT".into(), "backup-copy:error:2".into()));
     tm.daemon_env.push(("TDMK_TEST_MINUTE_MS".into(), "200".into()));
     tm.start_daemon();
-    let completed =
-        |tm: &Tidemark| list(tm).iter().filter(|b| b["kind"] == "automatic" && b["state"] == "completed").count();
-    common::wait_for("the retried automatic backup", Duration::from_secs(120), || completed(&tm) == 1);
+    let completed = |tm: &Tidemark| {
+        list_once_there(tm).iter().filter(|b| b["kind"] == "automatic" && b["state"] == "completed").count()
+    };
+    harness::wait_for("the retried automatic backup", Duration::from_secs(120), || completed(&tm) == 1);
     let log = tm.daemon_log();
     assert!(log.contains("failpoint backup-copy: injected failure"), "{log}");
     assert!(log.contains("attempt=1") && log.contains("attempt=2") && !log.contains("attempt=3"), "{log}");
@@ -66,9 +73,39 @@ fn failed_automatic_backup_is_retried_within_its_slot() {
     pg.stop();
 }
 
+/// The daemon's periodic work runs as separate tasks: while its automatic backup is held
+/// inside its copy (an EBS backup waits hours for its snapshots), the hourly retention
+/// sweep still runs on time. A timer minute of 200 ms makes the hour 12 s.
+#[test]
+fn a_backup_held_in_its_copy_does_not_hold_up_the_sweep() {
+    let repo = harness::postgres_dir("repo");
+    let mut pg = Pg::init();
+    let mut tm = Tidemark::for_pg("apart", &Tidemark::fs_url(repo.path()), None, &pg);
+    pg.archive_to(&tm.config);
+    pg.start();
+    let go = repo.path().join("go-ahead");
+    tm.daemon_env.push(("TIDEMARK_FAILPOINT".into(), format!("backup-copy:pause-until:{}", go.display())));
+    tm.daemon_env.push(("TDMK_TEST_MINUTE_MS".into(), "200".into()));
+    tm.start_daemon();
+    harness::wait_for("the automatic backup to reach its pause", Duration::from_secs(60), || {
+        tm.daemon_log().contains("failpoint backup-copy: paused")
+    });
+    let sweeps = || tm.daemon_log().matches("retention sweep done").count();
+    let before = sweeps();
+    harness::wait_for("two more sweeps while the backup is held", Duration::from_secs(90), || sweeps() >= before + 2);
+    let running = list(&tm).iter().filter(|b| b["kind"] == "automatic" && b["state"] == "running").count();
+    assert_eq!(running, 1, "the held backup must still be running: {}", tm.daemon_log());
+    std::fs::write(&go, b"").unwrap();
+    harness::wait_for("the released backup to complete", Duration::from_secs(120), || {
+        list(&tm).iter().any(|b| b["kind"] == "automatic" && b["state"] == "completed")
+    });
+    tm.stop_daemon();
+    pg.stop();
+}
+
 #[test]
 fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("killed", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -123,7 +160,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
     let new_empty = repo.path().join("clusters/killed/backups/20200102T000000Z/data");
     std::fs::create_dir_all(&old_empty).unwrap();
     std::fs::create_dir_all(&new_empty).unwrap();
-    common::chown_postgres(repo.path());
+    harness::chown_postgres(repo.path());
     age(&old_tmp, 2);
     age(&old_empty, 3);
     age(old_empty.parent().unwrap(), 3);
@@ -148,11 +185,11 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
     // The daemon's sweep applies retention: the failed manual backup is purged, the
     // completed ones stay.
     tm.start_daemon();
-    common::wait_for("the failed backup's purge", Duration::from_secs(120), || state_of(&tm, &id).is_none());
+    harness::wait_for("the failed backup's purge", Duration::from_secs(120), || state_of(&tm, &id).is_none());
     assert!(!repo.path().join(format!("clusters/killed/backups/{id}/manifest.json")).exists());
     assert_eq!(state_of(&tm, &next).as_deref(), Some("completed"));
     // The sweep's summary is logged after the purge has removed the record.
-    common::wait_for("the retention summary", Duration::from_secs(30), || {
+    harness::wait_for("the retention summary", Duration::from_secs(30), || {
         tm.daemon_log().contains(&format!("killed/{id}"))
     });
     tm.stop_daemon();
@@ -161,7 +198,7 @@ fn killed_backup_is_marked_failed_and_purged_and_leftovers_are_swept() {
 
 #[test]
 fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("handed", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -187,10 +224,13 @@ fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
     assert!(stderr(&o).contains(&format!("backup {id} of cluster handed is already running")), "{}", stderr(&o));
     // Go: the daemon finishes it.
     std::fs::write(&go, b"").unwrap();
-    common::wait_for("the daemon's backup to complete", Duration::from_secs(120), || {
+    harness::wait_for("the daemon's backup to complete", Duration::from_secs(120), || {
         state_of(&tm, &id).as_deref() == Some("completed")
     });
-    assert!(tm.daemon_log().contains("manual backup completed"), "{}", tm.daemon_log());
+    // Logged once the completed record is written, so it may trail what `backup list` shows.
+    harness::wait_for("the daemon to log the completed backup", Duration::from_secs(30), || {
+        tm.daemon_log().contains("manual backup completed")
+    });
     // No daemon: the backup is taken here, and says so.
     tm.stop_daemon();
     let o = tm.cmd_as_postgres(&["--output", "json", "backup", "create"]).output().unwrap();
@@ -204,7 +244,7 @@ fn backup_create_returns_at_once_with_the_daemon_and_takes_it_here_without() {
 
 #[tokio::test]
 async fn s3_sweep_aborts_only_old_multipart_uploads_under_its_prefix() {
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     moto.create_bucket("sweep").await;
     let opts = tidemark::store::StoreOptions {
         region: Some("us-east-1".into()),

@@ -1,23 +1,21 @@
 //! Real PostgreSQL 15 archiving through `tidemark wal-push`, to the fs store and to S3 (moto),
 //! with and without the daemon, and across a store outage.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{fake_segment, Moto, Pg, Proxy, Tidemark};
+use crate::harness::{self, fake_segment, Moto, Pg, Proxy, Tidemark};
 
 /// Every archived segment comes back through wal-fetch byte-identical to PostgreSQL's file.
 fn fetch_back_identical(tm: &Tidemark, pg: &Pg, names: &[String]) {
-    let out = common::postgres_dir("fetch");
+    let out = harness::postgres_dir("fetch");
     for n in names {
         let dest = out.path().join("RECOVERYXLOG");
         let o = tm.cmd_as_postgres(&["wal-fetch", n, dest.to_str().unwrap()]).output().unwrap();
         assert!(o.status.success(), "wal-fetch {n}: {}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(
-            common::sha256_file(&dest),
-            common::sha256_file(&pg.data.join("pg_wal").join(n)),
+            harness::sha256_file(&dest),
+            harness::sha256_file(&pg.data.join("pg_wal").join(n)),
             "segment {n} differs"
         );
         std::fs::remove_file(&dest).unwrap();
@@ -39,7 +37,7 @@ async fn assert_no_gaps(url: &str, endpoint: Option<String>, cluster: &str, done
     for n in done {
         assert!(listed.contains(n), "{n} marked done by PostgreSQL but not in the archive");
     }
-    let nums: Vec<u64> = listed.iter().map(|n| common::seg_no(n)).collect();
+    let nums: Vec<u64> = listed.iter().map(|n| harness::seg_no(n)).collect();
     for w in nums.windows(2) {
         assert_eq!(w[1], w[0] + 1, "gap in the archive after segment {}", w[0]);
     }
@@ -71,7 +69,7 @@ async fn archive_run(tm_url: &str, endpoint: Option<String>, with_daemon: bool) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pg_archives_every_segment_to_fs_repo() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     archive_run(&Tidemark::fs_url(repo.path()), None, false).await;
 }
 
@@ -100,7 +98,7 @@ fn store_outage_loses_nothing() {
     proxy.down();
     // Both the daemon and PostgreSQL's own wal-push calls fail while the store is away.
     let during = pg.write_segments(4);
-    common::wait_for("archive failures during the outage", Duration::from_secs(120), || {
+    harness::wait_for("archive failures during the outage", Duration::from_secs(120), || {
         pg.sql("select failed_count from pg_stat_archiver").parse::<u64>().unwrap() > 0
     });
     let last_during = pg.sql("select coalesce(last_archived_wal, '') from pg_stat_archiver");
@@ -120,8 +118,8 @@ fn store_outage_loses_nothing() {
 
 #[test]
 fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
-    let repo = common::postgres_dir("repo");
-    let data = common::postgres_dir("data");
+    let repo = harness::postgres_dir("repo");
+    let data = harness::postgres_dir("data");
     let status = data.path().join("pg_wal/archive_status");
     std::fs::create_dir_all(&status).unwrap();
     let mut tm = Tidemark::new("ra", &Tidemark::fs_url(repo.path()), None, data.path());
@@ -129,14 +127,14 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
     for (i, n) in names.iter().enumerate() {
         std::fs::write(data.path().join("pg_wal").join(n), fake_segment(42, i as u8)).unwrap();
     }
-    common::chown_postgres(data.path());
-    let metrics_port = common::free_port();
+    harness::chown_postgres(data.path());
+    let metrics_port = harness::free_port();
     tm.daemon_env = vec![("TIDEMARK_DAEMON_METRICS_LISTEN".into(), format!("127.0.0.1:{metrics_port}"))];
     tm.start_daemon();
     for n in names {
         std::fs::write(status.join(format!("{n}.ready")), b"").unwrap();
     }
-    common::wait_for("read-ahead to store 3 segments", Duration::from_secs(60), || {
+    harness::wait_for("read-ahead to store 3 segments", Duration::from_secs(60), || {
         tm.daemon_stats()["stored"].as_u64() == Some(3)
     });
     // Now the archiver's call: answered from read-ahead, not pushed again.

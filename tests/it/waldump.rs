@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::harness;
+
 const SEG: u64 = 16 << 20;
 const PAGE: u64 = 8192;
 
@@ -45,10 +47,6 @@ const RMGR_NAMES: [&str; 22] = [
     "Generic",
     "LogicalMessage",
 ];
-
-fn pg_bin_dir() -> PathBuf {
-    std::env::var_os("TEST_PG_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
-}
 
 fn stdout_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -385,7 +383,7 @@ fn workload(pg: &Pg) {
 
 #[test]
 fn reader_matches_pg_waldump() {
-    let bin = pg_bin_dir();
+    let bin = harness::pg_bin();
     let needed = ["initdb", "pg_ctl", "postgres", "psql", "pgbench", "pg_waldump"];
     if let Some(missing) = needed.iter().find(|p| !bin.join(p).exists()) {
         eprintln!(

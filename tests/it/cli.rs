@@ -1,14 +1,12 @@
 //! The CLI on bad inputs: every failure says what went wrong, exits as DESIGN.md says,
 //! and changes nothing it should not.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{fake_segment, Tidemark};
+use crate::harness::{self, fake_segment, stderr, Tidemark};
 
 struct Setup {
     tm: Tidemark,
@@ -40,10 +38,6 @@ impl Setup {
     fn object(&self, cluster: &str, name: &str) -> PathBuf {
         self.repo.path().join(format!("clusters/{cluster}/wal/00000001/{name}"))
     }
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn mode(p: &Path) -> u32 {
@@ -83,9 +77,9 @@ fn push_is_idempotent_and_refuses_different_bytes() {
     let o = s.run(&["wal-push", p.to_str().unwrap()]);
     assert!(o.status.success() && stderr(&o).contains("AlreadyArchived"), "{}", stderr(&o));
 
-    let original = common::sha256_file(&p);
+    let original = harness::sha256_file(&p);
     std::fs::write(&p, fake_segment(7, 9)).unwrap();
-    let changed = common::sha256_file(&p);
+    let changed = harness::sha256_file(&p);
     let o = s.run(&["wal-push", p.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
@@ -118,7 +112,7 @@ fn fetch_of_missing_segment_exits_1_and_writes_nothing() {
     let o =
         s.tm.cmd(&["wal-fetch", S1, dest.to_str().unwrap()])
             .env("TIDEMARK_REPOSITORY_URL", "s3://nowhere/p")
-            .env("TIDEMARK_REPOSITORY_ENDPOINT", format!("http://127.0.0.1:{}", common::free_port()))
+            .env("TIDEMARK_REPOSITORY_ENDPOINT", format!("http://127.0.0.1:{}", harness::free_port()))
             .output()
             .unwrap();
     assert_eq!(o.status.code(), Some(126), "{}", stderr(&o));
@@ -176,7 +170,7 @@ fn corrupt_tampered_or_misplaced_objects_never_reach_dest() {
     std::fs::write(&obj, &good).unwrap();
     let o = s.run(&["wal-fetch", S1, dest.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(common::sha256_file(&dest), common::sha256_file(&p));
+    assert_eq!(harness::sha256_file(&dest), harness::sha256_file(&p));
     std::fs::remove_file(&dest).unwrap();
     let other_ring = out.path().join("other-keyring");
     assert!(s.run(&["keygen", "--out", other_ring.to_str().unwrap()]).status.success());
@@ -233,7 +227,7 @@ fn only_wal_from_pg_wal_is_archived_by_the_cli_and_the_socket() {
         assert!(stderr(&o).contains(needle), "{}: expected '{needle}': {}", p.display(), stderr(&o));
     }
     // The same through the daemon's socket, which a member of its group can reach.
-    common::chown_postgres(s.wal.path());
+    harness::chown_postgres(s.wal.path());
     s.tm.start_daemon();
     for (p, needle) in &cases {
         let a = push_via_socket(&s.tm.socket, p);
@@ -286,10 +280,10 @@ fn keyring_must_be_private() {
 #[test]
 fn front_end_hands_other_commands_to_the_agent_beside_it() {
     // --version, --help and usage errors are the agent's, through the front end.
-    let o = common::run_cmd(common::bin(), &["--version"]);
+    let o = harness::run_cmd(harness::bin(), &["--version"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.starts_with("tidemark "), "{out}{}", stderr(&o));
-    let o = common::run_cmd(common::bin(), &["wal-push"]);
+    let o = harness::run_cmd(harness::bin(), &["wal-push"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("<PATH>"), "clap's usage message expected: {}", stderr(&o));
     // Without the agent beside it the front end says what is missing and exits 126 (which
@@ -298,8 +292,8 @@ fn front_end_hands_other_commands_to_the_agent_beside_it() {
     let d = tempfile::tempdir().unwrap();
     for name in ["tidemark", "renamed", "tidemark-agent"] {
         let lone = d.path().join(name);
-        std::fs::copy(common::bin(), &lone).unwrap();
-        let o = common::run_cmd(&lone, &["status"]);
+        std::fs::copy(harness::bin(), &lone).unwrap();
+        let o = harness::run_cmd(&lone, &["status"]);
         assert_eq!(o.status.code(), Some(126), "{name}: {}", stderr(&o));
         assert!(stderr(&o).contains("tidemark-agent must be installed beside tidemark"), "{name}: {}", stderr(&o));
         std::fs::remove_file(&lone).unwrap();
@@ -311,16 +305,16 @@ fn config_errors_exit_2_and_name_the_field() {
     let s = setup("c6");
     let bad = s.wal.path().join("bad.toml");
     std::fs::write(&bad, "[archive]\nwrokers = 4\n").unwrap();
-    let o = common::run_cmd(common::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
+    let o = harness::run_cmd(harness::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("wrokers"), "{}", stderr(&o));
     std::fs::write(&bad, "[archive]\nworkers = 0\n").unwrap();
-    let o = common::run_cmd(common::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
+    let o = harness::run_cmd(harness::bin(), &["--config", bad.to_str().unwrap(), "wal-push", "x"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("archive.workers"), "{}", stderr(&o));
-    let o = common::run_cmd(common::bin(), &["--config", "/nonexistent.toml", "wal-push", "x"]);
+    let o = harness::run_cmd(harness::bin(), &["--config", "/nonexistent.toml", "wal-push", "x"]);
     assert_eq!(o.status.code(), Some(2));
-    let o = common::run_cmd(common::bin(), &["no-such-command"]);
+    let o = harness::run_cmd(harness::bin(), &["no-such-command"]);
     assert_eq!(o.status.code(), Some(2));
 }
 
@@ -341,13 +335,13 @@ fn serial_fetches_hit_the_read_ahead_spool() {
     assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
     // prefetch = 4 in the test config: the next four arrive in the spool.
     let spool = s.tm.dir.path().join("spool/c7");
-    common::wait_for("read-ahead to spool 4 segments", Duration::from_secs(60), || {
+    harness::wait_for("read-ahead to spool 4 segments", Duration::from_secs(60), || {
         names[1..5].iter().all(|n| spool.join(n).is_file())
     });
     // Plaintext WAL: private whatever the umask of the command that made the spool, and,
     // though this wal-fetch (and the read-ahead it started) ran as root, the database user's.
     use std::os::unix::fs::MetadataExt;
-    let (uid, _) = common::postgres_ids();
+    let (uid, _) = harness::postgres_ids();
     assert_eq!(mode(&spool), 0o700);
     assert_eq!(std::fs::metadata(&spool).unwrap().uid(), uid);
     for e in std::fs::read_dir(&spool).unwrap().flatten() {
@@ -357,13 +351,13 @@ fn serial_fetches_hit_the_read_ahead_spool() {
     for (i, n) in names.iter().enumerate().skip(1) {
         if i == 5 {
             // Not in the first window: read-ahead follows recovery's requests and adds it.
-            common::wait_for("read-ahead to follow to the 6th segment", Duration::from_secs(60), || {
+            harness::wait_for("read-ahead to follow to the 6th segment", Duration::from_secs(60), || {
                 spool.join(n).is_file()
             });
         }
         let o = s.run(&["wal-fetch", n, dest.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.pg_wal().join(n)), "{n}");
+        assert_eq!(harness::sha256_file(&dest), harness::sha256_file(&s.pg_wal().join(n)), "{n}");
         assert!(stderr(&o).contains("FromSpool"), "{n}: {}", stderr(&o));
     }
     let o = s.run(&["wal-fetch", "000000010000000000000007", dest.to_str().unwrap()]);
@@ -373,7 +367,7 @@ fn serial_fetches_hit_the_read_ahead_spool() {
 #[test]
 fn logs_never_contain_key_material_or_credentials() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let moto = common::Moto::start();
+    let moto = harness::Moto::start();
     rt.block_on(moto.create_bucket("secrets"));
     let wal = tempfile::tempdir().unwrap();
     let tm = Tidemark::new("c8", "s3://secrets/p", Some(&moto.endpoint()), wal.path());
@@ -422,7 +416,7 @@ fn systemd_unit_verifies() {
     assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec=") && unit.contains("ProtectSystem=strict"));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tidemark.service");
-    std::fs::write(&path, unit.replace("/usr/bin/tidemark", common::bin().to_str().unwrap())).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/tidemark", harness::bin().to_str().unwrap())).unwrap();
     let o = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
     assert!(o.status.success() && o.stderr.is_empty(), "{}", stderr(&o));
 }
@@ -458,7 +452,7 @@ fn typos_are_never_ok() {
     // No --config and nothing at the default path: exit 2 naming the path, not defaults.
     if !Path::new("/etc/tidemark/tidemark.toml").exists() {
         for args in [vec!["verify"], vec!["wal-push", p.to_str().unwrap()]] {
-            let o = common::run_cmd(common::bin(), &args);
+            let o = harness::run_cmd(harness::bin(), &args);
             assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
             assert!(stderr(&o).contains("no config file at /etc/tidemark/tidemark.toml"), "{}", stderr(&o));
         }
@@ -490,7 +484,7 @@ fn output_contract_json_errors_closed_stdout_and_help() {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     // Help names the command people type.
-    let o = common::run_cmd(common::bin(), &["backup", "--help"]);
+    let o = harness::run_cmd(harness::bin(), &["backup", "--help"]);
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("Usage: tidemark backup") && !out.contains("tidemark-agent"), "{out}");
 }
@@ -516,7 +510,7 @@ fn a_spool_is_served_only_to_the_repository_and_keyring_that_filled_it() {
     };
     let o = fetch(&names[0], &[]);
     assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
-    common::wait_for("read-ahead to spool", Duration::from_secs(60), || spool.join(&names[1]).is_file());
+    harness::wait_for("read-ahead to spool", Duration::from_secs(60), || spool.join(&names[1]).is_file());
     assert_eq!(mode(&spool.join(".owner")), 0o600);
 
     // Another keyring over the same spool: nothing spooled is handed out, the spool is cleared
@@ -533,15 +527,15 @@ fn a_spool_is_served_only_to_the_repository_and_keyring_that_filled_it() {
     // Back to the right keyring: the spool is claimed back and read from the archive first.
     let o = fetch(&names[1], &[]);
     assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
-    assert_eq!(common::sha256_file(&dest), common::sha256_file(&s.pg_wal().join(&names[1])));
-    common::wait_for("read-ahead to spool again", Duration::from_secs(60), || spool.join(&names[2]).is_file());
+    assert_eq!(harness::sha256_file(&dest), harness::sha256_file(&s.pg_wal().join(&names[1])));
+    harness::wait_for("read-ahead to spool again", Duration::from_secs(60), || spool.join(&names[2]).is_file());
     let o = fetch(&names[2], &[]);
     assert!(o.status.success() && stderr(&o).contains("FromSpool"), "{}", stderr(&o));
 
     // Another repository (a copy of this one) with the same keyring is another binding too.
     let copy = out.path().join("repo-copy");
-    common::run_ok(std::process::Command::new("cp").arg("-a").arg(s.repo.path()).arg(&copy));
-    common::wait_for("read-ahead to spool the last one", Duration::from_secs(60), || spool.join(&names[3]).is_file());
+    harness::run_ok(std::process::Command::new("cp").arg("-a").arg(s.repo.path()).arg(&copy));
+    harness::wait_for("read-ahead to spool the last one", Duration::from_secs(60), || spool.join(&names[3]).is_file());
     let url = Tidemark::fs_url(&copy);
     let o = fetch(&names[3], &[("TIDEMARK_REPOSITORY_URL", std::ffi::OsStr::new(&url))]);
     assert!(o.status.success() && stderr(&o).contains("Fetched"), "{}", stderr(&o));
@@ -552,7 +546,7 @@ fn a_spool_is_served_only_to_the_repository_and_keyring_that_filled_it() {
 fn metrics_off_loopback_need_metrics_public_and_are_logged_at_start() {
     let s = setup("c10");
     std::fs::create_dir_all(s.wal.path().join("pg_wal/archive_status")).unwrap();
-    let port = common::free_port();
+    let port = harness::free_port();
     let addr = format!("0.0.0.0:{port}");
     let o = s.tm.cmd(&["daemon"]).env("TIDEMARK_DAEMON_METRICS_LISTEN", &addr).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
@@ -570,10 +564,10 @@ fn metrics_off_loopback_need_metrics_public_and_are_logged_at_start() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-    common::wait_for("metrics to be served", Duration::from_secs(30), || {
+    harness::wait_for("metrics to be served", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    common::run_ok(std::process::Command::new("kill").arg(child.id().to_string()));
+    harness::run_ok(std::process::Command::new("kill").arg(child.id().to_string()));
     let o = child.wait_with_output().unwrap();
     assert!(stderr(&o).contains("off loopback") && stderr(&o).contains(&addr), "{}", stderr(&o));
 }
@@ -582,16 +576,16 @@ fn metrics_off_loopback_need_metrics_public_and_are_logged_at_start() {
 fn keygen_as_root_gives_the_keyring_to_the_database_user() {
     use std::os::unix::fs::MetadataExt;
     let s = setup("c12");
-    let d = common::postgres_dir("ring");
+    let d = harness::postgres_dir("ring");
     let ring = d.path().join("keyring");
     let o = s.run(&["keygen", "--out", ring.to_str().unwrap()]);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("owned by postgres"), "{}", stderr(&o));
-    let (uid, _) = common::postgres_ids();
+    let (uid, _) = harness::postgres_ids();
     assert_eq!(std::fs::metadata(&ring).unwrap().uid(), uid);
     // A keyring the database user cannot read says whose it is and what to do.
     std::os::unix::fs::chown(&s.tm.keyring, Some(0), Some(0)).unwrap();
     let p = s.seg(S1, 7, 0);
-    common::chown_postgres(s.wal.path());
+    harness::chown_postgres(s.wal.path());
     let o = s.tm.cmd_as_postgres(&["wal-push", p.to_str().unwrap()]).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);

@@ -2,11 +2,9 @@
 //! backups and records copied; a purge in the source is followed in the copy; and with
 //! the source repository wiped, `restore --region` recovers a point in time from the copy.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Moto, Pg, Tidemark};
+use crate::harness::{self, Moto, Pg, Tidemark};
 
 fn text(o: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
@@ -14,9 +12,7 @@ fn text(o: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_follow_the_source_and_restore_from_another_region() {
-    for (k, v) in common::AWS_ENV {
-        std::env::set_var(k, v);
-    }
+    harness::aws_env();
     let moto = Moto::start();
     let ep = moto.endpoint();
     moto.create_bucket("east").await;
@@ -83,7 +79,7 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
     assert!(!text(&o).contains(b2["id"].as_str().unwrap()), "the source repository is really empty");
 
     let dir = tm.dir.path().join("restored");
-    let port = common::free_port().to_string();
+    let port = harness::free_port().to_string();
     let o = tm
         .cmd(&[
             "restore",
@@ -100,7 +96,7 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
         .output()
         .unwrap();
     let stop = || {
-        let _ = common::as_postgres(common::pg_bin().join("pg_ctl"))
+        let _ = harness::as_postgres(harness::pg_bin().join("pg_ctl"))
             .arg("-D")
             .arg(&dir)
             .args(["-w", "-m", "immediate", "stop"])
@@ -110,7 +106,7 @@ async fn copies_follow_the_source_and_restore_from_another_region() {
         stop();
         panic!("restore --region failed: {}", text(&o));
     }
-    let rows = common::psql(&pg.sock, port.parse().unwrap(), "SELECT count(*), max(id) FROM orders");
+    let rows = harness::psql(&pg.sock, port.parse().unwrap(), "SELECT count(*), max(id) FROM orders");
     stop();
     assert_eq!(rows, "800|800", "{}", text(&o));
 

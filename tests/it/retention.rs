@@ -2,19 +2,9 @@
 //! (kill -9 at each step leaves `verify` clean), deprovision, orphaned backups, and a
 //! destructive policy change that needs --yes.
 
-mod common;
-
 use std::process::Output;
 
-use common::{Pg, Tidemark};
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::harness::{self, stderr, stdout, Pg, Tidemark};
 
 fn backup(tm: &Tidemark) -> String {
     let o = tm
@@ -35,7 +25,7 @@ fn json(o: &Output) -> serde_json::Value {
 
 #[test]
 fn retention_lifecycle() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let tm = Tidemark::for_pg("life", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -115,7 +105,7 @@ fn retention_lifecycle() {
 
 #[test]
 fn daemon_takes_the_automatic_backup_when_one_is_due() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("sched", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -130,7 +120,7 @@ fn daemon_takes_the_automatic_backup_when_one_is_due() {
             .map(|a| a.iter().filter(|b| b["kind"] == "automatic" && b["state"] == "completed").count())
             .unwrap_or(0)
     };
-    common::wait_for("the daemon's automatic backup", std::time::Duration::from_secs(120), || automatic() == 1);
+    harness::wait_for("the daemon's automatic backup", std::time::Duration::from_secs(120), || automatic() == 1);
     // Excluding the cluster leaves the existing automatic backup alone.
     let o = tm.cmd_as_postgres(&["automatic-backups", "disable"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -143,7 +133,7 @@ fn daemon_takes_the_automatic_backup_when_one_is_due() {
 
 #[test]
 fn daemon_start_after_a_recent_backup_waits_for_the_scheduled_time() {
-    let repo = common::postgres_dir("repo");
+    let repo = harness::postgres_dir("repo");
     let mut pg = Pg::init();
     let mut tm = Tidemark::for_pg("sched2", &Tidemark::fs_url(repo.path()), None, &pg);
     pg.archive_to(&tm.config);
@@ -151,7 +141,7 @@ fn daemon_start_after_a_recent_backup_waits_for_the_scheduled_time() {
     let o = tm.cmd_as_postgres(&["backup", "create", "--wait"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     tm.start_daemon();
-    common::wait_for("the scheduler's first decision", std::time::Duration::from_secs(60), || {
+    harness::wait_for("the scheduler's first decision", std::time::Duration::from_secs(60), || {
         tm.daemon_log().contains("waits for its next scheduled time")
     });
     let v = json(&tm.cmd(&["backup", "list", "--output", "json"]).output().unwrap());
