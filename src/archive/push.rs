@@ -468,7 +468,8 @@ impl Archiver {
         };
         let segment = index.as_ref().map(|(seg, _)| *seg);
         if let (Some(seg), Order::Ahead) = (segment, order) {
-            // Cheap refusals first: no seal for a segment that cannot go ahead anyway.
+            // Cheap refusals first, without waiting: no seal for a segment that cannot go
+            // ahead anyway.
             self.check_ahead(file_name, seg, seg_size, true).await?;
         }
         let _pushing = Pushing::new(&self.pushing, file_name);
@@ -592,32 +593,22 @@ impl Archiver {
         m.insert((seg.timeline, seg.number), idx);
     }
 
-    /// Refuses a segment that does not join the archived segments on either side of it: its
-    /// first record must point back at the predecessor's last record, and the successor's
-    /// first record at its own last one.
     /// What a segment pushed ahead must not have: a predecessor refused here as another
     /// history (everything after it continues that history), or a predecessor not archived
-    /// whose push here failed or, after `PREDECESSOR_WAIT`, is still running. `early`: before
-    /// sealing, without waiting.
-    async fn check_ahead(&self, name: &str, seg: Segment, seg_size: u64, early: bool) -> Result<(), PushError> {
-        let diverged = || {
-            self.diverged_below(seg).map(|m| PushError::ChainBreak {
+    /// whose push here failed or, when `resolved` is false, was still running after
+    /// `PREDECESSOR_WAIT`.
+    async fn check_ahead(&self, name: &str, seg: Segment, seg_size: u64, resolved: bool) -> Result<(), PushError> {
+        if let Some(m) = self.diverged_below(seg) {
+            return Err(PushError::ChainBreak {
                 name: name.to_string(),
                 detail: format!(
                     "this server's {} was refused as another history than the archive's, and this segment continues it",
                     Segment { timeline: seg.timeline, number: m }.name(seg_size)
                 ),
-            })
-        };
-        if let Some(e) = diverged() {
-            return Err(e);
+            });
         }
         let Some(number) = seg.number.checked_sub(1) else { return Ok(()) };
         let before = Segment { timeline: seg.timeline, number };
-        let resolved = early || self.await_push(before, seg_size).await;
-        if let Some(e) = diverged() {
-            return Err(e);
-        }
         let failed_here = lock(&self.refused).contains_key(&(before.timeline, before.number));
         // Absent otherwise is normal: the first segment, a new timeline, a purged predecessor.
         if (failed_here || !resolved) && self.summary(before, seg_size).await?.is_none() {
@@ -626,6 +617,10 @@ impl Archiver {
         Ok(())
     }
 
+    /// Refuses a segment that does not join the archived segments on either side of it: its
+    /// first record must point back at the predecessor's last record, and the successor's
+    /// first record at its own last one. A segment pushed ahead must pass
+    /// [`Self::check_ahead`] too, whether or not its commit times could be read.
     async fn check_chain(
         &self,
         name: &str,
@@ -634,17 +629,19 @@ impl Archiver {
         idx: &SegmentIndex,
         order: Order,
     ) -> Result<(), PushError> {
-        let mine = idx.join();
-        let Join::Starts { prev, last } = mine else { return Ok(()) };
-        let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
+        let before = seg.number.checked_sub(1).map(|number| Segment { timeline: seg.timeline, number });
+        // A predecessor this archiver is pushing (pushes run in parallel) is waited for:
+        // stored, it is in the cache; refused, the archived one is read.
+        let resolved = match before {
+            Some(b) => self.await_push(b, seg_size).await,
+            None => true,
+        };
         if order == Order::Ahead {
-            self.check_ahead(name, seg, seg_size, false).await?;
+            self.check_ahead(name, seg, seg_size, resolved).await?;
         }
-        if seg.number > 0 {
-            let before = Segment { timeline: seg.timeline, number: seg.number - 1 };
-            // A predecessor this archiver is pushing (pushes run in parallel) is waited for:
-            // stored, it is in the cache; refused, the archived one is read.
-            self.await_push(before, seg_size).await;
+        let Join::Starts { prev, last } = idx.join() else { return Ok(()) };
+        let brk = |detail: String| PushError::ChainBreak { name: name.to_string(), detail };
+        if let Some(before) = before {
             let found = self.summary(before, seg_size).await?;
             if let Some(Join::Starts { last: expected, .. }) = found.map(|s| s.join()) {
                 if expected != prev {
