@@ -418,13 +418,28 @@ pub async fn add_unindexed_tail(
     let prefix = repo.wal_prefix(timeline);
     let after = archive.last().map(|n| format!("{prefix}{}", Segment { timeline, number: n }.name(seg_size)));
     let listed = repo.store().list_between(&prefix, after.as_deref(), None).await?;
-    let numbers: Vec<u64> = listed
+    let archived: Vec<u64> = listed
         .iter()
         .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
-        .filter(|s| s.timeline == timeline && !archive.has(s.number))
+        .filter(|s| s.timeline == timeline)
         .map(|s| s.number)
-        .take(limit)
         .collect();
+    add_tail_of(repo, timeline, archive, &archived, limit).await
+}
+
+/// [`add_unindexed_tail`] for a caller that has listed the timeline's segments already
+/// (`archived`, in order): no second listing.
+pub async fn add_tail_of(
+    repo: &Repository,
+    timeline: u32,
+    archive: &mut Archive,
+    archived: &[u64],
+    limit: usize,
+) -> Result<usize, RepoError> {
+    let seg_size = archive.seg_size;
+    let last = archive.last();
+    let numbers: Vec<u64> =
+        archived.iter().copied().filter(|n| last.is_none_or(|l| *n > l) && !archive.has(*n)).take(limit).collect();
     let mut added = 0;
     for (n, idx) in summarize_many(repo, timeline, seg_size, numbers).await? {
         if let Some(idx) = idx {

@@ -2,11 +2,8 @@
 
 use super::*;
 
-/// The Keygen command.
-pub(super) async fn keygen(cli: &Cli) -> Result<u8, Failure> {
-    let Command::Keygen { out } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `keygen`: writes a new keyring at `out`.
+pub(super) async fn keygen(cli: &Cli, out: &Path) -> Result<u8, Failure> {
     let (ring, id) = Keyring::keygen(out)?;
     let n = ring.ids().count();
     let owner = give_keyring_to_os_user(cli, out)?;

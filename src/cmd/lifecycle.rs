@@ -2,11 +2,8 @@
 
 use super::*;
 
-/// The Deprovision command.
-pub(super) async fn deprovision(cli: &Cli) -> Result<u8, Failure> {
-    let Command::Deprovision { cluster, yes } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `deprovision --yes`.
+pub(super) async fn deprovision(cli: &Cli, cluster: &Option<String>, yes: &bool) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = open_repo(&cfg, cluster.as_deref()).await?;
     if !yes {
@@ -30,11 +27,8 @@ pub(super) async fn deprovision(cli: &Cli) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// The AutomaticBackups command.
-pub(super) async fn automatic_backups(cli: &Cli) -> Result<u8, Failure> {
-    let Command::AutomaticBackups { state } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `automatic-backups enable | disable`.
+pub(super) async fn automatic_backups(cli: &Cli, state: &str) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = Repository::open(&cfg).await?;
     let rec = crate::backup::lifecycle::set_automatic(&repo, state == "enable").await?;

@@ -77,7 +77,7 @@ fn load_config(cli: &Cli) -> Result<Config, Failure> {
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
-        Command::Keygen { .. } => keys::keygen(&cli).await,
+        Command::Keygen { out } => keys::keygen(&cli, out).await,
         Command::Daemon => {
             let cfg = load_config(&cli)?;
             crate::daemon::run(cfg).await?;
@@ -85,12 +85,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Backup { action } => backup::run(&cli, action).await,
         Command::Restore { .. } => restore::run(&cli).await,
-        Command::Window { .. } => window::run(&cli).await,
-        Command::WalIndex { .. } => wal_index::run(&cli).await,
-        Command::Verify { .. } => verify::run(&cli).await,
+        Command::Window { cluster } => window::run(&cli, cluster).await,
+        Command::WalIndex { action } => wal_index::run(&cli, action).await,
+        Command::Verify { cluster, deep } => verify::run(&cli, cluster, deep).await,
         Command::Policy { action } => policy::run(&cli, action).await,
-        Command::Deprovision { .. } => lifecycle::deprovision(&cli).await,
-        Command::AutomaticBackups { .. } => lifecycle::automatic_backups(&cli).await,
+        Command::Deprovision { cluster, yes } => lifecycle::deprovision(&cli, cluster, yes).await,
+        Command::AutomaticBackups { state } => lifecycle::automatic_backups(&cli, state).await,
         Command::Status => {
             let cfg = load_config(&cli)?;
             let repo = Repository::open(&cfg).await?;

@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// The Restore command.
+/// `restore`: its arguments are many, so it reads them from the parsed command.
 pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
     let Command::Restore {
         target_dir,

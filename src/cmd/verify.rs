@@ -2,11 +2,8 @@
 
 use super::*;
 
-/// The Verify command.
-pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
-    let Command::Verify { cluster, deep } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `verify [--deep]`.
+pub(super) async fn run(cli: &Cli, cluster: &Option<String>, deep: &bool) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster.as_deref()).await?;
     let report = crate::verify::verify(&repo, *deep).await?;

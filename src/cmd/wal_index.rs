@@ -2,11 +2,8 @@
 
 use super::*;
 
-/// The WalIndex command.
-pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
-    let Command::WalIndex { action } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `wal-index rebuild | roll-up`.
+pub(super) async fn run(cli: &Cli, action: &crate::cli::WalIndexAction) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let (cluster, full) = match action {
         crate::cli::WalIndexAction::Rebuild { cluster } => (cluster, true),

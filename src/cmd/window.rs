@@ -2,11 +2,8 @@
 
 use super::*;
 
-/// The Window command.
-pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
-    let Command::Window { cluster } = &cli.command else {
-        return Err(usage("internal: wrong command for this handler"));
-    };
+/// `window`.
+pub(super) async fn run(cli: &Cli, cluster: &Option<String>) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster.as_deref()).await?;
     let inputs = crate::restore::Inputs::load(&repo).await?;

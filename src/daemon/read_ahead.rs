@@ -118,7 +118,8 @@ impl ReadAhead {
         // The archiver's own request skips the queue: it is what PostgreSQL waits on.
         let turn = (!priority).then(|| {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            st.queue.insert((!name.ends_with(".history"), name.to_string()), tx);
+            let (rank, name) = watch::archive_order(name);
+            st.queue.insert((rank, name.to_string()), tx);
             if !std::mem::replace(&mut st.dispatching, true) {
                 tokio::spawn(dispatch(self.state.clone(), self.permits.clone(), self.queued.clone()));
             }

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{check_key, in_range, level_of, Level, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, StoreError};
+use super::{check_key, in_range, ObjectMeta, ObjectReader, ObjectStore, PutOutcome, StoreError};
 
 /// Objects by key, in memory; cloning a handle is not supported (share it in an `Arc`).
 #[derive(Debug, Default)]
@@ -90,10 +90,6 @@ impl ObjectStore for MemoryStore {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         Ok(self.scan(prefix, Bound::Included(prefix), |_| true))
-    }
-
-    async fn list_level(&self, prefix: &str) -> Result<Level, StoreError> {
-        Ok(level_of(prefix, self.list(prefix).await?))
     }
 
     async fn list_between(

@@ -120,8 +120,8 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
             }
         }
         let mut archive = wal_index::load_archive(repo, tli, seg_size, first.unwrap_or(0)).await?;
-        // What a restore reads the same way: the segments past the index's end.
-        let read_from_bytes = wal_index::add_unindexed_tail(repo, tli, &mut archive, wal_index::UNINDEXED_TAIL).await?;
+        // What a restore reads the same way: the segments past the index's end (listed above).
+        let read_from_bytes = wal_index::add_tail_of(repo, tli, &mut archive, &have, wal_index::UNINDEXED_TAIL).await?;
         let breaks = crate::catalog::restore_plan::chain_breaks(&archive, first.unwrap_or(0))
             .into_iter()
             .map(|b| format!("{}: {b}", name(b.segment)))

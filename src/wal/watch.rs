@@ -19,8 +19,13 @@ pub fn ready_files(archive_status: &Path) -> std::io::Result<Vec<String>> {
             out.push(wal.to_string());
         }
     }
-    out.sort_by(|a, b| (!a.ends_with(".history"), a).cmp(&(!b.ends_with(".history"), b)));
+    out.sort_by(|a, b| archive_order(a).cmp(&archive_order(b)));
     Ok(out)
+}
+
+/// The order PostgreSQL archives files in: history files first, then by name.
+pub fn archive_order(name: &str) -> (bool, &str) {
+    (!name.ends_with(".history"), name)
 }
 
 /// A running watch: wakes the receiver whenever `archive_status` changes.
