@@ -165,8 +165,8 @@ pub enum Command {
     /// Include or exclude this cluster from new automatic (and final) backups.
     AutomaticBackups {
         /// enable or disable.
-        #[arg(value_parser = ["enable", "disable"])]
-        state: String,
+        #[arg(value_enum)]
+        state: AutomaticBackups,
     },
     /// Agent health: archive lag, last backup, next run, restorable window; exit 0 only when ok.
     Status,
@@ -306,4 +306,13 @@ pub fn front_end_exe() -> std::io::Result<std::path::PathBuf> {
     let me = std::env::current_exe()?;
     let front = me.with_file_name(FRONT_END);
     Ok(if front.is_file() { front } else { me })
+}
+
+/// `automatic-backups enable | disable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AutomaticBackups {
+    /// Take automatic backups again.
+    Enable,
+    /// Stop taking them (existing backups are untouched).
+    Disable,
 }

@@ -14,8 +14,8 @@ use crate::config::Config;
 use crate::pg::conn::{Session, StopResult};
 use crate::repo::cluster;
 use crate::repo::Repository;
-use crate::snapshot::freeze::{Freezer, GuardProcess};
-use crate::snapshot::{ebs, files};
+use crate::snapshot::ebs::freeze::{self, Freezer};
+use crate::snapshot::{BackupRef, Capture, Captured};
 use crate::wal::name::{Lsn, Segment, WalFile};
 
 /// The timeline in a backup_label ("START TIMELINE: 1").
@@ -57,8 +57,10 @@ pub async fn wait_for_wal(
     Ok(())
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+/// Now, to the microsecond manifests store.
+fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
 }
 
 /// Takes a backup of the configured cluster with the `files` provider.
@@ -109,7 +111,7 @@ impl Heartbeat {
                     }
                 }
                 if let Some(l) = m.lease.as_mut() {
-                    l.heartbeat_at = now_rfc3339();
+                    l.heartbeat_at = Some(now());
                 }
                 if let Err(e) = backup::save(&repo, &m).await {
                     tracing::warn!(backup = %m.id, error = %format!("{e:#}"), "backup heartbeat failed; retrying");
@@ -199,7 +201,14 @@ async fn create_inner(
 ) -> anyhow::Result<Manifest> {
     sweep_first(repo).await;
     if let Some(r) = running_backup(repo).await? {
-        let by = r.lease.as_ref().map(|l| format!(" by {} pid {}, alive at {}", l.host, l.pid, l.heartbeat_at));
+        let by = r.lease.as_ref().map(|l| {
+            format!(
+                " by {} pid {}, alive at {}",
+                l.host,
+                l.pid,
+                l.heartbeat_at.map_or_else(|| "an unknown time".into(), |t| backup::time_format::to_string(&t))
+            )
+        });
         bail!(
             "backup {} of cluster {} is already running (started {}{}); two backups never run at once: wait until `tidemark backup list` shows it completed, then try again",
             r.id,
@@ -248,7 +257,7 @@ async fn create_inner(
         wal_segment_size: info.wal_segment_size,
         start_lsn: Lsn(0),
         stop_lsn: None,
-        start_time: now_rfc3339(),
+        start_time: now(),
         stop_time: None,
         backup_label: String::new(),
         tablespace_map: String::new(),
@@ -272,25 +281,35 @@ async fn create_inner(
     }
     let heartbeat = Heartbeat::start(repo, &m, backup::heartbeat_interval());
 
-    let captured = match cfg.backup.provider {
-        crate::config::Provider::Ebs => match freezer {
-            Some(f) => ebs::capture(cfg, &session, &mut m, f).await,
-            None => match GuardProcess::current() {
-                Ok(g) => ebs::capture(cfg, &session, &mut m, &g).await,
+    let provider = crate::snapshot::open(cfg.backup.provider, cfg, repo, freezer);
+    let bref = BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+    let ts: Vec<(u32, String)> = m.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect();
+    let (captured, res) = match provider.plan(bref, &ts).await {
+        Err(e) => (Captured::default(), Err(e)),
+        Ok(mut cap) => {
+            let label = format!("tidemark {}", m.id);
+            let between = capture_between(&mut Held(&session), &label, cap.as_mut(), freeze::interrupted()).await;
+            let settled = match between {
+                Ok(b) => cap.settle().await.map(|()| b),
                 Err(e) => Err(e),
-            },
-        },
-        crate::config::Provider::Files => capture_files(cfg, repo, &session, &mut m).await,
+            };
+            // Recorded on failure too: what the capture made is found and deleted below.
+            (cap.captured(), settled)
+        }
     };
-    let res = match captured {
-        Ok((start, stop)) => {
-            m.start_lsn = start;
-            m.stop_lsn = Some(stop.lsn);
-            m.stop_time = Some(now_rfc3339());
-            m.timeline = label_timeline(&stop.label).unwrap_or(m.timeline);
-            m.backup_label = stop.label;
-            m.tablespace_map = stop.tablespace_map;
-            wait_for_wal(repo, m.timeline, m.start_lsn, stop.lsn, m.wal_segment_size, Duration::from_secs(300)).await
+    m.files = captured.files.clone();
+    m.bundles = captured.bundles.clone();
+    m.ebs = captured.ebs.clone();
+    let res = match res {
+        Ok(b) => {
+            m.start_lsn = b.start;
+            m.start_time = b.started_at;
+            m.stop_lsn = Some(b.stop.lsn);
+            m.stop_time = Some(now());
+            m.timeline = label_timeline(&b.stop.label).unwrap_or(m.timeline);
+            m.backup_label = b.stop.label;
+            m.tablespace_map = b.stop.tablespace_map;
+            wait_for_wal(repo, m.timeline, m.start_lsn, b.stop.lsn, m.wal_segment_size, Duration::from_secs(300)).await
         }
         Err(e) => Err(e),
     };
@@ -303,7 +322,7 @@ async fn create_inner(
         (_, res) => res,
     };
     if let Some(l) = m.lease.as_mut() {
-        l.heartbeat_at = now_rfc3339();
+        l.heartbeat_at = Some(now());
     }
     match res {
         Ok(()) => {
@@ -313,11 +332,10 @@ async fn create_inner(
             Ok(m)
         }
         Err(e) => {
-            if m.ebs.is_some() {
-                // Snapshots of a failed backup are never used: do not pay for them.
-                if let Err(de) = ebs::delete(repo.ec2_endpoint(), &m).await {
-                    tracing::warn!(backup = %id, error = %format!("{de:#}"), "could not delete the failed backup's snapshots; `backup purge` retries");
-                }
+            // What a failed backup made outside the repository is never used: do not pay for it.
+            let bref = BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+            if let Err(de) = provider.delete(bref, &captured).await {
+                tracing::warn!(backup = %id, error = %format!("{de:#}"), "could not delete the failed backup's snapshots; `backup purge` retries");
             }
             m.state = BackupState::Failed;
             m.error = Some(format!("{e:#}"));
@@ -327,43 +345,227 @@ async fn create_inner(
     }
 }
 
-/// files provider: start, copy, stop (stop also when the copy fails, so PostgreSQL is not
-/// left in backup mode).
-async fn capture_files(
-    cfg: &Config,
-    repo: &Repository,
-    session: &Session,
-    m: &mut Manifest,
-) -> anyhow::Result<(Lsn, StopResult)> {
-    let start = session.backup_start(&format!("tidemark {}", m.id)).await?;
-    m.start_lsn = start;
-    m.start_time = now_rfc3339();
-    let copied = match crate::sweep::purge::failpoint_async("backup-copy").await {
-        Ok(()) => copy(cfg, repo, m).await,
-        Err(e) => Err(e),
-    };
-    let stopped = session.backup_stop().await;
-    copied?;
-    Ok((start, stopped?))
+/// What puts PostgreSQL in backup mode and takes it out of it: the held session, or a
+/// recording double.
+#[async_trait::async_trait]
+pub trait BackupMode: Send {
+    /// pg_backup_start.
+    async fn start(&mut self, label: &str) -> anyhow::Result<Lsn>;
+    /// pg_backup_stop.
+    async fn stop(&mut self) -> anyhow::Result<StopResult>;
 }
 
-async fn copy(cfg: &Config, repo: &Repository, m: &mut Manifest) -> anyhow::Result<()> {
-    let dd = cfg.postgres.data_dir.clone();
-    let mut items = tokio::task::spawn_blocking(move || files::walk(&dd)).await??;
-    let total: u64 = items.iter().map(|i| i.entry.size).sum();
-    let pb = crate::snapshot::progress::bytes_bar(total, "backup");
-    let pb2 = pb.clone();
-    let bundles = files::capture(
-        repo,
-        &m.id,
-        &mut items,
-        cfg.backup.bundle_mib << 20,
-        cfg.backup.workers,
-        Arc::new(move |n| pb2.inc(n)),
-    )
-    .await?;
-    pb.finish_and_clear();
-    m.files = items.into_iter().map(|i| i.entry).collect();
-    m.bundles = bundles;
-    Ok(())
+/// Backup mode on the session the whole backup holds (backup mode ends with it).
+struct Held<'a>(&'a Session);
+
+#[async_trait::async_trait]
+impl BackupMode for Held<'_> {
+    async fn start(&mut self, label: &str) -> anyhow::Result<Lsn> {
+        self.0.backup_start(label).await
+    }
+    async fn stop(&mut self) -> anyhow::Result<StopResult> {
+        self.0.backup_stop().await
+    }
+}
+
+/// What backup mode returned around a capture.
+#[derive(Debug)]
+pub struct Between {
+    /// LSN from the start call.
+    pub start: Lsn,
+    /// When the start call returned.
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The stop call's result.
+    pub stop: StopResult,
+}
+
+/// pg_backup_start → capture → pg_backup_stop, for every provider. Stop runs whenever start
+/// succeeded, also when the capture fails or `interrupt` fires (the capture then releases
+/// what it holds, frozen mounts, and fails), so PostgreSQL is never left in backup mode.
+pub async fn capture_between(
+    mode: &mut dyn BackupMode,
+    label: &str,
+    capture: &mut dyn Capture,
+    interrupt: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<Between> {
+    tokio::pin!(interrupt);
+    let start = tokio::select! {
+        r = mode.start(label) => r?,
+        _ = &mut interrupt => bail!("interrupted before the backup started"),
+    };
+    let started_at = now();
+    let captured = match crate::sweep::purge::failpoint_async("backup-copy").await {
+        Ok(()) => capture.capture(interrupt.as_mut()).await,
+        Err(e) => Err(e),
+    };
+    let stopped = mode.stop().await;
+    captured?;
+    Ok(Between { start, started_at, stop: stopped? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::ebs::freeze::{self, Hold};
+    use std::future::Future;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Snap {
+        Ok,
+        Fail,
+        Hang,
+    }
+
+    struct Recorder {
+        log: Arc<Mutex<Vec<&'static str>>>,
+        snap: Snap,
+        fail_freeze: bool,
+    }
+
+    impl Recorder {
+        fn new(snap: Snap) -> (Recorder, Arc<Mutex<Vec<&'static str>>>) {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            (Recorder { log: log.clone(), snap, fail_freeze: false }, log)
+        }
+        fn push(&self, e: &'static str) {
+            self.log.lock().unwrap().push(e);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Hold for Recorder {
+        async fn freeze(&mut self) -> anyhow::Result<()> {
+            self.push("freeze");
+            if self.fail_freeze {
+                bail!("EPERM");
+            }
+            Ok(())
+        }
+        async fn snapshot(&mut self) -> anyhow::Result<()> {
+            self.push("snapshot");
+            match self.snap {
+                Snap::Ok => Ok(()),
+                Snap::Fail => bail!("InternalError"),
+                Snap::Hang => std::future::pending().await,
+            }
+        }
+        async fn thaw(&mut self) -> anyhow::Result<()> {
+            self.push("thaw");
+            Ok(())
+        }
+    }
+
+    /// Backup mode on the same log.
+    struct Mode(Arc<Mutex<Vec<&'static str>>>);
+
+    #[async_trait::async_trait]
+    impl BackupMode for Mode {
+        async fn start(&mut self, _label: &str) -> anyhow::Result<Lsn> {
+            self.0.lock().unwrap().push("start");
+            Ok(Lsn(0x100))
+        }
+        async fn stop(&mut self) -> anyhow::Result<StopResult> {
+            self.0.lock().unwrap().push("stop");
+            Ok(StopResult { lsn: Lsn(0x200), label: String::new(), tablespace_map: String::new() })
+        }
+    }
+
+    /// An ebs-shaped capture: the real freeze hold over the recorder.
+    struct Held {
+        steps: Recorder,
+        freeze: bool,
+        limit: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl Capture for Held {
+        async fn capture(&mut self, interrupt: crate::snapshot::Interrupt<'_>) -> anyhow::Result<()> {
+            freeze::hold(&mut self.steps, self.freeze, self.limit, interrupt).await
+        }
+        async fn settle(&mut self) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn captured(&self) -> Captured {
+            Captured::default()
+        }
+    }
+
+    /// Start → (freeze → snapshot → thaw) → stop, as the backup flow runs an ebs capture.
+    async fn run(
+        r: &mut Recorder,
+        freeze: bool,
+        limit: Duration,
+        interrupt: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let log = r.log.clone();
+        let steps = Recorder { log: r.log.clone(), snap: r.snap, fail_freeze: r.fail_freeze };
+        let mut cap = Held { steps, freeze, limit };
+        capture_between(&mut Mode(log), "test", &mut cap, interrupt).await.map(|_| ())
+    }
+
+    fn never() -> impl Future<Output = ()> {
+        std::future::pending()
+    }
+
+    #[tokio::test]
+    async fn order_is_start_freeze_snapshot_thaw_stop() {
+        let (mut r, log) = Recorder::new(Snap::Ok);
+        run(&mut r, true, Duration::from_secs(10), never()).await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
+    }
+
+    #[tokio::test]
+    async fn no_freeze_when_disabled() {
+        let (mut r, log) = Recorder::new(Snap::Ok);
+        run(&mut r, false, Duration::from_secs(10), never()).await.unwrap();
+        assert_eq!(*log.lock().unwrap(), ["start", "snapshot", "stop"]);
+    }
+
+    #[tokio::test]
+    async fn failed_snapshot_still_thaws_and_stops() {
+        let (mut r, log) = Recorder::new(Snap::Fail);
+        let e = run(&mut r, true, Duration::from_secs(10), never()).await.unwrap_err();
+        assert!(format!("{e:#}").contains("InternalError"));
+        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hanging_snapshot_is_cut_by_the_watchdog() {
+        let (mut r, log) = Recorder::new(Snap::Hang);
+        let began = tokio::time::Instant::now();
+        let e = run(&mut r, true, Duration::from_secs(10), never()).await.unwrap_err();
+        assert!(format!("{e:#}").contains("did not return within"), "{e:#}");
+        assert_eq!(began.elapsed(), Duration::from_secs(10));
+        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
+    }
+
+    #[tokio::test]
+    async fn interrupt_during_snapshot_thaws_and_stops() {
+        let (mut r, log) = Recorder::new(Snap::Hang);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let interrupt = async move {
+            let _ = rx.await;
+        };
+        let runner = tokio::spawn(async move {
+            let res = run(&mut r, true, Duration::from_secs(3600), interrupt).await;
+            (res, r)
+        });
+        // The interrupt arrives once the snapshot call is in flight.
+        while !log.lock().unwrap().contains(&"snapshot") {
+            tokio::task::yield_now().await;
+        }
+        tx.send(()).unwrap();
+        let (res, _) = runner.await.unwrap();
+        assert!(format!("{:#}", res.unwrap_err()).contains("interrupted"));
+        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
+    }
+
+    #[tokio::test]
+    async fn failed_freeze_thaws_what_it_may_have_frozen_and_stops() {
+        let (mut r, log) = Recorder::new(Snap::Ok);
+        r.fail_freeze = true;
+        assert!(run(&mut r, true, Duration::from_secs(10), never()).await.is_err());
+        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "thaw", "stop"]);
+    }
 }

@@ -7,6 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::repo::{RepoError, Repository};
+// What the providers record, kept in the manifest as they write it.
+pub use crate::snapshot::ebs::{EbsMount, EbsRefs, EbsVolume};
+pub use crate::snapshot::files::{Bundle, EntryKind, FileEntry, Part};
 use crate::wal::name::Lsn;
 
 /// Why a backup was taken.
@@ -46,75 +49,6 @@ pub enum BackupState {
     Purging,
 }
 
-/// One stretch of a file's bytes inside a bundle's plaintext.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Part {
-    /// Bundle index in `Manifest::bundles`.
-    pub bundle: usize,
-    /// Offset of this part in the bundle's plaintext.
-    pub offset: u64,
-    /// Offset of this part in the file.
-    pub file_offset: u64,
-    /// Length.
-    pub len: u64,
-    /// CRC-32C of this part's bytes (backups since 2026-11): catches a part written to the
-    /// wrong place; the bundle's AEAD tags already catch damage and tampering.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crc32c: Option<u32>,
-    /// SHA-256 of this part's bytes (older backups).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
-}
-
-/// What a manifest entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryKind {
-    /// Regular file.
-    File,
-    /// Directory.
-    Dir,
-    /// Symbolic link (pg_tblspc entries, a symlinked pg_wal).
-    Link,
-}
-
-/// One path of the data directory (relative, '/'-separated).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Path relative to the data directory.
-    pub path: String,
-    /// Kind.
-    pub kind: EntryKind,
-    /// Size in bytes (files).
-    #[serde(default)]
-    pub size: u64,
-    /// Permission bits.
-    pub mode: u32,
-    /// Modification time, seconds since the epoch.
-    #[serde(default)]
-    pub mtime: i64,
-    /// SHA-256 of the content as copied (files).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
-    /// Where the bytes are (files).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub parts: Vec<Part>,
-    /// Link target (links).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-}
-
-/// A sealed bundle of packed file bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Bundle {
-    /// Object name under `backups/<id>/data/`.
-    pub name: String,
-    /// Plaintext bytes.
-    pub plain_bytes: u64,
-    /// Stored (sealed) bytes.
-    pub stored_bytes: u64,
-}
-
 /// A tablespace captured with the backup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tablespace {
@@ -150,11 +84,12 @@ pub struct Manifest {
     /// LSN returned by the stop call: the backup is consistent from here.
     #[serde(default)]
     pub stop_lsn: Option<Lsn>,
-    /// When the start call returned (RFC 3339).
-    pub start_time: String,
-    /// When the stop call returned (RFC 3339).
-    #[serde(default)]
-    pub stop_time: Option<String>,
+    /// When the start call returned.
+    #[serde(with = "time_format")]
+    pub start_time: DateTime<Utc>,
+    /// When the stop call returned.
+    #[serde(default, with = "time_format::option")]
+    pub stop_time: Option<DateTime<Utc>>,
     /// backup_label from the stop call.
     #[serde(default)]
     pub backup_label: String,
@@ -228,70 +163,75 @@ pub struct Lease {
     pub pid: u32,
     /// Random per process, so a reused pid is not taken for the holder.
     pub token: String,
-    /// Last heartbeat (RFC 3339).
-    pub heartbeat_at: String,
+    /// Last heartbeat; `None` when what was stored does not read as a time (the backup's
+    /// start time stands in).
+    #[serde(with = "time_format::lenient")]
+    pub heartbeat_at: Option<DateTime<Utc>>,
 }
 
-/// What an `ebs` backup captured: where the volumes were and the snapshot of each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EbsRefs {
-    /// Region of the snapshots.
-    pub region: String,
-    /// Instance the volumes were attached to.
-    pub instance_id: String,
-    /// Its availability zone.
-    pub availability_zone: String,
-    /// One per snapshotted volume.
-    pub volumes: Vec<EbsVolume>,
-    /// One per path that matters (data_dir, pg_wal, tablespaces).
-    pub mounts: Vec<EbsMount>,
-}
+/// Manifest times as stored: RFC 3339 in UTC with microseconds (`2026-12-01T03:00:00.000000Z`).
+pub mod time_format {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
 
-/// A snapshotted volume.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EbsVolume {
-    /// Snapshot id.
-    pub snapshot_id: String,
-    /// Source volume id.
-    pub volume_id: String,
-    /// Device name in EC2's block-device mapping (`/dev/sdf`).
-    pub attached_as: String,
-    /// Kernel device on the host (`/dev/nvme1n1`).
-    pub device: String,
-    /// Size in GiB.
-    pub size_gib: i32,
-    /// Volume type (gp3, io2, ...).
-    pub volume_type: String,
-    /// Provisioned IOPS.
-    #[serde(default)]
-    pub iops: Option<i32>,
-    /// Provisioned throughput (MiB/s).
-    #[serde(default)]
-    pub throughput: Option<i32>,
-    /// Encrypted at rest.
-    pub encrypted: bool,
-    /// KMS key of the encryption.
-    #[serde(default)]
-    pub kms_key_id: Option<String>,
-    /// Snapshot state when last seen.
-    pub state: String,
-}
+    /// The stored form of `t`.
+    pub fn to_string(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
 
-/// A path of the cluster and the volume(s) under it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EbsMount {
-    /// `data_dir`, `pg_wal` or `tablespace:<oid>`.
-    pub role: String,
-    /// The path on the source host.
-    pub path: String,
-    /// Mount point on the source host.
-    pub mount_point: String,
-    /// The path inside the filesystem.
-    pub path_in_mount: String,
-    /// Filesystem type.
-    pub fs_type: String,
-    /// Volumes behind it (several for LVM/md).
-    pub volume_ids: Vec<String>,
+    /// Reads a stored time (any RFC 3339 offset).
+    pub fn parse(s: &str) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    }
+
+    /// Serializes a time.
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&to_string(t))
+    }
+
+    /// Deserializes a time; one that is not RFC 3339 is an error that says so.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time")))
+    }
+
+    /// An optional time (absent or null: `None`).
+    pub mod option {
+        use super::*;
+
+        /// Serializes it.
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&to_string(t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Deserializes it; a present value must be RFC 3339.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                None => Ok(None),
+                Some(s) => parse(&s)
+                    .map(Some)
+                    .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time"))),
+            }
+        }
+    }
+
+    /// A time that may be unreadable: `None` then, stored as an empty string.
+    pub mod lenient {
+        use super::*;
+
+        /// Serializes it.
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_str(&t.as_ref().map(to_string).unwrap_or_default())
+        }
+
+        /// Deserializes it.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Ok(parse(&String::deserialize(d)?))
+        }
+    }
 }
 
 impl Manifest {
@@ -322,12 +262,9 @@ impl Manifest {
         self.record.map_or(self.bundles.len(), |t| t.bundles)
     }
 
-    /// Stop time as a timestamp.
+    /// Stop time.
     pub fn stop_at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         self.stop_time
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&chrono::Utc))
     }
 }
 
@@ -367,8 +304,9 @@ pub fn stale_limit() -> Duration {
     heartbeat_interval() * STALE_AFTER_BEATS
 }
 
+#[cfg(test)]
 fn parse_time(t: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc))
+    time_format::parse(t)
 }
 
 /// Why a `running` backup is abandoned, or `None` while it may still be running (pure).
@@ -380,20 +318,25 @@ pub fn stale_reason(m: &Manifest, now: DateTime<Utc>, limit: Duration, holder_go
     let limit_td = chrono::TimeDelta::from_std(limit).unwrap_or(chrono::TimeDelta::MAX);
     let Some(lease) = &m.lease else {
         // Written before leases existed: only its age can tell.
-        let started = parse_time(&m.start_time)?;
-        return (now - started > limit_td)
-            .then(|| format!("abandoned: running without a lease since {} (over {}s)", m.start_time, limit.as_secs()));
+        let started = m.start_time;
+        return (now - started > limit_td).then(|| {
+            format!(
+                "abandoned: running without a lease since {} (over {}s)",
+                time_format::to_string(&started),
+                limit.as_secs()
+            )
+        });
     };
     if holder_gone {
         return Some(format!("abandoned: its process (pid {} on {}) is gone", lease.pid, lease.host));
     }
-    let beat = parse_time(&lease.heartbeat_at).or_else(|| parse_time(&m.start_time))?;
+    let beat = lease.heartbeat_at.unwrap_or(m.start_time);
     (now - beat > limit_td).then(|| {
         format!(
             "abandoned: no heartbeat from pid {} on {} since {} (over {}s)",
             lease.pid,
             lease.host,
-            lease.heartbeat_at,
+            time_format::to_string(&beat),
             limit.as_secs()
         )
     })
@@ -427,12 +370,7 @@ pub fn this_process() -> &'static Holder {
 /// A fresh lease for this process, heartbeat now.
 pub fn new_lease(now: DateTime<Utc>) -> Lease {
     let me = this_process();
-    Lease {
-        host: me.host.clone(),
-        pid: me.pid,
-        token: me.token.clone(),
-        heartbeat_at: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-    }
+    Lease { host: me.host.clone(), pid: me.pid, token: me.token.clone(), heartbeat_at: Some(now) }
 }
 
 /// Whether the lease's process is known to be gone: it ran on this host and its pid is not
@@ -503,7 +441,7 @@ pub fn manifest_key(repo: &Repository, id: &str) -> String {
 
 /// Object key of a bundle.
 pub fn bundle_key(repo: &Repository, id: &str, bundle: &str) -> String {
-    format!("{}data/{bundle}", repo.backup_prefix(id))
+    repo.bundle_key(id, bundle)
 }
 
 /// Object key of a backup's catalog record.
@@ -620,7 +558,8 @@ pub(crate) mod tests {
     }
 
     fn with_lease(mut m: Manifest, beat: &str) -> Manifest {
-        m.lease = Some(Lease { host: "h".into(), pid: 42, token: "ab".into(), heartbeat_at: beat.into() });
+        let lease = serde_json::json!({"host": "h", "pid": 42, "token": "ab", "heartbeat_at": beat});
+        m.lease = Some(serde_json::from_value(lease).expect("a lease reads"));
         m
     }
 
@@ -691,7 +630,7 @@ pub(crate) mod tests {
         assert!(holder_gone(&reused), "same pid, another token: the holder is gone");
         let elsewhere = Lease { host: format!("{}-other", me.host), pid: u32::MAX, ..me.clone() };
         assert!(!holder_gone(&elsewhere), "another host's process cannot be checked");
-        let later = Lease { heartbeat_at: "2026-11-26T03:05:00Z".into(), ..me.clone() };
+        let later = Lease { heartbeat_at: Some(t("2026-11-26T03:05:00Z")), ..me.clone() };
         assert!(later.same_holder(&me) && !reused.same_holder(&me));
     }
 }
@@ -893,8 +832,8 @@ pub(crate) mod fuzz {
             wal_segment_size: 16 << 20,
             start_lsn: Lsn(0x3000028),
             stop_lsn: Some(Lsn(0x3000100)),
-            start_time: "2026-12-01T03:00:00Z".into(),
-            stop_time: Some("2026-12-01T03:00:05Z".into()),
+            start_time: time_format::parse("2026-12-01T03:00:00Z").expect("time"),
+            stop_time: time_format::parse("2026-12-01T03:00:05Z"),
             backup_label: "START WAL LOCATION: 0/3000028\n".into(),
             tablespace_map: "16384 /srv/ts\n".into(),
             tablespaces: vec![Tablespace { oid: 16384, location: "/srv/ts".into() }],

@@ -2,11 +2,12 @@
 
 use super::render::human_bytes;
 use super::*;
+use crate::catalog::backup::time_format;
 
 pub(super) fn summary(m: &Manifest) -> serde_json::Value {
     serde_json::json!({
         "id": m.id, "cluster": m.cluster, "kind": m.kind, "state": m.state, "provider": m.provider,
-        "start_time": m.start_time, "stop_time": m.stop_time, "start_lsn": m.start_lsn.to_string(),
+        "start_time": time_format::to_string(&m.start_time), "stop_time": m.stop_time.as_ref().map(time_format::to_string), "start_lsn": m.start_lsn.to_string(),
         "stop_lsn": m.stop_lsn.map(|l| l.to_string()), "timeline": m.timeline, "pg_version": m.pg_version,
         "system_identifier": m.system_identifier, "files": m.file_count(), "bundles": m.bundle_count(),
         "data_bytes": m.data_bytes(), "stored_bytes": m.stored_bytes(), "error": m.error,
@@ -189,7 +190,7 @@ pub(super) fn print_backups(output: Output, all: &[Manifest]) -> Result<(), Fail
                     m.id.clone(),
                     format!("{:?}", m.kind).to_lowercase(),
                     format!("{:?}", m.state).to_lowercase(),
-                    m.stop_time.clone().unwrap_or_else(|| "-".into()),
+                    m.stop_time.as_ref().map_or_else(|| "-".into(), time_format::to_string),
                     human_bytes(m.data_bytes()),
                     human_bytes(m.stored_bytes()),
                     format!("{} .. {}", m.start_lsn, m.stop_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into())),

@@ -28,10 +28,10 @@ pub(super) async fn deprovision(cli: &Cli, cluster: &Option<String>, yes: &bool)
 }
 
 /// `automatic-backups enable | disable`.
-pub(super) async fn automatic_backups(cli: &Cli, state: &str) -> Result<u8, Failure> {
+pub(super) async fn automatic_backups(cli: &Cli, state: crate::cli::AutomaticBackups) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = Repository::open(&cfg).await?;
-    let rec = crate::backup::lifecycle::set_automatic(&repo, state == "enable").await?;
+    let rec = crate::backup::lifecycle::set_automatic(&repo, state == crate::cli::AutomaticBackups::Enable).await?;
     match cli.output {
         Output::Json => super::render::json(&rec)?,
         Output::Text => outln!(

@@ -43,7 +43,7 @@ use failure::{report, usage};
 pub fn main(cli: Cli) -> u8 {
     if let Command::FreezeGuard { timeout_ms, mounts } = &cli.command {
         // No runtime, no logging setup: the guard must start and freeze fast.
-        return crate::snapshot::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
+        return crate::snapshot::ebs::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
     }
     fast_path::init_logging(&cli.command);
     // The front end (`tidemark`) has done the local step when it hands a per-file command over.
@@ -90,7 +90,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Verify { cluster, deep } => verify::run(&cli, cluster, deep).await,
         Command::Policy { action } => policy::run(&cli, action).await,
         Command::Deprovision { cluster, yes } => lifecycle::deprovision(&cli, cluster, yes).await,
-        Command::AutomaticBackups { state } => lifecycle::automatic_backups(&cli, state).await,
+        Command::AutomaticBackups { state } => lifecycle::automatic_backups(&cli, *state).await,
         Command::Status => {
             let cfg = load_config(&cli)?;
             let repo = Repository::open(&cfg).await?;

@@ -48,7 +48,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         config_path: cli.config.as_ref().map(|c| absolute(c)).transpose()?,
         region: region.clone(),
         exe: None,
-        ebs: crate::snapshot::ebs::RestoreOptions {
+        ebs: crate::snapshot::ebs::restore::RestoreOptions {
             instance_id: target_instance.clone(),
             volume_type: volume_type.clone(),
             iops: *iops,

@@ -264,7 +264,7 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
         repository: repo.store().describe(),
         archiving,
         last_backup: last.map(|m| m.id.clone()),
-        last_backup_time: last.and_then(|m| m.stop_time.clone()),
+        last_backup_time: last.and_then(|m| m.stop_time.as_ref().map(crate::catalog::backup::time_format::to_string)),
         last_backup_age_seconds: age,
         next_backup,
         restorable_from: windows.iter().filter_map(|(_, w)| w.earliest()).min().map(rfc3339),

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::catalog::backup::{self, BackupState, Manifest};
+use crate::catalog::backup::{self, BackupState};
 use crate::config::Config;
 use crate::repo::Repository;
-use crate::snapshot::ec2::{self, Ec2};
 use crate::sweep::{self as policy, purge};
 
 /// What one sync did.
@@ -206,8 +205,14 @@ pub async fn sync_marked(
                 }
             }
             let mut copy = m.clone();
-            if let Some(refs) = &m.ebs {
-                out.snapshots += copy_snapshots(cfg, m, refs, region, kms.as_deref(), &mut copy).await?;
+            if m.ebs.is_some() {
+                // What the backup holds outside the repository, copied by its provider.
+                let held = crate::snapshot::Captured { files: Vec::new(), bundles: Vec::new(), ebs: m.ebs.clone() };
+                let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+                let provider = crate::snapshot::open(m.provider, cfg, &s, None);
+                let (copied, n) = provider.copy_to_region(bref, &held, region, kms.as_deref()).await?;
+                copy.ebs = copied.ebs;
+                out.snapshots += n;
             }
             backup::save(&d, &copy).await?;
             out.backups += 1;
@@ -224,46 +229,6 @@ pub async fn sync_marked(
         marks.full_at.insert(region.to_string(), std::time::Instant::now());
     }
     Ok(out)
-}
-
-/// Tag on a snapshot copy naming the snapshot it was copied from.
-const SOURCE_TAG: &str = "tidemark:source-snapshot";
-
-async fn copy_snapshots(
-    cfg: &Config,
-    m: &Manifest,
-    refs: &backup::EbsRefs,
-    region: &str,
-    kms: Option<&str>,
-    copy: &mut Manifest,
-) -> anyhow::Result<u64> {
-    let endpoint = cfg.ebs.endpoint.as_deref();
-    let ec2 = Ec2::new(region, endpoint).await;
-    let tags = crate::snapshot::ebs::backup_tags(m);
-    let mut ids = Vec::new();
-    let mut new_refs = refs.clone();
-    new_refs.region = region.to_string();
-    new_refs.availability_zone = String::new();
-    // Copies left by an interrupted sync are reused rather than made twice.
-    let earlier = ec2.tagged_snapshots(&[(ec2::TAG_BACKUP, &m.id), (ec2::TAG_CLUSTER, &m.cluster)]).await?;
-    for v in new_refs.volumes.iter_mut() {
-        let existing = earlier.iter().find(|s| s.tags.iter().any(|(k, val)| k == SOURCE_TAG && *val == v.snapshot_id));
-        let id = match existing {
-            Some(s) => s.id.clone(),
-            None => {
-                let mut t = tags.clone();
-                t.push((SOURCE_TAG.into(), v.snapshot_id.clone()));
-                // KMS keys are regional: the source's key cannot encrypt here.
-                ec2.copy_snapshot_from(&refs.region, &v.snapshot_id, kms, &t).await?
-            }
-        };
-        v.snapshot_id = id.clone();
-        v.kms_key_id = kms.map(str::to_string);
-        ids.push(id);
-    }
-    ec2.wait_snapshots(&ids, Duration::from_secs(cfg.ebs.snapshot_timeout_s)).await?;
-    copy.ebs = Some(new_refs);
-    Ok(ids.len() as u64)
 }
 
 /// The copy regions the policy asks for, each with its repository; an error names a

@@ -174,7 +174,7 @@ async fn due_backup(cfg: &Config, repo: &Repository, now: DateTime<Utc>, at_star
     let last = all
         .iter()
         .filter(|b| holds_slot(b, now, limit, b.lease.as_ref().is_some_and(backup::holder_gone)))
-        .filter_map(|b| DateTime::parse_from_rfc3339(&b.start_time).ok().map(|t| t.with_timezone(&Utc)))
+        .map(|b| b.start_time)
         .max();
     if !backup_due(now, h, m, last) {
         return Ok(Decision::Nothing);
@@ -364,7 +364,7 @@ mod tests {
             host: "h".into(),
             pid: 1,
             token: "t".into(),
-            heartbeat_at: "2026-11-26T03:09:00Z".into(),
+            heartbeat_at: Some(t("2026-11-26T03:09:00Z")),
         });
         assert!(holds_slot(&leased, t("2026-11-26T03:10:00Z"), limit, false));
         assert!(!holds_slot(&leased, t("2026-11-26T03:10:00Z"), limit, true));
@@ -373,7 +373,7 @@ mod tests {
             [old_manifest("automatic", "failed", at), old_manifest("automatic", "completed", "2026-11-25T03:00:00Z")]
                 .iter()
                 .filter(|m| holds_slot(m, now, limit, false))
-                .filter_map(|m| DateTime::parse_from_rfc3339(&m.start_time).ok().map(|t| t.with_timezone(&Utc)))
+                .map(|m| m.start_time)
                 .max();
         assert!(backup_due(now, 3, 0, last));
     }

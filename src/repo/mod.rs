@@ -148,6 +148,11 @@ impl Repository {
         format!("clusters/{}/backups/{}/", self.cluster, id)
     }
 
+    /// Object key of bundle `name` of backup `id` (`backups/<id>/data/<name>`).
+    pub fn bundle_key(&self, id: &str, name: &str) -> String {
+        format!("{}data/{name}", self.backup_prefix(id))
+    }
+
     /// Seals `data` and stores it at `key`, replacing any previous object.
     pub async fn put_sealed(&self, key: &str, data: Bytes) -> Result<(), RepoError> {
         let sealed = self.seal(key, data).await?;

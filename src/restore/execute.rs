@@ -3,21 +3,16 @@
 //! touched. Until everything is verified the directory has no `global/pg_control` and
 //! carries a `TIDEMARK_RESTORE_INCOMPLETE` marker, so it cannot be started by mistake.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
-use sha2::{Digest, Sha256};
 
-use crate::catalog::backup::{bundle_key, EntryKind, Manifest, Part};
+use crate::catalog::backup::Manifest;
 use crate::catalog::restore_plan::{rfc3339, Target};
-use crate::codec;
 use crate::pg::ctl;
-use crate::repo::Repository;
 use crate::wal::name::Lsn;
 
 /// Marker left in a directory whose restore did not finish.
@@ -137,6 +132,25 @@ pub fn tablespace_dir(target: &Path, oid: u32) -> PathBuf {
     target.with_file_name(name).join(oid.to_string())
 }
 
+/// Where a files backup's paths go in a new data directory: tablespaces beside it, and
+/// pg_control under a pending name until everything else is in place.
+struct TargetLayout<'a>(&'a Path);
+
+impl crate::snapshot::files::restore::Layout for TargetLayout<'_> {
+    fn path(&self, rel: &str) -> PathBuf {
+        dest_path(self.0, rel)
+    }
+    fn link(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    fn link_target(&self, rel: &str, recorded: Option<&str>) -> PathBuf {
+        match rel.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok()) {
+            Some(oid) => tablespace_dir(self.0, oid),
+            None => PathBuf::from(recorded.unwrap_or_default()),
+        }
+    }
+}
+
 /// Maps a manifest path to its place on disk.
 fn dest_path(target: &Path, rel: &str) -> PathBuf {
     if rel == PG_CONTROL {
@@ -190,175 +204,9 @@ pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> Stri
     c
 }
 
-/// The running checksum of the part being written: CRC-32C, or SHA-256 for older backups.
-enum PartCheck {
-    Crc(u32),
-    Sha(Sha256),
-}
-
-impl PartCheck {
-    fn for_part(part: Option<&Part>) -> PartCheck {
-        match part {
-            Some(p) if p.crc32c.is_none() && !p.sha256.is_empty() => PartCheck::Sha(Sha256::new()),
-            _ => PartCheck::Crc(0),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            PartCheck::Crc(c) => *c = crc32c::crc32c_append(*c, data),
-            PartCheck::Sha(h) => h.update(data),
-        }
-    }
-}
-
-/// Receives a bundle's plaintext in order and writes each part where it belongs,
-/// checking each part's SHA-256.
-struct PartSink {
-    parts: Vec<(PathBuf, String, Part)>,
-    idx: usize,
-    pos: u64,
-    file: Option<std::fs::File>,
-    check: PartCheck,
-    bundle: String,
-    error: Option<String>,
-    /// Only check checksums; write nothing (verify --deep).
-    dry: bool,
-}
-
-impl PartSink {
-    fn fail(&mut self, msg: String) -> std::io::Error {
-        self.error = Some(msg.clone());
-        std::io::Error::other(msg)
-    }
-}
-
-impl Write for PartSink {
-    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
-        let total = buf.len();
-        while !buf.is_empty() {
-            let Some((dest, rel, part)) = self.parts.get(self.idx).cloned() else {
-                return Err(self.fail(format!("bundle {} holds more bytes than its manifest lists", self.bundle)));
-            };
-            if self.pos < part.offset {
-                let skip = ((part.offset - self.pos) as usize).min(buf.len());
-                self.pos += skip as u64;
-                buf = &buf[skip..];
-                continue;
-            }
-            if self.file.is_none() && !self.dry {
-                let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dest);
-                self.file = Some(f.map_err(|e| std::io::Error::other(format!("creating {}: {e}", dest.display())))?);
-            }
-            let within = self.pos - part.offset;
-            let n = ((part.len - within) as usize).min(buf.len());
-            if let Some(f) = &self.file {
-                f.write_all_at(&buf[..n], part.file_offset + within)?;
-            }
-            self.check.update(&buf[..n]);
-            self.pos += n as u64;
-            buf = &buf[n..];
-            if within + n as u64 == part.len {
-                self.finish_part(&rel, &part)?;
-            }
-        }
-        Ok(total)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl PartSink {
-    fn finish_part(&mut self, rel: &str, part: &Part) -> std::io::Result<()> {
-        let check = std::mem::replace(&mut self.check, PartCheck::for_part(self.parts.get(self.idx + 1).map(|p| &p.2)));
-        self.file = None;
-        self.idx += 1;
-        let (ok, expected, got) = match check {
-            PartCheck::Crc(crc) => (
-                part.crc32c == Some(crc),
-                part.crc32c.map_or_else(|| "a checksum".to_string(), |c| format!("crc32c {c:08x}")),
-                format!("{crc:08x}"),
-            ),
-            PartCheck::Sha(h) => {
-                let got = hex::encode(h.finalize());
-                (got == part.sha256, format!("sha256 {}", part.sha256), got)
-            }
-        };
-        if !ok {
-            return Err(self
-                .fail(format!("{rel}: checksum mismatch in bundle {} (expected {expected}, got {got})", self.bundle)));
-        }
-        Ok(())
-    }
-
-    /// Zero-length parts complete without bytes; finish any at the current position.
-    fn finish_empty(&mut self) -> std::io::Result<()> {
-        while let Some((dest, rel, part)) = self.parts.get(self.idx).cloned() {
-            if part.len != 0 {
-                break;
-            }
-            if !self.dry {
-                std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&dest)?;
-            }
-            self.finish_part(&rel, &part)?;
-        }
-        Ok(())
-    }
-}
-
-/// Downloads one bundle and writes its parts; errors name the bundle.
-async fn restore_bundle(
-    repo: &Repository,
-    m: &Manifest,
-    n: usize,
-    parts: Vec<(PathBuf, String, Part)>,
-    dry: bool,
-) -> anyhow::Result<u64> {
-    let name = m.bundles[n].name.clone();
-    let key = bundle_key(repo, &m.id, &name);
-    let Some(sealed) = repo.store().get_bytes(&key).await? else {
-        bail!("bundle {name} of backup {} is missing from the repository ({key}); run `tidemark verify`", m.id);
-    };
-    let ring = repo.keyring().clone();
-    let plain = m.bundles[n].plain_bytes;
-    tokio::task::spawn_blocking(move || {
-        let check = PartCheck::for_part(parts.first().map(|p| &p.2));
-        let mut sink = PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: name.clone(), error: None, dry };
-        let res = sink
-            .finish_empty()
-            .map_err(|e| e.to_string())
-            .and_then(|_| codec::open(&ring, &key, &sealed[..], &mut sink).map_err(|e| e.to_string()));
-        if let Err(e) = res {
-            let why = sink.error.take().unwrap_or(e);
-            bail!("bundle {name}: {why}");
-        }
-        sink.finish_empty()?;
-        if sink.idx != sink.parts.len() {
-            bail!("bundle {name} ends before all its parts ({} of {})", sink.idx, sink.parts.len());
-        }
-        Ok(plain)
-    })
-    .await?
-}
-
-/// Downloads bundle `n` and checks every part's checksum without writing anything.
-pub async fn check_bundle(repo: &Repository, m: &Manifest, n: usize) -> anyhow::Result<u64> {
-    let mut parts: Vec<(PathBuf, String, Part)> = m
-        .files
-        .iter()
-        .flat_map(|e| e.parts.iter().filter(|p| p.bundle == n).map(|p| (PathBuf::new(), e.path.clone(), p.clone())))
-        .collect();
-    parts.sort_by_key(|(_, _, p)| p.offset);
-    restore_bundle(repo, m, n, parts, true).await
-}
-
 /// One restore: what to write where, and how.
 #[derive(Clone, Copy)]
 pub struct Job<'a> {
-    /// Repository to read from.
-    pub repo: &'a Repository,
     /// The backup.
     pub manifest: &'a Manifest,
     /// New data directory.
@@ -371,6 +219,8 @@ pub struct Job<'a> {
     pub workers: usize,
     /// Owner of the new files (when running as root).
     pub owner: Option<(u32, u32)>,
+    /// The backup's provider, which brings its files back.
+    pub provider: &'a dyn crate::snapshot::Provider,
 }
 
 /// Writes the backup's files into `target` and the recovery configuration. On failure the
@@ -442,69 +292,12 @@ fn write_marker(path: &Path, why: &str) {
 }
 
 async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
-    let Job { repo, manifest: m, target_dir, target, settings, workers, owner } = *job;
-    // Directories and links first.
-    for ts in &m.tablespaces {
-        std::fs::create_dir_all(tablespace_dir(target_dir, ts.oid))?;
-    }
-    for e in &m.files {
-        match e.kind {
-            EntryKind::Dir => std::fs::create_dir_all(dest_path(target_dir, &e.path))?,
-            EntryKind::Link => {
-                let oid = e.path.strip_prefix("pg_tblspc/").and_then(|o| o.parse::<u32>().ok());
-                let to = match oid {
-                    Some(oid) => tablespace_dir(target_dir, oid),
-                    None => PathBuf::from(e.target.clone().unwrap_or_default()),
-                };
-                std::fs::create_dir_all(to.clone())?;
-                std::os::unix::fs::symlink(&to, target_dir.join(&e.path))
-                    .with_context(|| format!("linking {} to {}", e.path, to.display()))?;
-            }
-            EntryKind::File => {}
-        }
-    }
-    // Parts grouped by bundle, in bundle order.
-    let mut by_bundle: BTreeMap<usize, Vec<(PathBuf, String, Part)>> = BTreeMap::new();
-    for e in m.files.iter().filter(|e| e.kind == EntryKind::File) {
-        let dest = dest_path(target_dir, &e.path);
-        if e.parts.is_empty() {
-            std::fs::File::create(&dest).with_context(|| format!("creating {}", dest.display()))?;
-        }
-        for p in &e.parts {
-            by_bundle.entry(p.bundle).or_default().push((dest.clone(), e.path.clone(), p.clone()));
-        }
-    }
-    for v in by_bundle.values_mut() {
-        v.sort_by_key(|(_, _, p)| p.offset);
-    }
-    let pb = crate::snapshot::progress::bytes_bar(m.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
-    let results: Vec<anyhow::Result<u64>> = futures::stream::iter(by_bundle)
-        .map(|(n, parts)| {
-            let pb = pb.clone();
-            async move {
-                let bytes = restore_bundle(repo, m, n, parts, false).await?;
-                pb.inc(bytes);
-                Ok(bytes)
-            }
-        })
-        .buffer_unordered(workers.max(1))
-        .collect()
-        .await;
-    pb.finish_and_clear();
-    for r in results {
-        r?;
-    }
-    // Sizes (files may be sparse at the end) and modes.
-    for e in &m.files {
-        let dest = dest_path(target_dir, &e.path);
-        if e.kind == EntryKind::File {
-            let f = std::fs::OpenOptions::new().write(true).open(&dest)?;
-            f.set_len(e.size)?;
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode & 0o7777))?;
-        } else if e.kind == EntryKind::Dir {
-            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode((e.mode & 0o7777) | 0o700))?;
-        }
-    }
+    let Job { manifest: m, target_dir, target, settings, workers, owner, provider } = *job;
+    let layout = TargetLayout(target_dir);
+    let captured = crate::snapshot::Captured { files: m.files.clone(), bundles: m.bundles.clone(), ebs: None };
+    let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+    let into = crate::snapshot::RestoreInto { target_dir, workers, layout: Some(&layout), volumes: None };
+    provider.restore_into(bref, &captured, &into).await?;
     // Recovery configuration, then pg_control last: only now can the directory start.
     let map = (!m.tablespace_map.trim().is_empty()).then(|| remap_tablespace_map(&m.tablespace_map, target_dir));
     write_recovery(target_dir, m, target, settings, map.as_deref())?;
@@ -563,11 +356,11 @@ pub fn write_recovery(
 pub fn prepare_snapshot_dir(
     m: &Manifest,
     refs: &crate::catalog::backup::EbsRefs,
-    mounted: &[crate::snapshot::ebs::Remounted],
+    mounted: &[crate::snapshot::ebs::restore::Remounted],
     target: Target,
     settings: &RecoverySettings,
 ) -> anyhow::Result<PathBuf> {
-    use crate::snapshot::ebs::relocate;
+    use crate::snapshot::ebs::restore::relocate;
     let dir =
         relocate(mounted, refs, "data_dir").ok_or_else(|| anyhow::anyhow!("backup {} has no data_dir mount", m.id))?;
     if !dir.join("PG_VERSION").is_file() {
@@ -588,11 +381,11 @@ fn snapshot_fix_up(
     dir: &Path,
     m: &Manifest,
     refs: &crate::catalog::backup::EbsRefs,
-    mounted: &[crate::snapshot::ebs::Remounted],
+    mounted: &[crate::snapshot::ebs::restore::Remounted],
     target: Target,
     settings: &RecoverySettings,
 ) -> anyhow::Result<()> {
-    use crate::snapshot::ebs::relocate;
+    use crate::snapshot::ebs::restore::relocate;
     for f in [
         "postmaster.pid",
         "postmaster.opts",
@@ -821,47 +614,6 @@ mod tests {
         assert_eq!(parse_reached("LOG:  redo done at 1/A0\n").redo_done, Some(Lsn(0x1_0000_00A0)));
         assert_eq!(r.last_transaction.as_deref(), Some("2026-11-26 06:00:00.25+00"));
         assert!(r.stopped.unwrap().starts_with("recovery stopping before commit"));
-    }
-
-    fn part(offset: u64, data: &[u8], crc: bool) -> Part {
-        Part {
-            bundle: 0,
-            offset,
-            file_offset: 0,
-            len: data.len() as u64,
-            crc32c: crc.then(|| crc32c::crc32c(data)),
-            sha256: if crc { String::new() } else { hex::encode(Sha256::digest(data)) },
-        }
-    }
-
-    fn sink(parts: Vec<(PathBuf, String, Part)>) -> PartSink {
-        let check = PartCheck::for_part(parts.first().map(|p| &p.2));
-        PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: "b000000".into(), error: None, dry: false }
-    }
-
-    #[test]
-    fn parts_are_checked_by_crc32c_or_by_the_sha256_older_backups_carry() {
-        let d = tempfile::tempdir().unwrap();
-        let (a, b) = (d.path().join("a"), d.path().join("b"));
-        // A new (CRC-32C) part followed by an old (SHA-256) one, written in odd-sized writes.
-        let mut s = sink(vec![
-            (a.clone(), "a".into(), part(0, b"first file", true)),
-            (b.clone(), "b".into(), part(10, b"second", false)),
-        ]);
-        for piece in b"first filesecond".chunks(3) {
-            s.write_all(piece).unwrap();
-        }
-        assert_eq!(s.idx, 2);
-        assert_eq!(std::fs::read(&a).unwrap(), b"first file");
-        assert_eq!(std::fs::read(&b).unwrap(), b"second");
-
-        for crc in [true, false] {
-            let mut s = sink(vec![(d.path().join("c"), "c".into(), part(0, b"expected", crc))]);
-            assert!(s.write_all(b"damaged!").is_err());
-            let e = s.error.unwrap();
-            assert!(e.contains("c: checksum mismatch in bundle b000000"), "{e}");
-            assert!(e.contains(if crc { "crc32c" } else { "sha256" }), "{e}");
-        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub struct Request {
     /// tidemark binary the restored cluster's restore_command runs (default: this one).
     pub exe: Option<PathBuf>,
     /// New-volume options for `ebs` backups.
-    pub ebs: crate::snapshot::ebs::RestoreOptions,
+    pub ebs: crate::snapshot::ebs::restore::RestoreOptions,
 }
 
 /// What a restore did.
@@ -120,7 +120,7 @@ pub struct Report {
     pub data_dir: PathBuf,
     /// New volumes (ebs).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub volumes: Vec<crate::snapshot::ebs::Remounted>,
+    pub volumes: Vec<crate::snapshot::ebs::restore::Remounted>,
     /// WAL segments recovery reads.
     pub segments: u64,
     /// For `--latest`: the record recovery must replay.
@@ -132,7 +132,7 @@ pub struct Report {
 /// Plans, then restores into a new directory; refuses before any download when the
 /// target is outside the window.
 pub async fn run(cfg: &Config, repo: &Repository, req: &Request) -> anyhow::Result<Report> {
-    run_with(cfg, repo, req, &crate::snapshot::ebs::LocalHost { sys: cfg.ebs.sys_root.clone() }).await
+    run_with(cfg, repo, req, &crate::snapshot::ebs::restore::LocalHost { sys: cfg.ebs.sys_root.clone() }).await
 }
 
 /// `run` with the host seam (device discovery, mount) given.
@@ -140,7 +140,7 @@ pub async fn run_with(
     cfg: &Config,
     repo: &Repository,
     req: &Request,
-    host: &dyn crate::snapshot::ebs::Host,
+    host: &dyn crate::snapshot::ebs::restore::Host,
 ) -> anyhow::Result<Report> {
     execute::check_target_dir(&req.target_dir)?;
     execute::check_not_in_source(&req.target_dir, &execute::source_dirs(&cfg.postgres.data_dir))?;
@@ -189,21 +189,30 @@ pub async fn run_with(
     let timeline = follow_timeline(repo, &m).await?;
     tracing::info!(timeline, "recovery follows this timeline");
     let settings = execute::RecoverySettings { restore_command, port: req.port, timeline: Some(timeline) };
+    let provider = crate::snapshot::open(m.provider, cfg, repo, None);
     let (data_dir, volumes) = match &m.ebs {
         Some(refs) if m.provider == crate::config::Provider::Ebs => {
-            let mounted = crate::snapshot::ebs::restore_volumes(cfg, refs, &m, &req.target_dir, &req.ebs, host).await?;
+            let held = crate::snapshot::Captured { ebs: Some(refs.clone()), ..Default::default() };
+            let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+            let into = crate::snapshot::RestoreInto {
+                target_dir: &req.target_dir,
+                workers: cfg.backup.workers,
+                layout: None,
+                volumes: Some((&req.ebs, host)),
+            };
+            let mounted = provider.restore_into(bref, &held, &into).await?;
             let dir = execute::prepare_snapshot_dir(&m, refs, &mounted, req.target, &settings)?;
             (dir, mounted)
         }
         _ => {
             execute::execute(&execute::Job {
-                repo,
                 manifest: &m,
                 target_dir: &req.target_dir,
                 target: req.target,
                 settings: &settings,
                 workers: cfg.backup.workers,
                 owner,
+                provider: &*provider,
             })
             .await?;
             (req.target_dir.clone(), Vec::new())

@@ -44,9 +44,7 @@ pub async fn catalog(repo: &Repository) -> anyhow::Result<Vec<BackupInfo>> {
             if m.state == BackupState::Purging {
                 continue;
             }
-            let started = DateTime::parse_from_rfc3339(&m.start_time)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or(DateTime::UNIX_EPOCH);
+            let started = m.start_time;
             out.push(BackupInfo {
                 id: m.id.clone(),
                 cluster: h.clone(),

@@ -103,8 +103,12 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
         repo.put_json(&backup::record_key(repo, id), &backup::record_of(&m)).await?;
     }
     failpoint("purge-after-mark");
-    if m.ebs.is_some() {
-        let n = crate::snapshot::ebs::delete(repo.ec2_endpoint(), &m).await?;
+    // What the backup holds outside the repository (EBS snapshots) goes first: the
+    // manifest that lists it is deleted last.
+    let held = crate::snapshot::Captured { files: Vec::new(), bundles: Vec::new(), ebs: m.ebs.clone() };
+    let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+    if held.ebs.is_some() {
+        let n = crate::snapshot::for_data(m.provider, repo).delete(bref, &held).await?;
         tracing::info!(backup = %id, snapshots = n, "EBS snapshots deleted");
     }
     for (i, b) in m.bundles.iter().enumerate() {

@@ -5,10 +5,9 @@ pub mod wal_remove;
 
 use serde::Serialize;
 
-use crate::catalog::backup::{self, bundle_key, BackupState};
+use crate::catalog::backup::{self, BackupState};
 use crate::catalog::wal_index;
 use crate::repo::Repository;
-use crate::restore::execute::check_bundle;
 use crate::wal::history::Ancestor;
 use crate::wal::name::Segment;
 
@@ -148,21 +147,12 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
     for m in &manifests {
         let mut problems = Vec::new();
         if m.state == BackupState::Completed {
-            for (n, b) in m.bundles.iter().enumerate() {
-                let key = bundle_key(repo, &m.id, &b.name);
-                match repo.store().head(&key).await? {
-                    None => problems.push(format!("bundle {} is missing ({key})", b.name)),
-                    Some(meta) if meta.size != b.stored_bytes => problems.push(format!(
-                        "bundle {} is {} bytes, the manifest says {}",
-                        b.name, meta.size, b.stored_bytes
-                    )),
-                    Some(_) if deep => {
-                        if let Err(e) = check_bundle(repo, m, n).await {
-                            problems.push(format!("{e:#}"));
-                        }
-                    }
-                    Some(_) => {}
-                }
+            let held =
+                crate::snapshot::Captured { files: m.files.clone(), bundles: m.bundles.clone(), ebs: m.ebs.clone() };
+            let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+            match crate::snapshot::for_data(m.provider, repo).verify(bref, &held, deep).await {
+                Ok(p) => problems.extend(p),
+                Err(e) => problems.push(format!("could not check its {} data: {e:#}", m.provider)),
             }
         }
         backups.push(BackupReport { id: m.id.clone(), state: m.state, problems });

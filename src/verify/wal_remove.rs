@@ -162,7 +162,7 @@ mod tests {
             wal_segment_size: 16,
             start_lsn: Lsn(start),
             stop_lsn: stop.map(Lsn),
-            start_time: String::new(),
+            start_time: chrono::DateTime::UNIX_EPOCH,
             stop_time: None,
             backup_label: String::new(),
             tablespace_map: String::new(),

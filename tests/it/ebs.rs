@@ -12,9 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, InstanceType, Placement, VolumeState, VolumeType};
 use tidemark::catalog::backup::{BackupKind, BackupState};
-use tidemark::snapshot::ebs::Host;
-use tidemark::snapshot::ec2::{Ec2, NewVolume, TAG_BACKUP, TAG_CLUSTER, TAG_KIND};
-use tidemark::snapshot::freeze::{Freezer, Frozen, GuardProcess};
+use tidemark::snapshot::ebs::ec2::{Ec2, NewVolume, TAG_BACKUP, TAG_CLUSTER, TAG_KIND};
+use tidemark::snapshot::ebs::freeze::{Freezer, Frozen, GuardProcess};
+use tidemark::snapshot::ebs::restore::Host;
 
 use crate::harness::{self, FaultProxy, LoopMount, Moto, Pg, Tidemark};
 
@@ -98,7 +98,7 @@ async fn snapshots_volumes_and_copies_against_moto() {
     let v = ec2.wait_volume(&new_vol, VolumeState::Available, Duration::from_secs(60)).await.unwrap();
     assert_eq!((v.size_gib, v.volume_type.as_str(), v.iops), (20, "gp3", Some(4000)));
     let used: Vec<String> = inst.mappings.iter().map(|(d, _)| d.clone()).collect();
-    let dev = tidemark::snapshot::discover::next_free_device(&used).unwrap();
+    let dev = tidemark::snapshot::ebs::discover::next_free_device(&used).unwrap();
     assert_eq!(dev, "/dev/sdi");
     ec2.attach(&new_vol, &id, &dev, Duration::from_secs(60)).await.unwrap();
     assert!(ec2.instance(&id).await.unwrap().mappings.contains(&(dev, new_vol)));
@@ -311,9 +311,9 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
 
     // sysfs as a Nitro instance shows it: the loop device's numbers lead to an NVMe disk
     // whose serial is the EBS volume id.
-    let mounts = tidemark::snapshot::discover::read_mountinfo(Path::new("/proc")).unwrap();
+    let mounts = tidemark::snapshot::ebs::discover::read_mountinfo(Path::new("/proc")).unwrap();
     let canon = lm.dir.canonicalize().unwrap();
-    let m = tidemark::snapshot::discover::mount_for(&canon, &mounts).unwrap().clone();
+    let m = tidemark::snapshot::ebs::discover::mount_for(&canon, &mounts).unwrap().clone();
     let work = harness::postgres_dir("ebs");
     let sys = work.path().join("sys");
     std::fs::create_dir_all(sys.join("dev/block")).unwrap();
@@ -455,12 +455,12 @@ async fn identity_comes_from_imdsv2_unless_configured() {
     // The endpoint is process-wide, so every test shares it: only this one asks IMDS (the
     // EBS tests configure ebs.instance_id; the SDK chains have AWS_EC2_METADATA_DISABLED).
     std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{imds}"));
-    let got = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap();
+    let got = tidemark::snapshot::ebs::ec2::identity(None, None, None).await.unwrap();
     assert_eq!(got, ("i-0fedcba9876543210".to_string(), "eu-central-1".to_string(), "eu-central-1b".to_string()));
-    let got = tidemark::snapshot::ec2::identity(Some("i-0abc"), None, Some("eu-central-1c")).await.unwrap();
+    let got = tidemark::snapshot::ebs::ec2::identity(Some("i-0abc"), None, Some("eu-central-1c")).await.unwrap();
     assert_eq!(got, ("i-0abc".to_string(), "eu-central-1".to_string(), "eu-central-1c".to_string()));
     // Not on EC2: the error says which settings replace IMDS.
     std::env::set_var("AWS_EC2_METADATA_SERVICE_ENDPOINT", format!("http://127.0.0.1:{}", harness::free_port()));
-    let e = tidemark::snapshot::ec2::identity(None, None, None).await.unwrap_err();
+    let e = tidemark::snapshot::ebs::ec2::identity(None, None, None).await.unwrap_err();
     assert!(format!("{e:#}").contains("set ebs.instance_id, ebs.region and ebs.availability_zone"), "{e:#}");
 }

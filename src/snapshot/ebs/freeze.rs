@@ -7,7 +7,6 @@
 //! It ignores SIGINT/SIGTERM/SIGHUP so a Ctrl-C to the terminal's process group reaches it
 //! only through the agent's death, that is as EOF.
 
-use std::future::Future;
 use std::io::{BufRead, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -192,35 +191,27 @@ impl Frozen for Guard {
     }
 }
 
-/// The consistent-capture sequence, behind a trait so a recording double proves its order.
+/// What happens while the mounts are held, behind a trait so a recording double proves its
+/// order (with the backup flow's start and stop around it: `backup::capture_between`).
 #[async_trait]
-pub trait Steps: Send {
-    /// pg_backup_start.
-    async fn start(&mut self) -> anyhow::Result<()>;
+pub trait Hold: Send {
     /// Freeze the mounts.
     async fn freeze(&mut self) -> anyhow::Result<()>;
     /// The snapshot call (returns once the point in time is fixed).
     async fn snapshot(&mut self) -> anyhow::Result<()>;
     /// Thaw the mounts.
     async fn thaw(&mut self) -> anyhow::Result<()>;
-    /// pg_backup_stop.
-    async fn stop(&mut self) -> anyhow::Result<()>;
 }
 
-/// start → freeze → snapshot → thaw → stop. Thaw runs whenever a freeze was attempted and
-/// stop whenever start succeeded, also when the snapshot call fails, hangs past `limit`
-/// (the frozen period never exceeds it) or `interrupt` fires.
-pub async fn run<S: Steps + ?Sized>(
+/// freeze → snapshot → thaw. Thaw runs whenever a freeze was attempted, also when the
+/// snapshot call fails, hangs past `limit` (the frozen period never exceeds it) or
+/// `interrupt` fires.
+pub async fn hold<S: Hold + ?Sized>(
     steps: &mut S,
     freeze: bool,
     limit: Duration,
-    interrupt: impl Future<Output = ()>,
+    mut interrupt: crate::snapshot::Interrupt<'_>,
 ) -> anyhow::Result<()> {
-    tokio::pin!(interrupt);
-    tokio::select! {
-        r = steps.start() => r?,
-        _ = &mut interrupt => bail!("interrupted before the backup started"),
-    }
     let mut tried_freeze = false;
     let captured: anyhow::Result<()> = async {
         let deadline = tokio::time::Instant::now() + limit;
@@ -242,10 +233,8 @@ pub async fn run<S: Steps + ?Sized>(
     }
     .await;
     let thawed = if tried_freeze { steps.thaw().await } else { Ok(()) };
-    let stopped = steps.stop().await;
     captured?;
-    thawed.context("thawing the mounts")?;
-    stopped
+    thawed.context("thawing the mounts")
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -261,130 +250,5 @@ pub async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Copy, PartialEq)]
-    enum Snap {
-        Ok,
-        Fail,
-        Hang,
-    }
-
-    struct Recorder {
-        log: Arc<Mutex<Vec<&'static str>>>,
-        snap: Snap,
-        fail_freeze: bool,
-    }
-
-    impl Recorder {
-        fn new(snap: Snap) -> (Recorder, Arc<Mutex<Vec<&'static str>>>) {
-            let log = Arc::new(Mutex::new(Vec::new()));
-            (Recorder { log: log.clone(), snap, fail_freeze: false }, log)
-        }
-        fn push(&self, e: &'static str) {
-            self.log.lock().unwrap().push(e);
-        }
-    }
-
-    #[async_trait]
-    impl Steps for Recorder {
-        async fn start(&mut self) -> anyhow::Result<()> {
-            self.push("start");
-            Ok(())
-        }
-        async fn freeze(&mut self) -> anyhow::Result<()> {
-            self.push("freeze");
-            if self.fail_freeze {
-                bail!("EPERM");
-            }
-            Ok(())
-        }
-        async fn snapshot(&mut self) -> anyhow::Result<()> {
-            self.push("snapshot");
-            match self.snap {
-                Snap::Ok => Ok(()),
-                Snap::Fail => bail!("InternalError"),
-                Snap::Hang => std::future::pending().await,
-            }
-        }
-        async fn thaw(&mut self) -> anyhow::Result<()> {
-            self.push("thaw");
-            Ok(())
-        }
-        async fn stop(&mut self) -> anyhow::Result<()> {
-            self.push("stop");
-            Ok(())
-        }
-    }
-
-    fn never() -> impl Future<Output = ()> {
-        std::future::pending()
-    }
-
-    #[tokio::test]
-    async fn order_is_start_freeze_snapshot_thaw_stop() {
-        let (mut r, log) = Recorder::new(Snap::Ok);
-        run(&mut r, true, Duration::from_secs(10), never()).await.unwrap();
-        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
-    }
-
-    #[tokio::test]
-    async fn no_freeze_when_disabled() {
-        let (mut r, log) = Recorder::new(Snap::Ok);
-        run(&mut r, false, Duration::from_secs(10), never()).await.unwrap();
-        assert_eq!(*log.lock().unwrap(), ["start", "snapshot", "stop"]);
-    }
-
-    #[tokio::test]
-    async fn failed_snapshot_still_thaws_and_stops() {
-        let (mut r, log) = Recorder::new(Snap::Fail);
-        let e = run(&mut r, true, Duration::from_secs(10), never()).await.unwrap_err();
-        assert!(format!("{e:#}").contains("InternalError"));
-        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn hanging_snapshot_is_cut_by_the_watchdog() {
-        let (mut r, log) = Recorder::new(Snap::Hang);
-        let began = tokio::time::Instant::now();
-        let e = run(&mut r, true, Duration::from_secs(10), never()).await.unwrap_err();
-        assert!(format!("{e:#}").contains("did not return within"), "{e:#}");
-        assert_eq!(began.elapsed(), Duration::from_secs(10));
-        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
-    }
-
-    #[tokio::test]
-    async fn interrupt_during_snapshot_thaws_and_stops() {
-        let (mut r, log) = Recorder::new(Snap::Hang);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let interrupt = async move {
-            let _ = rx.await;
-        };
-        let runner = tokio::spawn(async move {
-            let res = run(&mut r, true, Duration::from_secs(3600), interrupt).await;
-            (res, r)
-        });
-        // The interrupt arrives once the snapshot call is in flight.
-        while !log.lock().unwrap().contains(&"snapshot") {
-            tokio::task::yield_now().await;
-        }
-        tx.send(()).unwrap();
-        let (res, _) = runner.await.unwrap();
-        assert!(format!("{:#}", res.unwrap_err()).contains("interrupted"));
-        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "snapshot", "thaw", "stop"]);
-    }
-
-    #[tokio::test]
-    async fn failed_freeze_thaws_what_it_may_have_frozen_and_stops() {
-        let (mut r, log) = Recorder::new(Snap::Ok);
-        r.fail_freeze = true;
-        assert!(run(&mut r, true, Duration::from_secs(10), never()).await.is_err());
-        assert_eq!(*log.lock().unwrap(), ["start", "freeze", "thaw", "stop"]);
     }
 }

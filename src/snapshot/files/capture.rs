@@ -1,6 +1,6 @@
-//! The `files` provider: copy the data directory and tablespaces between backup start and
-//! stop, packed into sealed bundles uploaded in parallel, with memory bounded by
-//! `workers × bundle size` whatever the database size.
+//! The `files` capture: the data directory and tablespaces walked, packed into sealed
+//! bundles and uploaded in parallel, with memory bounded by `workers × bundle size`
+//! whatever the database size.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures::StreamExt;
 
-use crate::catalog::backup::{bundle_key, Bundle, EntryKind, FileEntry, Part};
 use crate::codec::envelope::read_full;
 use crate::codec::{SealStats, Sealer};
 use crate::repo::Repository;
+use crate::snapshot::files::{Bundle, EntryKind, FileEntry, Part};
 use crate::store::{PutOutcome, Staged};
 
 /// Directories whose contents a base backup leaves out (PostgreSQL's basebackup.c list).
@@ -315,7 +315,7 @@ pub async fn capture(
             let progress = progress.clone();
             async move {
                 let name = format!("b{n:06}");
-                let key = bundle_key(repo, id, &name);
+                let key = repo.bundle_key(id, &name);
                 let staged = repo.store().stage(&key)?;
                 let (r, k) = (repo.clone(), key.clone());
                 let sealed =
