@@ -179,6 +179,12 @@ pub enum Command {
     },
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
+    /// Restore drills: a restore into a scratch directory, started, checked and removed.
+    Drill {
+        /// What to do.
+        #[command(subcommand)]
+        action: DrillAction,
+    },
     /// The commit-time index of the archived WAL (derived data the daemon keeps rolled up).
     WalIndex {
         /// What to do.
@@ -191,6 +197,23 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+/// `drill` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DrillAction {
+    /// Run a drill now: restore the latest (or a random) point into `drill.scratch_dir`,
+    /// start it, check it, remove it; exit 0 only when it passed.
+    Run {
+        /// What to restore to (default: `drill.target`).
+        #[arg(long, value_enum)]
+        target: Option<crate::config::DrillTarget>,
+        /// Keep the restored directory (stopped) instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// The drills run so far, newest last.
+    List,
 }
 
 /// `wal-index` subcommands.

@@ -47,8 +47,14 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// EBS snapshot provider.
     pub ebs: EbsConfig,
+    /// Restore drills.
+    pub drill: DrillConfig,
     /// Repositories holding cross-region copies, by region (`[regions.us-west-1]`).
     pub regions: std::collections::BTreeMap<String, RegionConfig>,
+    /// The file this was read from (absolute), when one was: what a restored cluster's
+    /// restore_command reads.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[regions.<region>]`: where copies in that region go.
@@ -189,6 +195,79 @@ pub struct BackupConfig {
     pub workers: usize,
 }
 
+/// When the daemon runs a restore drill (`drill.schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillSchedule {
+    /// Never by itself: `tidemark drill run` only.
+    Off,
+    /// Every day at `drill.time_of_day`.
+    Daily,
+    /// Every `drill.weekday` at `drill.time_of_day`.
+    Weekly,
+}
+
+/// What a drill restores to (`drill.target`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillTarget {
+    /// The end of the archive.
+    Latest,
+    /// A random time inside the restorable window.
+    Random,
+}
+
+/// `[drill]`: a scheduled restore into a scratch directory, checked and removed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrillConfig {
+    /// `off`, `daily` or `weekly`.
+    pub schedule: DrillSchedule,
+    /// Day of a weekly drill: `mon` .. `sun`.
+    pub weekday: String,
+    /// UTC time of day, `HH:MM`.
+    pub time_of_day: String,
+    /// `latest` or `random`.
+    pub target: DrillTarget,
+    /// Where drills restore to (a directory per drill, removed afterwards).
+    pub scratch_dir: PathBuf,
+    /// SQL run on the restored cluster; its first column of its first row is the result.
+    pub probe_sql: Option<String>,
+    /// What the probe must return (unset: any result passes).
+    pub probe_expect: Option<String>,
+    /// The whole drill must finish within this many seconds.
+    pub time_limit_s: u64,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            schedule: DrillSchedule::Off,
+            weekday: "sun".into(),
+            time_of_day: "04:00".into(),
+            target: DrillTarget::Latest,
+            scratch_dir: "/var/lib/tidemark/drill".into(),
+            probe_sql: None,
+            probe_expect: None,
+            time_limit_s: 3600,
+        }
+    }
+}
+
+impl DrillConfig {
+    /// `time_of_day` as (hour, minute).
+    pub fn time_of_day(&self) -> Option<(u32, u32)> {
+        let (h, m) = self.time_of_day.split_once(':')?;
+        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+        (h < 24 && m < 60).then_some((h, m))
+    }
+
+    /// `weekday` as a chrono weekday.
+    pub fn weekday(&self) -> Option<chrono::Weekday> {
+        self.weekday.parse().ok()
+    }
+}
+
 /// `[daemon]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -239,7 +318,9 @@ impl Default for Config {
             backup: BackupConfig::default(),
             daemon: DaemonConfig::default(),
             ebs: EbsConfig::default(),
+            drill: DrillConfig::default(),
             regions: Default::default(),
+            source: None,
         }
     }
 }
@@ -323,7 +404,8 @@ impl Default for EbsConfig {
     }
 }
 
-const SECTIONS: &[&str] = &["postgres", "repository", "encryption", "archive", "fetch", "backup", "daemon", "ebs"];
+const SECTIONS: &[&str] =
+    &["postgres", "repository", "encryption", "archive", "fetch", "backup", "daemon", "ebs", "drill"];
 
 /// Applies `TIDEMARK_<SECTION>_<FIELD>=value` (and `TIDEMARK_CLUSTER`) onto the parsed TOML.
 fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>) -> Result<(), ConfigError> {
@@ -359,7 +441,7 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
             (
                 toml::Value::Integer(_) | toml::Value::Boolean(_),
                 "url" | "conninfo" | "region" | "endpoint" | "os_user" | "time_of_day" | "instance_id"
-                | "availability_zone",
+                | "availability_zone" | "probe_sql" | "probe_expect" | "weekday",
             ) => toml::Value::String(value),
             _ => parsed,
         };
@@ -403,7 +485,11 @@ impl Config {
             }
             Err(e) => return Err(ConfigError::Read(path, e)),
         };
-        Self::from_toml(&text, &path.display().to_string(), std::env::vars())
+        let mut cfg = Self::from_toml(&text, &path.display().to_string(), std::env::vars())?;
+        if !text.is_empty() {
+            cfg.source = std::path::absolute(&path).ok();
+        }
+        Ok(cfg)
     }
 
     /// Parses TOML text plus environment overrides; `origin` names the source in errors.
@@ -465,6 +551,33 @@ impl Config {
                 "backup.time_of_day",
                 format!("'{}' must be HH:MM (UTC)", self.backup.time_of_day),
             ));
+        }
+        if self.drill.time_of_day().is_none() {
+            return Err(ConfigError::Invalid(
+                "drill.time_of_day",
+                format!("'{}' must be HH:MM (UTC)", self.drill.time_of_day),
+            ));
+        }
+        if self.drill.weekday().is_none() {
+            return Err(ConfigError::Invalid(
+                "drill.weekday",
+                format!("'{}' must be a day of the week (mon .. sun)", self.drill.weekday),
+            ));
+        }
+        if !(60..=7 * 86400).contains(&self.drill.time_limit_s) {
+            return Err(ConfigError::Invalid(
+                "drill.time_limit_s",
+                format!("{} must be between 60 and 604800", self.drill.time_limit_s),
+            ));
+        }
+        if !self.drill.scratch_dir.is_absolute() {
+            return Err(ConfigError::Invalid(
+                "drill.scratch_dir",
+                format!("'{}' must be an absolute path", self.drill.scratch_dir.display()),
+            ));
+        }
+        if self.drill.probe_expect.is_some() && self.drill.probe_sql.is_none() {
+            return Err(ConfigError::Invalid("drill.probe_expect", "is set but drill.probe_sql is not".into()));
         }
         if !(1..=1024).contains(&self.repository.max_in_flight) {
             return Err(ConfigError::Invalid(

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod config;
 pub mod copy;
 pub mod daemon;
+pub mod drill;
 pub mod pg;
 pub mod repo;
 pub mod restore;
@@ -29,7 +30,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // What the user runs: parse, dispatch, render, exit codes, the per-file fast path.
     ("command", &["cmd"]),
     // Operations over time: backup, restore, archive (push, fetch), sweep, copies, daemon.
-    ("flow", &["archive", "backup", "restore", "sweep", "copy", "verify", "daemon"]),
+    ("flow", &["archive", "backup", "restore", "sweep", "copy", "verify", "drill", "daemon"]),
     // What the repository knows and the pure planners over it.
     ("domain", &["catalog"]),
     // Things outside the repository: WAL on disk, PostgreSQL, snapshot providers.

@@ -597,6 +597,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn times_are_stored_to_the_microsecond_and_a_bad_one_says_so() {
+        let m = old_manifest("manual", "completed", "2026-11-26T04:00:00+01:00");
+        assert_eq!(m.start_time, t("2026-11-26T03:00:00Z"), "any offset reads, as UTC");
+        let json = serde_json::to_value(&m).expect("ser");
+        assert_eq!(json["start_time"], "2026-11-26T03:00:00.000000Z");
+        assert!(json["stop_time"].is_null());
+        let mut bad = json.clone();
+        bad["start_time"] = "yesterday".into();
+        let e = serde_json::from_value::<Manifest>(bad).unwrap_err().to_string();
+        assert!(e.contains("\"yesterday\" is not an RFC 3339 time"), "{e}");
+        let mut bad = json;
+        bad["stop_time"] = "2026-13-01T00:00:00Z".into();
+        assert!(serde_json::from_value::<Manifest>(bad).is_err());
+    }
+
+    #[test]
     fn stale_by_heartbeat_age_or_gone_holder() {
         let limit = Duration::from_secs(150);
         let m = with_lease(old_manifest("manual", "running", "2026-11-26T03:00:00Z"), "2026-11-26T03:10:00Z");

@@ -1,6 +1,7 @@
 //! What the repository knows about clusters and their backups.
 
 pub mod backup;
+pub mod drill;
 pub mod restore_plan;
 pub mod retention;
 pub mod wal_index;

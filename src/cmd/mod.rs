@@ -8,6 +8,7 @@ mod render;
 mod backup;
 pub mod check;
 pub mod demo;
+mod drill;
 pub mod failure;
 pub mod fast_path;
 mod keys;
@@ -87,6 +88,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Restore { .. } => restore::run(&cli).await,
         Command::Window { cluster } => window::run(&cli, cluster).await,
         Command::WalIndex { action } => wal_index::run(&cli, action).await,
+        Command::Drill { action } => drill::run(&cli, action).await,
         Command::Verify { cluster, deep } => verify::run(&cli, cluster, deep).await,
         Command::Policy { action } => policy::run(&cli, action).await,
         Command::Deprovision { cluster, yes } => lifecycle::deprovision(&cli, cluster, yes).await,

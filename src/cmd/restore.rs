@@ -57,6 +57,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
             prewarm: *prewarm,
             workers: cfg.backup.workers,
         },
+        extra_settings: Vec::new(),
     };
     let report = crate::restore::run(&cfg, &repo, &req).await?;
     match cli.output {

@@ -63,10 +63,27 @@ pub struct Status {
     pub restorable_to: Option<String>,
     /// Daemon counters, when a daemon answers.
     pub daemon: Option<Stats>,
+    /// The last restore drill, when one has run.
+    pub last_drill: Option<LastDrill>,
     /// `ok`, `warning` or `critical` (the worst of the problems).
     pub verdict: &'static str,
     /// What is wrong, each saying what to do.
     pub problems: Vec<Problem>,
+}
+
+/// The last restore drill, as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDrill {
+    /// Drill id.
+    pub id: String,
+    /// Passed.
+    pub ok: bool,
+    /// When it finished.
+    pub finished_at: String,
+    /// Seconds to a promoted cluster: the restore time it measured.
+    pub restore_seconds: Option<f64>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// How bad a problem is.
@@ -255,8 +272,32 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
         _ => None,
     };
     let age = last.and_then(|m| m.stop_at()).map(|t| (now - t).num_seconds());
-    let (verdict, problems) =
+    let (mut verdict, mut problems) =
         assess(&archiving, age, next_backup.is_some(), integrity_problems(daemon.as_ref(), &windows));
+    let last_drill = match crate::catalog::drill::last(repo).await {
+        Ok(d) => d.map(|d| LastDrill {
+            id: d.id,
+            ok: d.ok,
+            finished_at: crate::catalog::backup::time_format::to_string(&d.finished_at),
+            restore_seconds: d.restore_seconds,
+            error: d.error,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the last restore drill's record");
+            None
+        }
+    };
+    if let Some(d) = last_drill.as_ref().filter(|d| !d.ok) {
+        problems.push(Problem {
+            severity: Severity::Critical,
+            message: format!(
+                "the last restore drill ({}) FAILED: {}; restores may not work: see `tidemark drill list`, fix it, and run `tidemark drill run`",
+                d.id,
+                d.error.as_deref().unwrap_or("no reason recorded")
+            ),
+        });
+        verdict = "critical";
+    }
     Ok(Status {
         verdict,
         problems,
@@ -270,6 +311,7 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
         restorable_from: windows.iter().filter_map(|(_, w)| w.earliest()).min().map(rfc3339),
         restorable_to: windows.iter().filter_map(|(_, w)| w.latest()).max().map(rfc3339),
         daemon,
+        last_drill,
     })
 }
 
@@ -304,6 +346,15 @@ pub fn render(s: &Status) -> String {
             d.stored, d.already_archived, d.served_from_read_ahead, d.failures, d.ready
         )),
         None => out.push_str("daemon:      not running (wal-push archives directly)\n"),
+    }
+    if let Some(d) = &s.last_drill {
+        out.push_str(&format!(
+            "last drill:  {} {} at {}{}\n",
+            d.id,
+            if d.ok { "passed" } else { "FAILED" },
+            d.finished_at,
+            d.restore_seconds.map(|r| format!(", restored to a promoted cluster in {r:.0} s")).unwrap_or_default()
+        ));
     }
     out.push_str(&format!("verdict:     {}\n", s.verdict));
     for p in &s.problems {

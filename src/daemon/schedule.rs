@@ -210,8 +210,45 @@ pub fn spawn(cfg: Config, repo: Repository, one: OneBackup) -> Vec<tokio::task::
         tokio::spawn(run_backups(cfg.clone(), repo.clone(), one)),
         tokio::spawn(run_sweeps(repo.clone())),
         tokio::spawn(run_roll_ups(repo.clone())),
+        tokio::spawn(run_drills(cfg.clone(), repo.clone())),
         tokio::spawn(run_copies(cfg, repo)),
     ]
+}
+
+/// Runs the restore drill `[drill]` schedules, once per slot (a failed drill is recorded
+/// and waits for the next slot: its record turns `status` critical meanwhile).
+async fn run_drills(cfg: Config, repo: Repository) {
+    let (Some((h, m)), Some(day)) = (cfg.drill.time_of_day(), cfg.drill.weekday()) else { return };
+    if cfg.drill.schedule == crate::config::DrillSchedule::Off {
+        return;
+    }
+    let mut tick = every(backup::timer_minute());
+    loop {
+        tick.tick().await;
+        let now = Utc::now();
+        let slot = crate::catalog::drill::last_slot(cfg.drill.schedule, day, h, m, now);
+        let last = match crate::drill::last_started(&repo).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot list the restore drills; retrying next minute");
+                continue;
+            }
+        };
+        if !crate::catalog::drill::due(slot, last) {
+            continue;
+        }
+        let opts = crate::drill::Options {
+            target: cfg.drill.target,
+            keep: false,
+            trigger: "scheduled",
+            config_path: cfg.source.clone(),
+            exe: None,
+        };
+        if let Err(e) = crate::drill::run(&cfg, &repo, &opts).await {
+            // Not even recorded: the next minute tries again.
+            tracing::warn!(error = %format!("{e:#}"), "restore drill could not run");
+        }
+    }
 }
 
 /// A timer of `period` whose late ticks are not made up in a burst.

@@ -141,6 +141,48 @@ pub fn backup_sql(version: u32) -> (&'static str, &'static str) {
     }
 }
 
+/// Runs `sql` on the server listening on the socket in `socket_dir` at `port` (user and
+/// database from `conninfo`), and returns the first column of the first row it returns
+/// (`None`: no rows, or NULL).
+pub async fn first_value(
+    conninfo: &str,
+    socket_dir: &std::path::Path,
+    port: u16,
+    sql: &str,
+) -> anyhow::Result<Option<String>> {
+    let src: tokio_postgres::Config =
+        conninfo.parse().with_context(|| format!("postgres.conninfo '{conninfo}' does not parse"))?;
+    // Only its user and database: the host is the one given.
+    let mut c = tokio_postgres::Config::new();
+    if let Some(u) = src.get_user() {
+        c.user(u);
+    }
+    if let Some(d) = src.get_dbname() {
+        c.dbname(d);
+    }
+    if let Some(p) = src.get_password() {
+        c.password(p);
+    }
+    c.host_path(socket_dir).port(port);
+    let (client, conn) = c
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to the server on {} port {port}", socket_dir.display()))?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let msgs = client.simple_query(sql).await.context("running the query")?;
+    drop(client);
+    let _ = task.await;
+    Ok(msgs
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .flatten())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

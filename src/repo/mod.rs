@@ -148,6 +148,16 @@ impl Repository {
         format!("clusters/{}/backups/{}/", self.cluster, id)
     }
 
+    /// `clusters/<handle>/drills/`: the restore drills' records.
+    pub fn drill_prefix(&self) -> String {
+        format!("clusters/{}/drills/", self.cluster)
+    }
+
+    /// Object key of drill `id`'s record.
+    pub fn drill_key(&self, id: &str) -> String {
+        format!("{}{id}.json", self.drill_prefix())
+    }
+
     /// Object key of bundle `name` of backup `id` (`backups/<id>/data/<name>`).
     pub fn bundle_key(&self, id: &str, name: &str) -> String {
         format!("{}data/{name}", self.backup_prefix(id))

@@ -45,6 +45,8 @@ pub struct RecoverySettings {
     /// `recovery_target_timeline`: the lineage the plan chose (instead of `latest`, which a
     /// stray history file in the archive could lead astray).
     pub timeline: Option<u32>,
+    /// More settings for the restored cluster (a drill's private socket directory).
+    pub extra: Vec<(String, String)>,
 }
 
 /// Checks DIR is absent or empty.
@@ -200,6 +202,9 @@ pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> Stri
     }
     if let Some(p) = s.port {
         c.push_str(&format!("port = {p}\n"));
+    }
+    for (k, v) in &s.extra {
+        c.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
     }
     c
 }

@@ -104,6 +104,8 @@ pub struct Request {
     pub exe: Option<PathBuf>,
     /// New-volume options for `ebs` backups.
     pub ebs: crate::snapshot::ebs::restore::RestoreOptions,
+    /// More settings for the restored cluster, appended after the recovery settings.
+    pub extra_settings: Vec<(String, String)>,
 }
 
 /// What a restore did.
@@ -127,6 +129,19 @@ pub struct Report {
     pub must_reach: Option<crate::wal::name::Lsn>,
     /// Point reached (with --start).
     pub reached: Option<execute::Reached>,
+    /// How long each step took.
+    pub timings: Timings,
+}
+
+/// How long a restore's steps took, in seconds.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Timings {
+    /// Reading the catalog and the archive's index, and planning.
+    pub plan_s: f64,
+    /// Writing the data directory (the files download, or volumes from snapshots).
+    pub restore_s: f64,
+    /// Starting PostgreSQL through WAL replay to promotion (with --start).
+    pub replay_s: Option<f64>,
 }
 
 /// Plans, then restores into a new directory; refuses before any download when the
@@ -142,6 +157,7 @@ pub async fn run_with(
     req: &Request,
     host: &dyn crate::snapshot::ebs::restore::Host,
 ) -> anyhow::Result<Report> {
+    let began = std::time::Instant::now();
     execute::check_target_dir(&req.target_dir)?;
     execute::check_not_in_source(&req.target_dir, &execute::source_dirs(&cfg.postgres.data_dir))?;
     let mut inputs = Inputs::load(repo).await?;
@@ -188,7 +204,14 @@ pub async fn run_with(
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
     let timeline = follow_timeline(repo, &m).await?;
     tracing::info!(timeline, "recovery follows this timeline");
-    let settings = execute::RecoverySettings { restore_command, port: req.port, timeline: Some(timeline) };
+    let settings = execute::RecoverySettings {
+        restore_command,
+        port: req.port,
+        timeline: Some(timeline),
+        extra: req.extra_settings.clone(),
+    };
+    let mut timings = Timings { plan_s: began.elapsed().as_secs_f64(), ..Timings::default() };
+    let restoring = std::time::Instant::now();
     let provider = crate::snapshot::open(m.provider, cfg, repo, None);
     let (data_dir, volumes) = match &m.ebs {
         Some(refs) if m.provider == crate::config::Provider::Ebs => {
@@ -218,8 +241,11 @@ pub async fn run_with(
             (req.target_dir.clone(), Vec::new())
         }
     };
+    timings.restore_s = restoring.elapsed().as_secs_f64();
+    tracing::info!(backup = %m.id, seconds = timings.restore_s, "data directory restored");
     let mut reached = None;
     if req.start {
+        let replaying = std::time::Instant::now();
         let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
         let dir = data_dir.clone();
         let r =
@@ -237,6 +263,7 @@ pub async fn run_with(
             }
             return Err(e);
         }
+        timings.replay_s = Some(replaying.elapsed().as_secs_f64());
         reached = Some(r);
     }
     Ok(Report {
@@ -248,6 +275,7 @@ pub async fn run_with(
         segments: p.last_segment - p.first_segment + 1,
         must_reach: p.must_reach,
         reached,
+        timings,
     })
 }
 

@@ -421,6 +421,7 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
         region: None,
         exe: Some(harness::bin().to_path_buf()),
         ebs: Default::default(),
+        extra_settings: Vec::new(),
     };
     let report = tidemark::restore::run_with(&cfg, &repo, &req, &host).await.unwrap();
     assert_eq!(report.data_dir, target_dir.join("pgdata"));
@@ -442,6 +443,17 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     stop();
     assert_eq!(r, "1500|1", "restored to the target: rows after the backup present, the later DELETE absent");
     assert_eq!(pg.sql("SELECT count(*) FROM orders"), "1400", "the source is untouched");
+
+    // verify asks EC2 for the backup's snapshots: completed is fine, gone is a problem.
+    let problems_of = |r: &tidemark::verify::Report| {
+        r.backups.iter().find(|x| x.id == b.id).map(|x| x.problems.clone()).expect("the backup is verified")
+    };
+    let r = tidemark::verify::verify(&repo, false).await.unwrap();
+    assert_eq!(problems_of(&r), Vec::<String>::new(), "{r:?}");
+    ec2.delete_snapshot(&refs.volumes[0].snapshot_id).await.unwrap();
+    let r = tidemark::verify::verify(&repo, false).await.unwrap();
+    let p = problems_of(&r);
+    assert!(!r.ok && p.len() == 1 && p[0].contains(&refs.volumes[0].snapshot_id) && p[0].contains("is gone"), "{p:?}");
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod harness;
 mod archive;
 mod backup_lifecycle;
 mod cli;
+mod drill;
 mod ebs;
 mod integrity;
 mod majors;
