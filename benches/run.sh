@@ -34,6 +34,17 @@ cargo build --release --bins -q
 TM=$BENCH/bin/tidemark
 mkdir -p "$BENCH/bin"
 install -m 0755 target/release/tidemark target/release/tidemark-agent "$BENCH/bin/"
+# Installed sizes (issue 17): stripped, as the Debian package ships them, the front end within
+# 3 MB and the agent within 30 MB. The packaging test packages the dev profile's binaries,
+# so the limits are checked here, on a release build.
+for spec in tidemark:3000000 tidemark-agent:30000000; do
+  exe=${spec%%:*} limit=${spec#*:}
+  strip -o "$BENCH/$exe.stripped" "target/release/$exe"
+  size=$(stat -c %s "$BENCH/$exe.stripped")
+  rm -f "$BENCH/$exe.stripped"
+  say "installed size of $exe: $size bytes (limit $limit)"
+  [ "$size" -le "$limit" ] || { say "$exe is over its size limit"; exit 1; }
+done
 chown postgres:postgres "$BENCH"
 
 # ---------------------------------------------------------------- corpus + database

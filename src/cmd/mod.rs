@@ -138,6 +138,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::WalPrefetch { name } => wal::prefetch(&load_config(&cli)?, name).await,
         Command::WalRemove { file, cluster, yes } => wal::remove(&cli, file, cluster.as_deref(), *yes).await,
         Command::FreezeGuard { .. } => Err(usage("freeze-guard runs before the runtime starts")),
+        Command::DistAssets { .. } => Err(usage("dist-assets is run by tidemark-agent before any command")),
         Command::DaemonStats => {
             let cfg = load_config(&cli)?;
             match control::call(&cfg.daemon.socket, &Request::Stats, Duration::from_secs(10)).await {

@@ -13,6 +13,7 @@ mod drill;
 mod ebs;
 mod integrity;
 mod majors;
+mod packaging;
 mod regions;
 mod restore;
 mod retention;
