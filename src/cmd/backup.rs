@@ -107,14 +107,43 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
                 )
                 .into());
             };
+            // The newest drill that restored this backup: its measured restore time.
+            let drilled = crate::catalog::drill::list(&repo)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .rfind(|d| d.backup.as_deref() == Some(m.id.as_str()));
+            let drill_json = drilled.as_ref().map(|d| {
+                serde_json::json!({
+                    "id": d.id, "ok": d.ok, "finished_at": time_format::to_string(&d.finished_at),
+                    "restore_seconds": d.restore_seconds,
+                })
+            });
             match cli.output {
-                Output::Json => super::render::json(&m)?,
+                Output::Json => {
+                    let mut v = serde_json::to_value(&m).map_err(anyhow::Error::from)?;
+                    if let (Some(o), Some(d)) = (v.as_object_mut(), drill_json) {
+                        o.insert("last_drill".into(), d);
+                    }
+                    super::render::json(&v)?
+                }
                 Output::Text => {
                     let v = summary(&m);
                     if let Some(o) = v.as_object() {
                         for (k, val) in o {
                             outln!("{k:>18}: {}", val.as_str().map(str::to_string).unwrap_or_else(|| val.to_string()));
                         }
+                    }
+                    if let Some(d) = &drilled {
+                        outln!(
+                            "{:>18}: {} {}{}",
+                            "last drill",
+                            d.id,
+                            if d.ok { "passed" } else { "FAILED" },
+                            d.restore_seconds
+                                .map(|r| format!(", restored to a promoted cluster in {r:.1} s"))
+                                .unwrap_or_default()
+                        );
                     }
                     if let Some(e) = &m.ebs {
                         outln!("{:>18}: {} ({}, instance {})", "ebs", e.region, e.availability_zone, e.instance_id);

@@ -89,9 +89,14 @@ fn scenario(url: &str, endpoint: Option<String>) {
     let all: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
     assert_eq!(all[0]["id"], rec["id"]);
+    let o = tm.cmd(&["backup", "show", &backup_id, "--output", "json"]).output().unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["last_drill"]["id"], rec["id"], "{shown}");
+    assert_eq!(shown["last_drill"]["restore_seconds"], rec["restore_seconds"], "{shown}");
     let o = tm.cmd(&["status", "--output", "json"]).output().unwrap();
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["last_drill"]["ok"], true, "{st}");
+    assert_eq!(st["last_drill"]["restore_seconds"], rec["restore_seconds"], "{st}");
     assert_eq!(st["last_drill"]["id"], rec["id"], "{st}");
 
     // A damaged bundle: the drill fails naming it, cleans up, and status turns critical.
