@@ -42,9 +42,10 @@ if [ "$("$root/target/tools/bin/cargo-deb" --version 2>/dev/null)" != "cargo-deb
   cargo install -q --locked --root "$root/target/tools" "cargo-deb@$cargo_deb"
 fi
 # From Debian: dpkg-deb and readelf inspect the package, man renders its pages,
-# systemd-analyze checks its units (a container may lack systemd and man-db).
+# systemd-analyze checks its units (a container may lack systemd and man-db); tmux is the
+# terminal `window` draws its bars on.
 missing=""
-for tool in dpkg-deb:dpkg readelf:binutils man:man-db systemd-analyze:systemd; do
+for tool in dpkg-deb:dpkg readelf:binutils man:man-db systemd-analyze:systemd tmux:tmux; do
   command -v "${tool%%:*}" >/dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then

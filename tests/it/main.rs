@@ -20,3 +20,4 @@ mod retention;
 mod scale;
 mod store_contract;
 mod waldump;
+mod window;
