@@ -66,7 +66,7 @@ fn a_gap_in_the_archive_shows_in_the_terminal_bar() {
     let bar = screen.lines().find(|l| l.contains('█')).unwrap_or_else(|| panic!("no bar on the terminal:\n{screen}"));
     // Restorable, then the gap, then restorable again (from the second backup).
     let shape: String = bar.trim().chars().fold(String::new(), |mut s, c| {
-        if s.chars().last() != Some(c) {
+        if !s.ends_with(c) {
             s.push(c);
         }
         s
