@@ -114,7 +114,13 @@ pub struct WalReader {
     walk: Option<SegWalk>,
     /// The major's format, fixed by the first page read.
     format: Option<&'static WalFormat>,
+    /// The first bytes of the record tail skipped at the start (see [`WalReader::leading_continuation`]).
+    leading: Option<Vec<u8>>,
 }
+
+/// At most this many bytes of a skipped leading record tail are kept: enough for the rest of
+/// any record's fragment headers (33 block headers are under 1 KiB) and a small main data.
+pub(super) const LEADING_CAP: usize = 1024;
 
 /// Progress through a segment fed in pieces.
 #[derive(Debug)]
@@ -144,6 +150,7 @@ impl WalReader {
             ended_at: None,
             walk: None,
             format: None,
+            leading: None,
         })
     }
 
@@ -210,6 +217,22 @@ impl WalReader {
     pub fn pending_record_prev(&self) -> Option<u64> {
         match &self.state {
             State::Pending(p) => RecordHeader::parse(&p.buf).map(|h| h.prev),
+            _ => None,
+        }
+    }
+
+    /// The first bytes (at most [`LEADING_CAP`]) of the tail of a record begun before the
+    /// first segment fed, which the walk skipped: the next bytes of the record the previous
+    /// segment left open.
+    pub(super) fn leading_continuation(&self) -> Option<&[u8]> {
+        self.leading.as_deref()
+    }
+
+    /// The unfinished record as (LSN, `xl_tot_len`, the bytes seen), unless the end of WAL
+    /// was found (then it is a torn write that never happened).
+    pub(super) fn pending_bytes(&self) -> Option<(u64, u32, &[u8])> {
+        match (&self.state, self.ended_at) {
+            (State::Pending(p), None) => Some((p.lsn, p.tot_len, &p.buf)),
             _ => None,
         }
     }
@@ -351,6 +374,10 @@ impl WalReader {
                     if info & XLP_FIRST_IS_CONTRECORD != 0 {
                         if rem_len == 0 {
                             return Err(WalParseError::BadContrecordLength { lsn: 0, page_lsn, rem_len, expected: 0 });
+                        }
+                        if self.leading.is_none() {
+                            let n = (rem_len as usize).min(page_end - data_start).min(LEADING_CAP);
+                            self.leading = Some(seg[data_start..data_start + n].to_vec());
                         }
                         // As XLogFindNextRecord: a continuation filling the
                         // rest of the page means the next page decides.
@@ -599,7 +626,7 @@ impl WalReader {
             return Err(WalParseError::Crc { lsn, stored: h.crc, computed });
         }
         let format = self.fmt();
-        let layout = decode_layout(rec, rec.len(), format).map_err(|e| WalParseError::BadRecordLayout {
+        let layout = decode_layout(rec, rec.len(), format, |_| {}).map_err(|e| WalParseError::BadRecordLayout {
             lsn,
             reason: match e {
                 LayoutError::Truncated => "fragment headers run past the record",
@@ -628,6 +655,7 @@ impl WalReader {
             xl_rmid: h.rmid,
             main_data,
             format,
+            raw: rec,
         });
         Ok((h.rmid == RM_XLOG_ID && rmgr_info == XLOG_SWITCH).then_some(lsn))
     }
