@@ -414,6 +414,38 @@ impl BlockSet {
         BlockSet { runs }
     }
 
+    /// The set of a list in any order, with repeats: through a bitmap when the list is
+    /// dense in its range (a segment's references to a busy table), else sorted.
+    fn from_unsorted(mut v: Vec<u32>) -> Self {
+        let (Some(&lo), Some(&hi)) = (v.iter().min(), v.iter().max()) else {
+            return BlockSet::default();
+        };
+        let words = ((u64::from(hi - lo) >> 6) + 1) as usize;
+        if words > v.len() {
+            v.sort_unstable();
+            v.dedup();
+            return BlockSet::from_sorted(&v);
+        }
+        let mut bits = vec![0u64; words];
+        for b in &v {
+            let o = (b - lo) as usize;
+            bits[o >> 6] |= 1 << (o & 63);
+        }
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (w, mut word) in bits.into_iter().enumerate() {
+            while word != 0 {
+                let bit = word.trailing_zeros();
+                word &= word - 1;
+                let b = lo + ((w as u32) << 6) + bit;
+                match runs.last_mut() {
+                    Some((_, last)) if *last + 1 == b => *last = b,
+                    _ => runs.push((b, b)),
+                }
+            }
+        }
+        BlockSet { runs }
+    }
+
     /// The union of `sets`.
     fn union(sets: &[&BlockSet]) -> Self {
         if let [one] = sets {
@@ -470,6 +502,9 @@ impl BlockSet {
 // Building a segment's summary during the walk.
 // ---------------------------------------------------------------------------
 
+/// Up to this many forks are found by a scan, past it through a hash map.
+const LINEAR_FORKS: usize = 16;
+
 /// Collects the block references and changes of records as the walk hands them out.
 #[derive(Debug, Default)]
 pub(super) struct Builder {
@@ -505,6 +540,17 @@ impl Builder {
         let key = RelFork { rel: b.rel, fork: b.fork };
         let i = match self.forks.get(self.last) {
             Some((k, _)) if *k == key => self.last,
+            // A segment usually touches a handful of forks: a scan beats hashing them.
+            _ if self.forks.len() <= LINEAR_FORKS => match self.forks.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    self.forks.push((key, Vec::new()));
+                    if self.forks.len() > LINEAR_FORKS {
+                        self.index = self.forks.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
+                    }
+                    self.forks.len() - 1
+                }
+            },
             _ => *self.index.entry(key).or_insert_with(|| {
                 self.forks.push((key, Vec::new()));
                 self.forks.len() - 1
@@ -648,15 +694,8 @@ impl Builder {
 
     /// The blocks (sorted, distinct), changes and unknowns collected.
     fn finish_parts(self) -> Parts {
-        let mut forks: Vec<(RelFork, BlockSet)> = self
-            .forks
-            .into_iter()
-            .map(|(k, mut v)| {
-                v.sort_unstable();
-                v.dedup();
-                (k, BlockSet::from_sorted(&v))
-            })
-            .collect();
+        let mut forks: Vec<(RelFork, BlockSet)> =
+            self.forks.into_iter().map(|(k, v)| (k, BlockSet::from_unsorted(v))).collect();
         forks.sort_unstable_by_key(|(k, _)| *k);
         let (mut changes, mut unknown) = (self.changes, self.unknown);
         changes.sort_by_key(|(l, _)| *l);
@@ -1401,6 +1440,26 @@ mod tests {
     #[test]
     fn fully_logged_forks() {
         assert_eq!([0, 1, 2, 3].map(fork_is_fully_logged), [true, false, false, true]);
+    }
+
+    #[test]
+    fn block_sets_from_any_order_dense_or_sparse() {
+        let mut x = 7u64;
+        for (n, range) in [(0usize, 10u32), (1, 1), (100, 50), (5000, 3000), (300, 1 << 30), (2000, u32::MAX)] {
+            let v: Vec<u32> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % u64::from(range)) as u32 + if range == u32::MAX { 0 } else { 1000 }
+                })
+                .collect();
+            let mut sorted = v.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(BlockSet::from_unsorted(v), BlockSet::from_sorted(&sorted), "{n} in {range}");
+        }
+        assert_eq!(BlockSet::from_unsorted(vec![u32::MAX, 0, u32::MAX - 1]).runs(), [(0, 0), (u32::MAX - 1, u32::MAX)]);
     }
 
     #[test]
