@@ -396,6 +396,35 @@ fn scenario(major: u32) {
     }
     assert!(opened >= 2, "PG{major}: {opened} records were left open at a segment's end, expected the two cut commits");
 
+    // A restart at wal_level minimal: the summary of its segment says it does not know.
+    pg.conf("wal_level = minimal\nmax_wal_senders = 0");
+    pg.start();
+    let restarted = pg.sql("select pg_walfile_name(pg_current_wal_insert_lsn())");
+    pg.sql("create table after_minimal(i int)");
+    pg.stop();
+    // The record is written at startup: in that segment or, at an edge, the one before.
+    let mut now: Vec<String> = std::fs::read_dir(&wal)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| record::parse_segment_file_name(n, SEG).is_some())
+        .collect();
+    now.sort();
+    let seg = BlockRefs::merge(
+        &now.iter()
+            .filter(|n| n.as_str() <= restarted.as_str())
+            .rev()
+            .take(2)
+            .map(|n| {
+                let (_, start) = record::parse_segment_file_name(n, SEG).unwrap();
+                let bytes = std::fs::read(wal.join(n)).unwrap();
+                record::summarize_segment_at(&bytes, SEG, start).unwrap().block_refs
+            })
+            .collect::<Vec<_>>(),
+    );
+    let reasons: Vec<_> = seg.unknown().iter().map(|u| u.reason).collect();
+    assert!(reasons.contains(&record::UnknownReason::WalLevelMinimal), "PG{major}: {reasons:?}");
+    assert!(seg.copy_in_full().everything);
+
     let bytes: usize = parts.iter().map(|p| p.encode().len()).sum();
     eprintln!(
         "PG{major}: {} segments, {} records, {} block refs ({} distinct), {} changes, {} records joined across an edge; \

@@ -16,6 +16,11 @@
 //! - A relation extended without WAL (a backend that died between extending and logging)
 //!   keeps zero pages no record names: the consumer copies blocks past the earlier copy's
 //!   length in full.
+//! - An unlogged relation's main fork is never WAL-logged (its init fork is: an
+//!   `XLOG_SMGR_CREATE` of `INIT_FORK` names it); like a base backup, the consumer leaves
+//!   such forks out or copies them in full.
+//! - A restart with `wal_level = minimal` (`XLOG_PARAMETER_CHANGE`) is unknown: relations
+//!   written then may have no block references.
 //!
 //! Records crossing a segment's end: the segment they start in reads their fragment headers
 //! and main data from the bytes it has. When those are cut off, it keeps the bytes
@@ -27,9 +32,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::constants::{
-    RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, SIZE_OF_REL_FILE_NODE, SIZE_OF_SMGR_CREATE,
-    SIZE_OF_SMGR_TRUNCATE, SIZE_OF_XLOG_RECORD, XLOG_DBASE_CREATE_FILE_COPY, XLOG_DBASE_CREATE_WAL_LOG,
-    XLOG_DBASE_DROP, XLOG_DBASE_DROP_PRE15, XLOG_SMGR_CREATE, XLOG_SMGR_TRUNCATE, XLOG_TBLSPC_CREATE, XLOG_TBLSPC_DROP,
+    PARAMETER_CHANGE_WAL_LEVEL_OFFSET, RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID,
+    SIZE_OF_REL_FILE_NODE, SIZE_OF_SMGR_CREATE, SIZE_OF_SMGR_TRUNCATE, SIZE_OF_XLOG_RECORD,
+    XLOG_DBASE_CREATE_FILE_COPY, XLOG_DBASE_CREATE_WAL_LOG, XLOG_DBASE_DROP, XLOG_DBASE_DROP_PRE15,
+    XLOG_PARAMETER_CHANGE, XLOG_SMGR_CREATE, XLOG_SMGR_TRUNCATE, XLOG_TBLSPC_CREATE, XLOG_TBLSPC_DROP,
     XLR_RMGR_INFO_MASK, XLR_SPECIAL_REL_UPDATE,
 };
 use super::decode::{decode_layout, le_u32, BlockRef, LayoutError, RecordHeader, RelFileLocator, WalRecord};
@@ -138,6 +144,9 @@ pub enum UnknownReason {
     Gap = 6,
     /// Two summaries overlap here.
     Overlap = 7,
+    /// The server restarted with `wal_level = minimal` (`XLOG_PARAMETER_CHANGE`): relations
+    /// created or rewritten then are not WAL-logged block by block.
+    WalLevelMinimal = 8,
 }
 
 impl UnknownReason {
@@ -150,6 +159,7 @@ impl UnknownReason {
             5 => Self::CutOff,
             6 => Self::Gap,
             7 => Self::Overlap,
+            8 => Self::WalLevelMinimal,
             _ => return None,
         })
     }
@@ -652,6 +662,12 @@ impl Builder {
                 ));
             }
             RM_TBLSPC_ID => return unknown(self, UnknownReason::UnknownInfo),
+            RM_XLOG_ID if op == XLOG_PARAMETER_CHANGE => match u32_at(PARAMETER_CHANGE_WAL_LEVEL_OFFSET) {
+                // WAL_LEVEL_MINIMAL is 0 (replica 1, logical 2).
+                Some(0) => return unknown(self, UnknownReason::WalLevelMinimal),
+                Some(_) => {}
+                None => return Interp::Short,
+            },
             RM_XACT_ID if XactKind::from_info(info).is_some() => match xact_dropped_rels(info, main) {
                 Ok(rels) => self.changes.extend(rels.into_iter().map(|rel| (lsn, RelChange::Dropped { rel }))),
                 Err(_) => return Interp::Short,
@@ -1313,6 +1329,11 @@ mod tests {
             want.push((l, RM_DBASE_ID, drop, UnknownReason::BadMainData));
             let l = b.add(0, 0, 10, &[at(0, rel(1), 4, 1)], &[1; 4]);
             want.push((l, 10, 0, UnknownReason::InvalidFork));
+            // A restart at wal_level minimal (0); replica (1) is fine.
+            let change = |level: u32| u32s(&[100, 8, 10, 0, 64, level, 0]);
+            let l = b.add(0, XLOG_PARAMETER_CHANGE, RM_XLOG_ID, &[], &change(0));
+            want.push((l, RM_XLOG_ID, XLOG_PARAMETER_CHANGE, UnknownReason::WalLevelMinimal));
+            b.add(0, XLOG_PARAMETER_CHANGE, RM_XLOG_ID, &[], &change(1));
             let s = refs(&b, 0);
             let got: Vec<_> = s.unknown().iter().map(|u| (u.lsn, u.rmid, u.info, u.reason)).collect();
             assert_eq!(got, want, "PG{}", fmt.major);
@@ -1547,7 +1568,7 @@ mod props {
             len in 0u64..1 << 40,
             blocks in proptest::collection::vec((rel_fork(), prop_oneof![0u32..64, any::<u32>()]), 0..200),
             changes in proptest::collection::vec((0u64..1 << 30, change()), 0..8),
-            unknown in proptest::collection::vec((0u64..1 << 30, any::<u8>(), any::<u8>(), 1u8..8), 0..4),
+            unknown in proptest::collection::vec((0u64..1 << 30, any::<u8>(), any::<u8>(), 1u8..9), 0..4),
             open in proptest::option::of((0u64..1 << 20, any::<u32>(), 13u8..19, proptest::collection::vec(any::<u8>(), 0..64))),
             leading in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
         ) -> BlockRefs {

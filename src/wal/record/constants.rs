@@ -39,6 +39,10 @@ pub(super) const XLR_RMGR_INFO_MASK: u8 = 0xF0;
 /// references (pg_rewind refuses such a record it does not know; so does the block summary).
 pub(super) const XLR_SPECIAL_REL_UPDATE: u8 = 0x01;
 pub(super) const XLOG_SWITCH: u8 = 0x40;
+/// `XLOG_PARAMETER_CHANGE`: settings that matter to a standby changed at a restart.
+pub(super) const XLOG_PARAMETER_CHANGE: u8 = 0x60;
+/// Offset of `wal_level` in `xl_parameter_change` (after five ints), 13 to 18.
+pub(super) const PARAMETER_CHANGE_WAL_LEVEL_OFFSET: usize = 20;
 pub(super) const XLOG_OVERWRITE_CONTRECORD: u8 = 0xD0;
 
 // Block ids of a record's fragment headers.
