@@ -343,20 +343,19 @@ pub struct WalRecord<'a> {
     pub format: &'static WalFormat,
     /// The whole record: header, fragment headers, block data and main data.
     pub raw: &'a [u8],
+    /// Its block references, in block id order (read with its layout, before the callback).
+    pub blocks: &'a [BlockRef],
 }
 
 impl WalRecord<'_> {
     /// Calls `f` with each block reference, in block id order.
     pub fn for_each_block_ref(&self, f: impl FnMut(BlockRef)) {
-        // The reader decoded this layout before handing the record out: it cannot fail now.
-        let _ = decode_layout(self.raw, self.raw.len(), self.format, f);
+        self.blocks.iter().copied().for_each(f);
     }
 
     /// The block references, in block id order.
     pub fn block_refs(&self) -> Vec<BlockRef> {
-        let mut v = Vec::new();
-        self.for_each_block_ref(|b| v.push(b));
-        v
+        self.blocks.to_vec()
     }
 }
 

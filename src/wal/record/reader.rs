@@ -7,7 +7,8 @@ use super::constants::{
     XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
 };
 use super::decode::{
-    align8, decode_layout, le_u32, le_u64, record_crc, LayoutError, LongPageHeader, PageHeader, RecordHeader, WalRecord,
+    align8, decode_layout, le_u32, le_u64, record_crc, BlockRef, LayoutError, LongPageHeader, PageHeader, RecordHeader,
+    WalRecord,
 };
 use super::xact::{xact_end_from_partial, XactEnd};
 use super::WalParseError;
@@ -116,6 +117,8 @@ pub struct WalReader {
     format: Option<&'static WalFormat>,
     /// The first bytes of the record tail skipped at the start (see [`WalReader::leading_continuation`]).
     leading: Option<Vec<u8>>,
+    /// The block references of the record being handed out (kept to reuse its allocation).
+    block_refs: Vec<BlockRef>,
 }
 
 /// At most this many bytes of a skipped leading record tail are kept: enough for the rest of
@@ -151,6 +154,7 @@ impl WalReader {
             walk: None,
             format: None,
             leading: None,
+            block_refs: Vec::new(),
         })
     }
 
@@ -626,13 +630,16 @@ impl WalReader {
             return Err(WalParseError::Crc { lsn, stored: h.crc, computed });
         }
         let format = self.fmt();
-        let layout = decode_layout(rec, rec.len(), format, |_| {}).map_err(|e| WalParseError::BadRecordLayout {
-            lsn,
-            reason: match e {
-                LayoutError::Truncated => "fragment headers run past the record",
-                LayoutError::Invalid(r) => r,
-            },
-        })?;
+        let mut blocks = std::mem::take(&mut self.block_refs);
+        blocks.clear();
+        let layout =
+            decode_layout(rec, rec.len(), format, |b| blocks.push(b)).map_err(|e| WalParseError::BadRecordLayout {
+                lsn,
+                reason: match e {
+                    LayoutError::Truncated => "fragment headers run past the record",
+                    LayoutError::Invalid(r) => r,
+                },
+            })?;
         let main_data = &rec[layout.main_start..layout.main_start + layout.main_len];
         let rmgr_info = h.info & XLR_RMGR_INFO_MASK;
         if let Some(expected) = self.expect_overwrite.take() {
@@ -656,7 +663,9 @@ impl WalReader {
             main_data,
             format,
             raw: rec,
+            blocks: &blocks,
         });
+        self.block_refs = blocks;
         Ok((h.rmid == RM_XLOG_ID && rmgr_info == XLOG_SWITCH).then_some(lsn))
     }
 
