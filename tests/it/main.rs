@@ -8,6 +8,7 @@ mod harness;
 
 mod archive;
 mod backup_lifecycle;
+mod blockrefs;
 mod cli;
 mod drill;
 mod ebs;

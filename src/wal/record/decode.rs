@@ -3,9 +3,9 @@
 //! main data (`DecodeXLogRecord`), its CRC-32C; little-endian field access for all of it.
 
 use super::constants::{
-    BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPIMAGE_HAS_HOLE, MAXALIGN, SIZE_OF_REL_FILE_NODE,
-    SIZE_OF_XLOG_RECORD, XLP_LONG_HEADER, XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN,
-    XLR_BLOCK_ID_TOPLEVEL_XID, XLR_MAX_BLOCK_ID, XL_CRC_OFFSET,
+    BKPBLOCK_FORK_MASK, BKPBLOCK_HAS_DATA, BKPBLOCK_HAS_IMAGE, BKPBLOCK_SAME_REL, BKPBLOCK_WILL_INIT,
+    BKPIMAGE_HAS_HOLE, MAXALIGN, SIZE_OF_REL_FILE_NODE, SIZE_OF_XLOG_RECORD, XLP_LONG_HEADER, XLR_BLOCK_ID_DATA_LONG,
+    XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN, XLR_BLOCK_ID_TOPLEVEL_XID, XLR_MAX_BLOCK_ID, XL_CRC_OFFSET,
 };
 use crate::wal::layout::WalFormat;
 
@@ -131,6 +131,45 @@ impl RecordHeader {
     }
 }
 
+/// A relation's files: `RelFileLocator` (`RelFileNode` before 16), the same 12 bytes in every major.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelFileLocator {
+    /// `spcOid`: the tablespace (1663 is pg_default, 1664 pg_global).
+    pub spc_oid: u32,
+    /// `dbOid`: the database (0 for shared relations).
+    pub db_oid: u32,
+    /// `relNumber`: the relfilenode, the file name under the database directory.
+    pub rel_number: u32,
+}
+
+impl RelFileLocator {
+    /// Reads the 12 bytes at `at`.
+    pub(super) fn parse(b: &[u8], at: usize) -> Option<Self> {
+        Some(RelFileLocator { spc_oid: le_u32(b, at)?, db_oid: le_u32(b, at + 4)?, rel_number: le_u32(b, at + 8)? })
+    }
+}
+
+/// One block reference of a record (`XLogRecordBlockHeader` and what follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRef {
+    /// The block id (0..=32) within the record.
+    pub block_id: u8,
+    /// The relation, carried over from the previous block under `BKPBLOCK_SAME_REL`.
+    pub rel: RelFileLocator,
+    /// `ForkNumber`: 0 main, 1 FSM, 2 visibility map, 3 init (unchecked: as written).
+    pub fork: u8,
+    /// The block number within the fork.
+    pub block: u32,
+    /// Whether a full-page image is included (`BKPBLOCK_HAS_IMAGE`).
+    pub has_image: bool,
+    /// Whether the image is restored at replay (`BKPIMAGE_APPLY`, in the major's bit).
+    pub apply_image: bool,
+    /// Whether replay initializes the page from scratch (`BKPBLOCK_WILL_INIT`).
+    pub will_init: bool,
+    /// Whether block data is included (`BKPBLOCK_HAS_DATA`).
+    pub has_data: bool,
+}
+
 /// Where a record's main data lives, found by walking its fragment headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Layout {
@@ -146,10 +185,16 @@ pub(super) enum LayoutError {
     Invalid(&'static str),
 }
 
-/// Decode the fragment headers following the record header, as `DecodeXLogRecord` does.
+/// Decode the fragment headers following the record header, as `DecodeXLogRecord` does,
+/// handing each block reference to `on_block` as its header is read.
 // `rec` may hold fewer than `tot_len` bytes (a record cut off at a segment
 // end); then `Truncated` is returned if a header lies beyond what is present.
-pub(super) fn decode_layout(rec: &[u8], tot_len: usize, fmt: &WalFormat) -> Result<Layout, LayoutError> {
+pub(super) fn decode_layout<F: FnMut(BlockRef)>(
+    rec: &[u8],
+    tot_len: usize,
+    fmt: &WalFormat,
+    mut on_block: F,
+) -> Result<Layout, LayoutError> {
     struct Cur<'a> {
         rec: &'a [u8],
         pos: usize,
@@ -187,7 +232,7 @@ pub(super) fn decode_layout(rec: &[u8], tot_len: usize, fmt: &WalFormat) -> Resu
     let mut datatotal: u64 = 0;
     let mut main_len: u64 = 0;
     let mut max_block_id: Option<u8> = None;
-    let mut have_rel = false;
+    let mut rel: Option<RelFileLocator> = None;
     while c.remaining > datatotal {
         let id = c.u8()?;
         match id {
@@ -223,10 +268,12 @@ pub(super) fn decode_layout(rec: &[u8], tot_len: usize, fmt: &WalFormat) -> Resu
                     return Err(LayoutError::Invalid("BKPBLOCK_HAS_DATA not set, but data length is not zero"));
                 }
                 datatotal += u64::from(data_len);
+                let mut apply_image = false;
                 if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
                     let bimg_len = c.u16()?;
                     let hole_offset = c.u16()?;
                     let bimg_info = c.u8()?;
+                    apply_image = bimg_info & fmt.bkpimage_apply != 0;
                     let has_hole = bimg_info & BKPIMAGE_HAS_HOLE != 0;
                     if bimg_info & fmt.bkpimage_compressed != 0 && has_hole {
                         // Compressed images cannot imply the hole length from
@@ -245,12 +292,22 @@ pub(super) fn decode_layout(rec: &[u8], tot_len: usize, fmt: &WalFormat) -> Resu
                     datatotal += u64::from(bimg_len);
                 }
                 if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    c.take(SIZE_OF_REL_FILE_NODE)?;
-                    have_rel = true;
-                } else if !have_rel {
-                    return Err(LayoutError::Invalid("BKPBLOCK_SAME_REL set but no previous rel"));
+                    rel = RelFileLocator::parse(c.take(SIZE_OF_REL_FILE_NODE)?, 0);
                 }
-                c.take(4)?; // BlockNumber
+                let Some(rel) = rel else {
+                    return Err(LayoutError::Invalid("BKPBLOCK_SAME_REL set but no previous rel"));
+                };
+                let block = c.u32()?;
+                on_block(BlockRef {
+                    block_id: id,
+                    rel,
+                    fork: fork_flags & BKPBLOCK_FORK_MASK,
+                    block,
+                    has_image: fork_flags & BKPBLOCK_HAS_IMAGE != 0,
+                    apply_image,
+                    will_init: fork_flags & BKPBLOCK_WILL_INIT != 0,
+                    has_data,
+                });
             }
             _ => return Err(LayoutError::Invalid("invalid block_id")),
         }
@@ -284,6 +341,22 @@ pub struct WalRecord<'a> {
     pub main_data: &'a [u8],
     /// The WAL format (PostgreSQL major) the record was written in.
     pub format: &'static WalFormat,
+    /// The whole record: header, fragment headers, block data and main data.
+    pub raw: &'a [u8],
+    /// Its block references, in block id order (read with its layout, before the callback).
+    pub blocks: &'a [BlockRef],
+}
+
+impl WalRecord<'_> {
+    /// Calls `f` with each block reference, in block id order.
+    pub fn for_each_block_ref(&self, f: impl FnMut(BlockRef)) {
+        self.blocks.iter().copied().for_each(f);
+    }
+
+    /// The block references, in block id order.
+    pub fn block_refs(&self) -> Vec<BlockRef> {
+        self.blocks.to_vec()
+    }
 }
 
 #[cfg(test)]

@@ -23,11 +23,13 @@
 //! anything else malformed is an error naming the LSN.
 //!
 //! By job: `constants` (the on-disk constants every major shares), `decode` (page headers,
-//! and one record's header, fragment headers and CRC), `reader` (page walking, continuation,
-//! consecutive segments), `xact` (commit and abort records), `summary` (one segment's
-//! summary, and how it counts records crossing the segment's edges), `error`; test-only,
-//! `synth` builds WAL and `fuzz` mutates it.
+//! and one record's header, fragment headers with their block references, and CRC),
+//! `reader` (page walking, continuation, consecutive segments), `xact` (commit and abort
+//! records), `blocks` (the blocks and relation files a segment changes, its binary form, and
+//! their merge over a range), `summary` (one segment's summary, and how it counts records
+//! crossing the segment's edges), `error`; test-only, `synth` builds WAL and `fuzz` mutates it.
 
+mod blocks;
 mod constants;
 mod decode;
 mod error;
@@ -35,8 +37,13 @@ mod reader;
 mod summary;
 mod xact;
 
-pub use constants::{RM_XACT_ID, RM_XLOG_ID};
-pub use decode::WalRecord;
+pub use blocks::{
+    fork_is_fully_logged, BlockRefs, BlockRefsDecodeError, BlockSet, FullCopy, RelChange, RelFork, Unknown,
+    UnknownReason, BLOCK_REFS_VERSION, FSM_FORK, INIT_FORK, MAIN_FORK, SMGR_TRUNCATE_FSM, SMGR_TRUNCATE_HEAP,
+    SMGR_TRUNCATE_VM, VM_FORK,
+};
+pub use constants::{RM_DBASE_ID, RM_SMGR_ID, RM_TBLSPC_ID, RM_XACT_ID, RM_XLOG_ID};
+pub use decode::{BlockRef, RelFileLocator, WalRecord};
 pub(crate) use decode::{LongPageHeader, PageHeader};
 pub use error::WalParseError;
 pub use reader::{FeedOutcome, IncompleteRecord, StopReason, WalReader};

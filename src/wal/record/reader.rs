@@ -7,7 +7,8 @@ use super::constants::{
     XLOG_SWITCH, XLP_ALL_FLAGS, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLR_RMGR_INFO_MASK,
 };
 use super::decode::{
-    align8, decode_layout, le_u32, le_u64, record_crc, LayoutError, LongPageHeader, PageHeader, RecordHeader, WalRecord,
+    align8, decode_layout, le_u32, le_u64, record_crc, BlockRef, LayoutError, LongPageHeader, PageHeader, RecordHeader,
+    WalRecord,
 };
 use super::xact::{xact_end_from_partial, XactEnd};
 use super::WalParseError;
@@ -114,7 +115,15 @@ pub struct WalReader {
     walk: Option<SegWalk>,
     /// The major's format, fixed by the first page read.
     format: Option<&'static WalFormat>,
+    /// The first bytes of the record tail skipped at the start (see [`WalReader::leading_continuation`]).
+    leading: Option<Vec<u8>>,
+    /// The block references of the record being handed out (kept to reuse its allocation).
+    block_refs: Vec<BlockRef>,
 }
+
+/// At most this many bytes of a skipped leading record tail are kept: enough for the rest of
+/// any record's fragment headers (33 block headers are under 1 KiB) and a small main data.
+pub(super) const LEADING_CAP: usize = 1024;
 
 /// Progress through a segment fed in pieces.
 #[derive(Debug)]
@@ -144,6 +153,8 @@ impl WalReader {
             ended_at: None,
             walk: None,
             format: None,
+            leading: None,
+            block_refs: Vec::new(),
         })
     }
 
@@ -210,6 +221,22 @@ impl WalReader {
     pub fn pending_record_prev(&self) -> Option<u64> {
         match &self.state {
             State::Pending(p) => RecordHeader::parse(&p.buf).map(|h| h.prev),
+            _ => None,
+        }
+    }
+
+    /// The first bytes (at most [`LEADING_CAP`]) of the tail of a record begun before the
+    /// first segment fed, which the walk skipped: the next bytes of the record the previous
+    /// segment left open.
+    pub(super) fn leading_continuation(&self) -> Option<&[u8]> {
+        self.leading.as_deref()
+    }
+
+    /// The unfinished record as (LSN, `xl_tot_len`, the bytes seen), unless the end of WAL
+    /// was found (then it is a torn write that never happened).
+    pub(super) fn pending_bytes(&self) -> Option<(u64, u32, &[u8])> {
+        match (&self.state, self.ended_at) {
+            (State::Pending(p), None) => Some((p.lsn, p.tot_len, &p.buf)),
             _ => None,
         }
     }
@@ -351,6 +378,10 @@ impl WalReader {
                     if info & XLP_FIRST_IS_CONTRECORD != 0 {
                         if rem_len == 0 {
                             return Err(WalParseError::BadContrecordLength { lsn: 0, page_lsn, rem_len, expected: 0 });
+                        }
+                        if self.leading.is_none() {
+                            let n = (rem_len as usize).min(page_end - data_start).min(LEADING_CAP);
+                            self.leading = Some(seg[data_start..data_start + n].to_vec());
                         }
                         // As XLogFindNextRecord: a continuation filling the
                         // rest of the page means the next page decides.
@@ -599,13 +630,16 @@ impl WalReader {
             return Err(WalParseError::Crc { lsn, stored: h.crc, computed });
         }
         let format = self.fmt();
-        let layout = decode_layout(rec, rec.len(), format).map_err(|e| WalParseError::BadRecordLayout {
-            lsn,
-            reason: match e {
-                LayoutError::Truncated => "fragment headers run past the record",
-                LayoutError::Invalid(r) => r,
-            },
-        })?;
+        let mut blocks = std::mem::take(&mut self.block_refs);
+        blocks.clear();
+        let layout =
+            decode_layout(rec, rec.len(), format, |b| blocks.push(b)).map_err(|e| WalParseError::BadRecordLayout {
+                lsn,
+                reason: match e {
+                    LayoutError::Truncated => "fragment headers run past the record",
+                    LayoutError::Invalid(r) => r,
+                },
+            })?;
         let main_data = &rec[layout.main_start..layout.main_start + layout.main_len];
         let rmgr_info = h.info & XLR_RMGR_INFO_MASK;
         if let Some(expected) = self.expect_overwrite.take() {
@@ -628,7 +662,10 @@ impl WalReader {
             xl_rmid: h.rmid,
             main_data,
             format,
+            raw: rec,
+            blocks: &blocks,
         });
+        self.block_refs = blocks;
         Ok((h.rmid == RM_XLOG_ID && rmgr_info == XLOG_SWITCH).then_some(lsn))
     }
 

@@ -9,6 +9,7 @@
 //! record cut off by the end of WAL (zero or stale page) is a torn write that never committed
 //! and is not listed.
 
+use super::blocks::{BlockRefs, Builder};
 use super::reader::{IncompleteRecord, StopReason, WalReader};
 use super::xact::{xact_end_from_record, XactEnd};
 use super::WalParseError;
@@ -42,6 +43,8 @@ pub struct SegmentSummary {
     pub last_record_lsn: Option<u64>,
     /// LSN of the last complete record that starts in this segment.
     pub last_complete_lsn: Option<u64>,
+    /// The blocks and relation files the records starting in this segment change.
+    pub block_refs: BlockRefs,
 }
 
 /// Walk one segment file's bytes (segment_size = its length, normally 16 MiB; must be a power of two between 1 MiB and 1 GiB).
@@ -78,6 +81,7 @@ pub struct SegmentSummarizer {
     first: Option<(u64, u64)>,
     /// Last complete record's LSN.
     last: Option<u64>,
+    blocks: Builder,
 }
 
 impl SegmentSummarizer {
@@ -88,16 +92,24 @@ impl SegmentSummarizer {
 
     fn new(mut reader: WalReader) -> Result<Self, WalParseError> {
         reader.begin_segment()?;
-        Ok(SegmentSummarizer { reader, xact_ends: Vec::new(), first_err: None, first: None, last: None })
+        Ok(SegmentSummarizer {
+            reader,
+            xact_ends: Vec::new(),
+            first_err: None,
+            first: None,
+            last: None,
+            blocks: Builder::default(),
+        })
     }
 
     /// Feeds the next whole pages of the segment.
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), WalParseError> {
         let (ends, first_err) = (&mut self.xact_ends, &mut self.first_err);
-        let (first, last) = (&mut self.first, &mut self.last);
+        let (first, last, blocks) = (&mut self.first, &mut self.last, &mut self.blocks);
         self.reader.feed_pages(piece, |rec| {
             first.get_or_insert((rec.lsn, rec.xl_prev));
             *last = Some(rec.lsn);
+            blocks.record(rec);
             match xact_end_from_record(rec) {
                 Ok(Some(end)) => ends.push(end),
                 Ok(None) => {}
@@ -128,6 +140,14 @@ impl SegmentSummarizer {
         let pending = self.reader.pending_record().map(|p| p.lsn);
         let first_record = self.first.or_else(|| Some((pending?, self.reader.pending_record_prev()?)));
         let last_record_lsn = pending.or(self.last);
+        let start = out.segment_start_lsn;
+        let block_refs = self.blocks.finish(
+            start.unwrap_or(0),
+            start.map_or(0, |s| s + self.reader.segment_size()),
+            self.reader.pending_bytes(),
+            self.reader.format(),
+            self.reader.leading_continuation(),
+        );
         Ok(SegmentSummary {
             first_commit_us,
             last_commit_us,
@@ -141,6 +161,7 @@ impl SegmentSummarizer {
             first_record,
             last_record_lsn,
             last_complete_lsn: self.last,
+            block_refs,
         })
     }
 }

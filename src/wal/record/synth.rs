@@ -6,7 +6,7 @@ use super::constants::{
     XLOG_XACT_COMMIT, XLP_FIRST_IS_CONTRECORD, XLP_FIRST_IS_OVERWRITE_CONTRECORD, XLP_LONG_HEADER,
     XLR_BLOCK_ID_DATA_LONG, XLR_BLOCK_ID_DATA_SHORT, XLR_BLOCK_ID_ORIGIN, XLR_BLOCK_ID_TOPLEVEL_XID,
 };
-use super::decode::{align8, le_u32, record_crc};
+use super::decode::{align8, le_u32, record_crc, RelFileLocator};
 use super::{FeedOutcome, WalReader};
 use crate::wal::layout;
 use crate::wal::name::Segment;
@@ -33,7 +33,20 @@ pub(crate) fn collect(reader: &mut WalReader, seg: &[u8]) -> (FeedOutcome, Colle
 
 /// A fragment of a synthetic record, in header order.
 pub(crate) enum Frag {
-    Block { id: u8, fork_flags: u8, data: Vec<u8>, image: Option<(Vec<u8>, u16, u8, Option<u16>)> },
+    Block {
+        id: u8,
+        fork_flags: u8,
+        data: Vec<u8>,
+        image: Option<(Vec<u8>, u16, u8, Option<u16>)>,
+    },
+    /// A block reference to `block` of `rel` (written unless `BKPBLOCK_SAME_REL`).
+    BlockAt {
+        id: u8,
+        fork_flags: u8,
+        rel: RelFileLocator,
+        block: u32,
+        image: Option<(Vec<u8>, u16, u8, Option<u16>)>,
+    },
     Origin(u16),
     Toplevel(u32),
 }
@@ -67,6 +80,24 @@ pub(crate) fn encode(xid: u32, info: u8, rmid: u8, prev: u64, frags: &[Frag], ma
                 hdrs.extend(7u32.to_le_bytes());
                 payload.extend(data);
             }
+            Frag::BlockAt { id, fork_flags, rel, block, image } => {
+                hdrs.push(*id);
+                hdrs.push(*fork_flags);
+                hdrs.extend(0u16.to_le_bytes());
+                if let Some((bytes, hole_offset, bimg_info, hole_length)) = image {
+                    hdrs.extend((bytes.len() as u16).to_le_bytes());
+                    hdrs.extend(hole_offset.to_le_bytes());
+                    hdrs.push(*bimg_info);
+                    if let Some(h) = hole_length {
+                        hdrs.extend(h.to_le_bytes());
+                    }
+                    payload.extend(bytes);
+                }
+                if fork_flags & BKPBLOCK_SAME_REL == 0 {
+                    hdrs.extend(rel_bytes(rel));
+                }
+                hdrs.extend(block.to_le_bytes());
+            }
             Frag::Origin(o) => {
                 hdrs.push(XLR_BLOCK_ID_ORIGIN);
                 hdrs.extend(o.to_le_bytes());
@@ -98,6 +129,21 @@ pub(crate) fn encode(xid: u32, info: u8, rmid: u8, prev: u64, frags: &[Frag], ma
     let crc = record_crc(&rec);
     rec[20..24].copy_from_slice(&crc.to_le_bytes());
     rec
+}
+
+/// A relation's 12 bytes (`RelFileLocator`).
+pub(crate) fn rel_bytes(rel: &RelFileLocator) -> Vec<u8> {
+    [rel.spc_oid, rel.db_oid, rel.rel_number].iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// A relation in pg_default of database 5.
+pub(crate) fn rel(n: u32) -> RelFileLocator {
+    RelFileLocator { spc_oid: 1663, db_oid: 5, rel_number: n }
+}
+
+/// A block reference to `block` of fork `fork` of `rel`, no image, no data.
+pub(crate) fn at(id: u8, rel: RelFileLocator, fork: u8, block: u32) -> Frag {
+    Frag::BlockAt { id, fork_flags: fork, rel, block, image: None }
 }
 
 /// Commit/abort main data: xact_time, then (if given) xinfo and its sections.

@@ -7,7 +7,7 @@ use super::constants::{
     XLOG_XACT_ABORT, XLOG_XACT_ABORT_PREPARED, XLOG_XACT_COMMIT, XLOG_XACT_COMMIT_PREPARED, XLOG_XACT_HAS_INFO,
     XLOG_XACT_OPMASK,
 };
-use super::decode::{decode_layout, le_u32, le_u64, RecordHeader, WalRecord};
+use super::decode::{decode_layout, le_u32, le_u64, RecordHeader, RelFileLocator, WalRecord};
 use super::WalParseError;
 use crate::wal::layout::WalFormat;
 
@@ -96,7 +96,7 @@ pub(super) fn xact_end_from_partial(lsn: u64, tot_len: u32, buf: &[u8], fmt: &Wa
         return None;
     }
     let kind = XactKind::from_info(hdr.info)?;
-    let layout = decode_layout(buf, tot_len as usize, fmt).ok()?;
+    let layout = decode_layout(buf, tot_len as usize, fmt, |_| {}).ok()?;
     let end = (layout.main_start + layout.main_len).min(buf.len());
     let main = buf.get(layout.main_start..end)?;
     parse_xact_end(lsn, hdr.xid, hdr.info, kind, main, false, fmt).ok()
@@ -164,6 +164,37 @@ fn twophase_xid(xl_info: u8, kind: XactKind, main: &[u8], fmt: &WalFormat) -> Re
         return Ok(None);
     }
     le_u32(main, pos).map(Some).ok_or(SHORT)
+}
+
+/// The relations a commit or abort record drops (`xl_xact_relfilelocators`, the files
+/// removed at commit or abort), from its main data; empty when it drops none.
+///
+/// `main` may be only a prefix of the main data (a record cut off at a segment end): the
+/// relations are found as long as their section is present.
+pub(super) fn xact_dropped_rels(xl_info: u8, main: &[u8]) -> Result<Vec<RelFileLocator>, &'static str> {
+    if xl_info & XLOG_XACT_HAS_INFO == 0 {
+        return Ok(Vec::new());
+    }
+    const SHORT: &str = "main data shorter than its xinfo sections";
+    let xinfo = le_u32(main, 8).ok_or(SHORT)?;
+    let mut pos: usize = 12;
+    if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+        pos += 8;
+    }
+    if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+        let n = usize::try_from(le_u32(main, pos).ok_or(SHORT)? as i32)
+            .map_err(|_| "negative item count in xact record")?;
+        pos = n.checked_mul(4).and_then(|b| b.checked_add(pos + 4)).ok_or(SHORT)?;
+    }
+    if xinfo & XACT_XINFO_HAS_RELFILENODES == 0 {
+        return Ok(Vec::new());
+    }
+    let n =
+        usize::try_from(le_u32(main, pos).ok_or(SHORT)? as i32).map_err(|_| "negative item count in xact record")?;
+    let start = pos + 4;
+    let end = n.checked_mul(SIZE_OF_REL_FILE_NODE).and_then(|b| b.checked_add(start)).ok_or(SHORT)?;
+    let items = main.get(start..end).ok_or(SHORT)?;
+    Ok(items.chunks_exact(SIZE_OF_REL_FILE_NODE).filter_map(|c| RelFileLocator::parse(c, 0)).collect())
 }
 
 #[cfg(test)]
