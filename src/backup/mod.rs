@@ -351,7 +351,7 @@ async fn copy(cfg: &Config, repo: &Repository, m: &mut Manifest) -> anyhow::Resu
     let dd = cfg.postgres.data_dir.clone();
     let mut items = tokio::task::spawn_blocking(move || files::walk(&dd)).await??;
     let total: u64 = items.iter().map(|i| i.entry.size).sum();
-    let pb = crate::snapshot::progress::bytes_bar(total, "backup");
+    let pb = crate::snapshot::progress::files_bar(total, items.len() as u64, "backup");
     let pb2 = pb.clone();
     let bundles = files::capture(
         repo,

@@ -12,6 +12,7 @@ mod cli;
 mod ebs;
 mod integrity;
 mod majors;
+mod observe;
 mod regions;
 mod restore;
 mod retention;
