@@ -78,16 +78,22 @@ fn a_scrape_after_a_backup_shows_it_and_only_get_or_head_of_metrics_is_served() 
     let port = harness::free_port();
     tm.daemon_env.push(("TIDEMARK_BACKUP_SCHEDULE".into(), "off".into()));
     tm.daemon_env.push(("TIDEMARK_DAEMON_METRICS_LISTEN".into(), format!("127.0.0.1:{port}")));
+    // The catalog refresh and the index roll-up every second rather than every minute.
+    tm.daemon_env.push(("TDMK_TEST_MINUTE_MS".into(), "1000".into()));
     tm.start_daemon();
     let before = unix_now();
     // Taken by the daemon, which notes it as it completes.
     let o = tm.cmd_as_postgres(&["backup", "create"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let scrape = || split(&http(port, "GET", "/metrics")).1.to_string();
-    harness::wait_for("the backup and its window in the metrics", Duration::from_secs(120), || {
-        let body = scrape();
-        body.contains("tidemark_backup_last_success_timestamp_seconds{kind=\"manual\"}")
-            && body.contains("tidemark_window_end_timestamp_seconds{timeline=\"1\"}")
+    harness::wait_for("the backup in the metrics", Duration::from_secs(120), || {
+        scrape().contains("tidemark_backup_last_success_timestamp_seconds{kind=\"manual\"}")
+    });
+    // A commit after the backup, archived: the window has an end.
+    pg.sql("insert into t values (0)");
+    pg.switch_wal_archived(Duration::from_secs(60));
+    harness::wait_for("the window in the metrics", Duration::from_secs(60), || {
+        scrape().contains("tidemark_window_end_timestamp_seconds{timeline=\"1\"}")
     });
     assert!(!scrape().contains("tidemark_verify_"), "no verify run yet");
     // `verify` runs as its own process (the timer) and leaves its result for the daemon.
