@@ -14,6 +14,9 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, env = "TIDEMARK_OUTPUT_FORMAT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Log format on stderr: text, or one JSON object per line.
+    #[arg(long, global = true, env = "TIDEMARK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +29,27 @@ pub enum Output {
     Text,
     /// One JSON document on stdout.
     Json,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, for people (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl LogFormat {
+    /// The format named `v` as the flag and `TIDEMARK_LOG_FORMAT` spell it.
+    pub fn parse(v: &str) -> Option<LogFormat> {
+        match v {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
 }
 
 /// Commands (the stable contract in DESIGN.md).

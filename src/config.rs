@@ -414,7 +414,16 @@ fn apply_env(doc: &mut toml::Table, vars: impl Iterator<Item = (String, String)>
             continue;
         };
         // Not settings: read by the CLI, logging, tests, and the front end's hand-over.
-        if matches!(rest, "CONFIG" | "OUTPUT_FORMAT" | "LOG" | "LOG_FORMAT" | "FAILPOINT" | "LOCAL_STEP_DONE") {
+        if matches!(
+            rest,
+            "CONFIG"
+                | "OUTPUT_FORMAT"
+                | "LOG"
+                | "LOG_FORMAT"
+                | "PROGRESS_INTERVAL_MS"
+                | "FAILPOINT"
+                | "LOCAL_STEP_DONE"
+        ) {
             continue;
         }
         let rest = rest.to_ascii_lowercase();

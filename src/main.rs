@@ -27,7 +27,7 @@ fn front_end() -> u8 {
     let args: Vec<OsString> = std::env::args_os().collect();
     let mut local_step_done = false;
     if let Some(call) = Call::parse(&args, |k| std::env::var_os(k)) {
-        fast_path::init_logging_at("warn");
+        fast_path::init_logging_at("warn", call.log_format);
         if let Some(code) = fast_path::local_step(&call) {
             return code;
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::archive::fetch::{FetchError, FetchOutcome};
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 use crate::cmd::failure::{report, usage, Failure};
 use crate::config::Config;
 use crate::daemon::control::{self, ClientError, Request, Response};
@@ -24,27 +24,91 @@ pub const LOCAL_STEP_DONE: &str = "TIDEMARK_LOCAL_STEP_DONE";
 pub const FETCH_ABORT: u8 = 126;
 
 /// Commands PostgreSQL calls once per file log only warnings by default (they land in its log).
-pub fn init_logging(cmd: &Command) {
+pub fn init_logging(cmd: &Command, format: LogFormat) {
     let per_file = matches!(cmd, Command::WalPush { .. } | Command::WalFetch { .. } | Command::WalPrefetch { .. });
-    init_logging_at(if per_file { "warn" } else { "info" });
+    init_logging_at(if per_file { "warn" } else { "info" }, format);
 }
 
-/// Logs to stderr at `default` level for tidemark (`TIDEMARK_LOG` overrides), warn for others.
-/// Credentials never reach the log: the targets that print them are capped whatever
-/// `TIDEMARK_LOG` says, and what is written is redacted.
-pub fn init_logging_at(default: &str) {
+/// Logs to stderr at `default` level for tidemark (`TIDEMARK_LOG` overrides), warn for others,
+/// as text or as one JSON object per line. Credentials never reach the log: the targets that
+/// print them are capped whatever `TIDEMARK_LOG` says, and what is written is redacted.
+pub fn init_logging_at(default: &str, format: LogFormat) {
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("tidemark={default},warn")));
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(crate::store::aws::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(filter.and(crate::store::aws::credential_cap()));
+    let filter = filter.and(crate::store::aws::credential_cap());
+    let layer = tracing_subscriber::fmt::layer().with_target(false);
+    let layer = match format {
+        LogFormat::Text => layer
+            .with_writer(crate::store::aws::RedactingStderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(filter)
+            .boxed(),
+        // The event's fields at the top level beside timestamp and level: what collectors index.
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(RedactingJsonStderr)
+            .with_filter(filter)
+            .boxed(),
+    };
     let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// Stderr for JSON logs: each line's string values through
+/// [`crate::store::aws::redact_credentials`]. JSON escapes the quotes the text markers look
+/// for (`access_key_id: \"...\"`), so the values are redacted as decoded text, then
+/// written again as JSON.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RedactingJsonStderr;
+
+/// `line` (one JSON object and a newline) with every string value redacted (pure); text that
+/// is not JSON is redacted as text.
+pub fn redact_json_line(line: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(r) = crate::store::aws::redact_credentials(s) {
+                    *s = r;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(mut v) => {
+            walk(&mut v);
+            format!("{v}\n")
+        }
+        Err(_) => crate::store::aws::redact_credentials(line).into_owned(),
+    }
+}
+
+impl std::io::Write for RedactingJsonStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The formatter writes each event with one call, a whole line.
+        let line = redact_json_line(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingJsonStderr {
+    type Writer = RedactingJsonStderr;
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingJsonStderr
+    }
 }
 
 /// A `wal-push` or `wal-fetch` call.
@@ -52,6 +116,8 @@ pub fn init_logging_at(default: &str) {
 pub struct Call {
     /// `--config`, or `TIDEMARK_CONFIG`.
     pub config: Option<PathBuf>,
+    /// `--log-format`, or `TIDEMARK_LOG_FORMAT`.
+    pub log_format: LogFormat,
     /// What to do.
     pub op: Op,
 }
@@ -81,7 +147,7 @@ impl Call {
             Command::WalFetch { name, dest } => Op::Fetch { name: name.clone(), dest: dest.clone() },
             _ => return None,
         };
-        Some(Call { config: cli.config.clone(), op })
+        Some(Call { config: cli.config.clone(), log_format: cli.log_format, op })
     }
 
     /// Parses the command lines PostgreSQL runs (`[--config F] wal-push PATH`,
@@ -93,8 +159,14 @@ impl Call {
         if env("TIDEMARK_OUTPUT_FORMAT").is_some_and(|v| v != "text" && v != "json") {
             return None;
         }
+        // The same for TIDEMARK_LOG_FORMAT, which the flag overrides.
+        let mut log_format = match env("TIDEMARK_LOG_FORMAT") {
+            Some(v) => LogFormat::parse(v.to_str()?)?,
+            None => LogFormat::Text,
+        };
         let mut config: Option<PathBuf> = None;
         let mut output = false;
+        let mut log_flag = false;
         let mut words: Vec<&OsStr> = Vec::new();
         let mut it = args.iter().skip(1);
         while let Some(arg) = it.next() {
@@ -113,6 +185,10 @@ impl Call {
             match flag {
                 "--config" if config.is_none() => config = Some(PathBuf::from(value)),
                 "--output" if !output && (value == "text" || value == "json") => output = true,
+                "--log-format" if !log_flag => {
+                    log_format = LogFormat::parse(value.to_str()?)?;
+                    log_flag = true;
+                }
                 _ => return None,
             }
         }
@@ -132,7 +208,7 @@ impl Call {
             }
             _ => return None,
         };
-        Some(Call { config, op })
+        Some(Call { config, log_format, op })
     }
 }
 
@@ -339,7 +415,11 @@ mod tests {
     }
 
     fn push(config: Option<&str>, path: &str) -> Option<Call> {
-        Some(Call { config: config.map(PathBuf::from), op: Op::Push { path: PathBuf::from(path) } })
+        Some(Call {
+            config: config.map(PathBuf::from),
+            log_format: LogFormat::Text,
+            op: Op::Push { path: PathBuf::from(path) },
+        })
     }
 
     #[test]
@@ -365,6 +445,7 @@ mod tests {
             ),
             Some(Call {
                 config: Some(PathBuf::from("c")),
+                log_format: LogFormat::Text,
                 op: Op::Fetch { name: "000000010000000000000001".into(), dest: PathBuf::from("pg_wal/RECOVERYXLOG") }
             })
         );
@@ -384,6 +465,35 @@ mod tests {
         assert_eq!(Call::parse(&args(&["wal-push", "p"]), bad_output), None);
         let json = |k: &str| (k == "TIDEMARK_OUTPUT_FORMAT").then(|| OsString::from("json"));
         assert_eq!(Call::parse(&args(&["wal-push", "p"]), json), push(None, "p"));
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_flag_or_the_environment() {
+        let json = |c: Option<Call>| c.map(|c| c.log_format);
+        assert_eq!(json(Call::parse(&args(&["--log-format", "json", "wal-push", "p"]), no_env)), Some(LogFormat::Json));
+        let env = |k: &str| (k == "TIDEMARK_LOG_FORMAT").then(|| OsString::from("json"));
+        assert_eq!(json(Call::parse(&args(&["wal-push", "p"]), env)), Some(LogFormat::Json));
+        assert_eq!(json(Call::parse(&args(&["--log-format=text", "wal-push", "p"]), env)), Some(LogFormat::Text));
+        // Anything the agent's parser would reject is left to it, to explain.
+        let bad = |k: &str| (k == "TIDEMARK_LOG_FORMAT").then(|| OsString::from("yaml"));
+        assert_eq!(Call::parse(&args(&["wal-push", "p"]), bad), None);
+        assert_eq!(Call::parse(&args(&["--log-format", "yaml", "wal-push", "p"]), no_env), None);
+        assert_eq!(
+            Call::parse(&args(&["--log-format", "json", "--log-format", "json", "wal-push", "p"]), no_env),
+            None
+        );
+    }
+
+    #[test]
+    fn json_log_lines_are_redacted_value_by_value() {
+        let line = r#"{"level":"DEBUG","message":"Credentials { access_key_id: \"testing\", x: 1 }","key":"AKIATIDEMARKTESTKEY1"}"#;
+        let out = redact_json_line(&format!("{line}\n"));
+        assert!(out.ends_with('\n'), "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["message"], "Credentials { access_key_id: \"<redacted>\", x: 1 }");
+        assert_eq!(v["key"], "<redacted>");
+        assert_eq!(v["level"], "DEBUG");
+        assert_eq!(redact_json_line("not json Credential=AKIA/x"), "not json Credential=<redacted>/x");
     }
 
     #[test]
@@ -425,9 +535,14 @@ mod tests {
             &["wal-push", "p", "--config=x", "--output=text"],
             &["--output", "json", "wal-fetch", "000000010000000000000001", "d"],
             &["wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY", "--config", "c"],
+            &["--log-format", "json", "wal-push", "p"],
+            &["wal-fetch", "000000010000000000000001", "d", "--log-format=text"],
         ];
         // clap reads these itself; a test environment that sets them would compare apples and pears.
-        if std::env::var_os("TIDEMARK_CONFIG").is_some() || std::env::var_os("TIDEMARK_OUTPUT_FORMAT").is_some() {
+        if ["TIDEMARK_CONFIG", "TIDEMARK_OUTPUT_FORMAT", "TIDEMARK_LOG_FORMAT"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some())
+        {
             return;
         }
         for words in cases {

@@ -46,7 +46,7 @@ pub fn main(cli: Cli) -> u8 {
         // No runtime, no logging setup: the guard must start and freeze fast.
         return crate::snapshot::ebs::freeze::guard_main(mounts, Duration::from_millis(*timeout_ms)) as u8;
     }
-    fast_path::init_logging(&cli.command);
+    fast_path::init_logging(&cli.command, cli.log_format);
     // The front end (`tidemark`) has done the local step when it hands a per-file command over.
     if std::env::var_os(fast_path::LOCAL_STEP_DONE).is_none() {
         if let Some(code) = fast_path::Call::from_cli(&cli).and_then(|call| fast_path::local_step(&call)) {

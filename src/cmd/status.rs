@@ -13,6 +13,7 @@ use crate::daemon::control::{self, Request, Response, Stats};
 use crate::pg::conn::Session;
 use crate::repo::Repository;
 use crate::restore::Inputs;
+use crate::snapshot::progress::human_bytes;
 use crate::wal::name::Segment;
 
 /// Archiving as PostgreSQL reports it.
@@ -342,8 +343,14 @@ pub fn render(s: &Status) -> String {
     out.push_str(&format!("restorable:  {} .. {}\n", or(&s.restorable_from), or(&s.restorable_to)));
     match &s.daemon {
         Some(d) => out.push_str(&format!(
-            "daemon:      {} stored, {} already archived, {} answered by read-ahead, {} failure(s), {} ready\n",
-            d.stored, d.already_archived, d.served_from_read_ahead, d.failures, d.ready
+            "daemon:      {} stored ({} plain, {} sealed), {} already archived, {} answered by read-ahead, {} failure(s), {} ready\n",
+            d.stored,
+            human_bytes(d.bytes_stored as f64),
+            human_bytes(d.bytes_sealed as f64),
+            d.already_archived,
+            d.served_from_read_ahead,
+            d.failures,
+            d.ready
         )),
         None => out.push_str("daemon:      not running (wal-push archives directly)\n"),
     }

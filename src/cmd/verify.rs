@@ -6,7 +6,15 @@ use super::*;
 pub(super) async fn run(cli: &Cli, cluster: &Option<String>, deep: &bool) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     let repo = open_existing(&cfg, cluster.as_deref()).await?;
-    let report = crate::verify::verify(&repo, *deep).await?;
+    let res = crate::verify::verify(&repo, *deep).await;
+    // The daemon exports the configured cluster's last result (tidemark_verify_*).
+    if cluster.as_deref().is_none_or(|c| c == cfg.cluster) {
+        let ok = res.as_ref().is_ok_and(|r| r.ok);
+        if let Err(e) = crate::verify::last_run::record(&cfg.daemon.state_dir, ok, *deep) {
+            tracing::warn!(state_dir = %cfg.daemon.state_dir.display(), error = %e, "cannot record the result in daemon.state_dir: the daemon's tidemark_verify_* metrics miss this run");
+        }
+    }
+    let report = res?;
     match cli.output {
         Output::Json => super::render::json(&report)?,
         Output::Text => {

@@ -41,7 +41,8 @@ pub struct Stats {
     pub served_after_push: u64,
     /// Failed push attempts.
     pub failures: u64,
-    /// Plaintext bytes stored.
+    /// Plain bytes (their size on the server) of the files stored: the metrics'
+    /// `tidemark_wal_plain_bytes_total`.
     pub bytes_stored: u64,
     /// Last file archived and when (RFC 3339).
     pub last_archived: Option<(String, String)>,
@@ -49,7 +50,8 @@ pub struct Stats {
     pub last_failure: Option<String>,
     /// Files currently marked .ready.
     pub ready: u64,
-    /// Compressed, encrypted bytes stored.
+    /// Sealed (compressed, encrypted) bytes of the files stored, as the repository holds
+    /// them: the metrics' `tidemark_wal_sealed_bytes_total`.
     #[serde(default)]
     pub bytes_sealed: u64,
     /// Push durations.

@@ -46,6 +46,7 @@ struct Backups {
     cfg: Config,
     repo: Repository,
     one: schedule::OneBackup,
+    observed: Arc<metrics::Observed>,
 }
 
 async fn serve(stream: UnixStream, ra: Arc<ReadAhead>, backups: Arc<Backups>) {
@@ -60,10 +61,12 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>, backups: Arc<Backups>) {
             Err(message) => Response::Error { message },
         },
         Ok(Request::Stats) => Response::Stats(Box::new(ra.stats())),
-        Ok(Request::Backup) => match schedule::start_manual(&backups.cfg, &backups.repo, &backups.one).await {
-            Ok(id) => Response::BackupStarted { id },
-            Err(message) => Response::Error { message },
-        },
+        Ok(Request::Backup) => {
+            match schedule::start_manual(&backups.cfg, &backups.repo, &backups.one, &backups.observed).await {
+                Ok(id) => Response::BackupStarted { id },
+                Err(message) => Response::Error { message },
+            }
+        }
         Ok(Request::FetchTiming { seconds }) => {
             ra.record_fetch(seconds);
             Response::Noted
@@ -116,6 +119,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.postgres.data_dir.display()
         )
     })?;
+    let observed = Arc::new(metrics::Observed::default());
     let metrics = match &cfg.daemon.metrics_listen {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -128,7 +132,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             } else {
                 tracing::info!(%addr, "serving Prometheus metrics");
             }
-            Some(tokio::spawn(metrics::serve(l, ra.clone())))
+            let sources = metrics::Sources {
+                ra: ra.clone(),
+                observed: observed.clone(),
+                archive_status: cfg.postgres.data_dir.join("pg_wal/archive_status"),
+                state_dir: cfg.daemon.state_dir.clone(),
+            };
+            Some(tokio::spawn(metrics::serve(l, Arc::new(sources))))
         }
         None => None,
     };
@@ -151,8 +161,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         })
     };
     let one_backup = schedule::OneBackup::default();
-    let backups = Arc::new(Backups { cfg: cfg.clone(), repo: repo.clone(), one: one_backup.clone() });
-    let periodic = schedule::spawn(cfg.clone(), repo, one_backup);
+    let backups =
+        Arc::new(Backups { cfg: cfg.clone(), repo: repo.clone(), one: one_backup.clone(), observed: observed.clone() });
+    let periodic = schedule::spawn(cfg.clone(), repo, one_backup, observed);
     let watchdog = tokio::spawn(async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {

@@ -3,12 +3,14 @@
 //! sweeper (marks abandoned backups failed, removes store leftovers, applies the retention
 //! plan within the hour).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveTime, Utc};
 
 use crate::catalog::backup::{self, BackupKind, BackupState, Manifest};
 use crate::config::Config;
+use crate::daemon::metrics::Observed;
 use crate::repo::cluster::{self, ClusterState};
 use crate::repo::Repository;
 use crate::sweep as policy;
@@ -57,7 +59,12 @@ pub type OneBackup = std::sync::Arc<tokio::sync::Mutex<()>>;
 /// Starts a manual backup in the daemon, on the scheduled backups' code path; answers with
 /// its id once it is recorded as running, or with why it could not start (another backup
 /// running, PostgreSQL unreachable, ...). The backup goes on after the answer.
-pub async fn start_manual(cfg: &Config, repo: &Repository, one: &OneBackup) -> Result<String, String> {
+pub async fn start_manual(
+    cfg: &Config,
+    repo: &Repository,
+    one: &OneBackup,
+    observed: &Arc<Observed>,
+) -> Result<String, String> {
     let Ok(guard) = one.clone().try_lock_owned() else {
         return Err(
             "the daemon is taking a backup right now; two backups never run at once: wait until `tidemark backup list` shows it completed, then try again"
@@ -65,13 +72,19 @@ pub async fn start_manual(cfg: &Config, repo: &Repository, one: &OneBackup) -> R
         );
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (cfg, repo) = (cfg.clone(), repo.clone());
+    let (cfg, repo, observed) = (cfg.clone(), repo.clone(), observed.clone());
     let task = tokio::spawn(async move {
         let _held = guard;
         let res = crate::backup::create_notifying(&cfg, &repo, BackupKind::Manual, tx).await;
         match &res {
-            Ok(m) => tracing::info!(backup = %m.id, "manual backup completed"),
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "manual backup failed"),
+            Ok(m) => {
+                observed.backup_completed(m);
+                tracing::info!(backup = %m.id, "manual backup completed")
+            }
+            Err(e) => {
+                observed.backup_failed(BackupKind::Manual);
+                tracing::warn!(error = format!("{e:#}"), "manual backup failed")
+            }
         }
         res
     });
@@ -138,7 +151,7 @@ enum Decision {
     /// A backup is due now.
     Due,
     /// A backup was taken.
-    Took(String),
+    Took(Box<Manifest>),
 }
 
 async fn maybe_backup(
@@ -147,12 +160,19 @@ async fn maybe_backup(
     one: &OneBackup,
     now: DateTime<Utc>,
     at_start: bool,
+    observed: &Observed,
 ) -> anyhow::Result<Decision> {
     Ok(match due_backup(cfg, repo, now, at_start).await? {
         Decision::Due => {
             // A requested backup running in the daemon: the next tick checks again.
             let Ok(_held) = one.try_lock() else { return Ok(Decision::Nothing) };
-            Decision::Took(crate::backup::create(cfg, repo, BackupKind::Automatic).await?.id)
+            match crate::backup::create(cfg, repo, BackupKind::Automatic).await {
+                Ok(m) => Decision::Took(Box::new(m)),
+                Err(e) => {
+                    observed.backup_failed(BackupKind::Automatic);
+                    return Err(e);
+                }
+            }
         }
         d => d,
     })
@@ -205,9 +225,15 @@ async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
 /// Starts the daemon's periodic work as separate tasks, so that none waits on another (an
 /// EBS backup waiting hours for its snapshots stalls neither purges nor copies): the
 /// backup schedule, the retention sweep, the index roll-up and the cross-region copies.
-pub fn spawn(cfg: Config, repo: Repository, one: OneBackup) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    cfg: Config,
+    repo: Repository,
+    one: OneBackup,
+    observed: Arc<Observed>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
-        tokio::spawn(run_backups(cfg.clone(), repo.clone(), one)),
+        tokio::spawn(run_backups(cfg.clone(), repo.clone(), one, observed.clone())),
+        tokio::spawn(run_observe(repo.clone(), observed)),
         tokio::spawn(run_sweeps(repo.clone())),
         tokio::spawn(run_roll_ups(repo.clone())),
         tokio::spawn(run_drills(cfg.clone(), repo.clone())),
@@ -260,7 +286,7 @@ fn every(period: Duration) -> tokio::time::Interval {
 
 /// Checks the schedule every minute, retrying a failed automatic backup with backoff
 /// inside its slot.
-async fn run_backups(cfg: Config, repo: Repository, one: OneBackup) {
+async fn run_backups(cfg: Config, repo: Repository, one: OneBackup, observed: Arc<Observed>) {
     let minute = backup::timer_minute();
     let mut tick = every(minute);
     let mut retry = Retry::default();
@@ -272,9 +298,10 @@ async fn run_backups(cfg: Config, repo: Repository, one: OneBackup) {
         let now = Utc::now();
         let slot = cfg.time_of_day().map(|(h, m)| last_slot(now, h, m));
         if let Some(slot) = slot.filter(|&s| retry.may_try(now, s) && deferred != Some(s)) {
-            match maybe_backup(&cfg, &repo, &one, now, at_start).await {
-                Ok(Decision::Took(id)) => {
-                    tracing::info!(backup = %id, "automatic backup completed");
+            match maybe_backup(&cfg, &repo, &one, now, at_start, &observed).await {
+                Ok(Decision::Took(m)) => {
+                    observed.backup_completed(&m);
+                    tracing::info!(backup = %m.id, "automatic backup completed");
                     retry = Retry::default();
                 }
                 Ok(Decision::Deferred) => {
@@ -295,6 +322,26 @@ async fn run_backups(cfg: Config, repo: Repository, one: OneBackup) {
             }
         }
         at_start = false;
+    }
+}
+
+/// Keeps the metrics' view of the catalog fresh: the completed backups (any process's) and
+/// the restorable window, read at the roll-up's cadence and right after the daemon's own
+/// backups (what `window` reads: the catalog and the rolled-up index, never a whole listing).
+async fn run_observe(repo: Repository, observed: Arc<Observed>) {
+    let mut tick = every(backup::timer_minute());
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = observed.changed.notified() => {}
+        }
+        match crate::restore::Inputs::load(&repo).await {
+            Ok(inputs) => observed.catalog(&inputs.backups, &inputs.windows()),
+            Err(e) => tracing::debug!(
+                error = format!("{e:#}"),
+                "cannot read the catalog for the metrics; retrying in a minute"
+            ),
+        }
     }
 }
 

@@ -458,6 +458,11 @@ pub struct Reached {
     pub redo_done: Option<Lsn>,
 }
 
+/// Segments the server says it restored from the archive so far (pure).
+fn segments_restored(log: &str) -> u64 {
+    log.lines().filter(|l| l.contains("restored log file \"") && !l.contains(".history\"")).count() as u64
+}
+
 fn parse_reached(log: &str) -> Reached {
     let mut r = Reached::default();
     for line in log.lines() {
@@ -523,9 +528,18 @@ pub fn start_and_wait(
         bail!("pg_ctl start failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let began = Instant::now();
+    // Replay can take hours: its progress is the segments the server restored so far.
+    let pb = crate::snapshot::progress::count_bar(0, "WAL replay", "segments");
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
+        pb.set_position(segments_restored(&text));
         if text.contains("database system is ready to accept connections") {
+            pb.finish_and_clear();
+            tracing::info!(
+                segments = segments_restored(&text),
+                seconds = began.elapsed().as_secs(),
+                "WAL replay done, promoted"
+            );
             return Ok(parse_reached(&text));
         }
         if text.contains("FATAL:") || text.contains("PANIC:") {
@@ -607,6 +621,13 @@ mod tests {
         assert!(check_not_in_source(&d.path().join("restored"), &src).is_ok());
         assert!(check_not_in_source(&d.path().join("data2"), &src).is_ok(), "a name sharing a prefix is not inside");
         assert!(source_dirs(&d.path().join("elsewhere")).is_empty(), "no source on this host: nothing to guard");
+    }
+
+    #[test]
+    fn counts_the_segments_restored() {
+        let log = "LOG:  restored log file \"00000002.history\" from archive\nLOG:  restored log file \"000000010000000000000003\" from archive\nLOG:  redo starts at 0/3000028\nLOG:  restored log file \"000000010000000000000004\" from archive\n";
+        assert_eq!(segments_restored(log), 2);
+        assert_eq!(segments_restored(""), 0);
     }
 
     #[test]

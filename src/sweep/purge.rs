@@ -111,12 +111,15 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
         let n = crate::snapshot::for_data(m.provider, repo).delete(bref, &held).await?;
         tracing::info!(backup = %id, snapshots = n, "EBS snapshots deleted");
     }
+    let pb = crate::snapshot::progress::count_bar(m.bundles.len() as u64, &format!("purge {id}"), "bundles");
     for (i, b) in m.bundles.iter().enumerate() {
         repo.store().delete(&bundle_key(repo, id, &b.name)).await?;
+        pb.inc(1);
         if i == 0 {
             failpoint("purge-mid-data");
         }
     }
+    pb.finish_and_clear();
     // Anything else under the backup's prefix (bundles of an older manifest version, strays).
     let prefix = repo.backup_prefix(id);
     let manifest = backup::manifest_key(repo, id);

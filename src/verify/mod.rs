@@ -1,6 +1,7 @@
 //! `tidemark verify`: WAL continuity per timeline from each backup's start to the archive's
 //! end, and every backup's bundles present (and, with `--deep`, every file's checksum).
 
+pub mod last_run;
 pub mod wal_remove;
 
 use serde::Serialize;
@@ -144,6 +145,16 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
         foreign_histories.extend(foreign_history(*tli, parsed, &files.with_wal));
     }
     let mut backups = Vec::new();
+    // Only --deep reads the bundles: the rest is listings and HEADs.
+    let pb = deep.then(|| {
+        let deep_bytes = manifests
+            .iter()
+            .filter(|m| m.state == BackupState::Completed)
+            .flat_map(|m| &m.bundles)
+            .map(|b| b.plain_bytes)
+            .sum();
+        crate::snapshot::progress::bytes_bar(deep_bytes, "verify --deep")
+    });
     for m in &manifests {
         let mut problems = Vec::new();
         if m.state == BackupState::Completed {
@@ -154,8 +165,14 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
                 Ok(p) => problems.extend(p),
                 Err(e) => problems.push(format!("could not check its {} data: {e:#}", m.provider)),
             }
+            if let Some(pb) = &pb {
+                pb.inc(m.bundles.iter().map(|b| b.plain_bytes).sum());
+            }
         }
         backups.push(BackupReport { id: m.id.clone(), state: m.state, problems });
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
     }
     let ok = foreign_histories.is_empty()
         && timelines.iter().all(|t| t.gaps.is_empty() && t.breaks.is_empty() && t.unindexed_count == 0)

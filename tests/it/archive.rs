@@ -160,7 +160,7 @@ fn wal_push_takes_the_daemon_path_when_read_ahead_already_pushed() {
     assert!(body.contains("tidemark_wal_stored_total 3\n"), "{body}");
     assert!(body.contains("tidemark_archiver_requests_total{path=\"read_ahead\"} 3\n"), "{body}");
     assert!(body.contains("tidemark_wal_push_seconds_count 3\n"), "{body}");
-    assert!(body.contains("tidemark_wal_bytes_shipped_total 50331648\n"), "{body}");
+    assert!(body.contains("tidemark_wal_plain_bytes_total 50331648\n"), "{body}");
     // A wal-fetch reports its latency to the running daemon.
     let dest = tm.dir.path().join("fetched");
     let o = tm.cmd_as_postgres(&["wal-fetch", names[0], dest.to_str().unwrap()]).output().unwrap();

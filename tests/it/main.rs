@@ -14,6 +14,7 @@ mod drill;
 mod ebs;
 mod integrity;
 mod majors;
+mod observe;
 mod packaging;
 mod regions;
 mod restore;

@@ -181,7 +181,7 @@ impl Capture for FilesCapture<'_> {
             let dd = self.data_dir.to_path_buf();
             let mut items = tokio::task::spawn_blocking(move || capture::walk(&dd)).await??;
             let total: u64 = items.iter().map(|i| i.entry.size).sum();
-            let pb = crate::snapshot::progress::bytes_bar(total, "backup");
+            let pb = crate::snapshot::progress::files_bar(total, items.len() as u64, "backup");
             let pb2 = pb.clone();
             let bundles = capture::capture(
                 self.repo,

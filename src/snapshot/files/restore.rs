@@ -61,7 +61,8 @@ pub async fn download(
     for v in by_bundle.values_mut() {
         v.sort_by_key(|(_, _, p)| p.offset);
     }
-    let pb = crate::snapshot::progress::bytes_bar(c.bundles.iter().map(|b| b.plain_bytes).sum(), "restore");
+    let total = c.bundles.iter().map(|b| b.plain_bytes).sum();
+    let pb = crate::snapshot::progress::files_bar(total, c.files.len() as u64, "restore");
     let results: Vec<anyhow::Result<u64>> = futures::stream::iter(by_bundle)
         .map(|(n, parts)| {
             let pb = pb.clone();
