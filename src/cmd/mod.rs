@@ -100,7 +100,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             let st = crate::cmd::status::gather(&cfg, &repo).await?;
             match cli.output {
                 Output::Json => render::json(&st)?,
-                Output::Text => out!("{}", crate::cmd::status::render(&st)),
+                Output::Text => {
+                    out!("{}", crate::cmd::status::render(&st));
+                    // On a terminal, the window as `window` draws it.
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        let now = chrono::Utc::now();
+                        for (tli, w) in &st.windows {
+                            out!("timeline {tli}:\n{}", window::bar(w, None, now, 76));
+                        }
+                    }
+                }
             }
             Ok(if st.problems.is_empty() { 0 } else { 1 })
         }

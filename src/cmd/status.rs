@@ -66,6 +66,9 @@ pub struct Status {
     pub daemon: Option<Stats>,
     /// The last restore drill, when one has run.
     pub last_drill: Option<LastDrill>,
+    /// The restorable window per timeline (for the bars on a terminal; JSON has the ends).
+    #[serde(skip)]
+    pub windows: Vec<(u32, crate::catalog::restore_plan::Window)>,
     /// `ok`, `warning` or `critical` (the worst of the problems).
     pub verdict: &'static str,
     /// What is wrong, each saying what to do.
@@ -313,6 +316,7 @@ pub async fn gather(cfg: &Config, repo: &Repository) -> anyhow::Result<Status> {
         restorable_to: windows.iter().filter_map(|(_, w)| w.latest()).max().map(rfc3339),
         daemon,
         last_drill,
+        windows,
     })
 }
 

@@ -49,6 +49,21 @@ pub struct WindowSeen {
     pub end: Option<f64>,
 }
 
+/// The restore drills, as the daemon last read their records.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrillSeen {
+    /// When the newest drill finished (Unix seconds).
+    pub last_run: Option<f64>,
+    /// Whether it passed.
+    pub last_ok: bool,
+    /// When a drill last passed.
+    pub last_success: Option<f64>,
+    /// The newest drill's phases and their seconds.
+    pub phases: Vec<(String, f64)>,
+    /// Its seconds to a promoted cluster (the measured restore time).
+    pub restore_seconds: Option<f64>,
+}
+
 /// Backups and the window, as the daemon's tasks last saw them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Seen {
@@ -56,6 +71,8 @@ pub struct Seen {
     pub backups: BTreeMap<BackupKind, BackupSeen>,
     /// By timeline, oldest first.
     pub windows: Vec<WindowSeen>,
+    /// Restore drills, once one has run.
+    pub drill: Option<DrillSeen>,
 }
 
 /// Shared between the tasks that learn things (backups, catalog refresh) and the scrapes.
@@ -108,6 +125,25 @@ impl Observed {
     /// Notes a backup of `kind` the daemon ran that failed.
     pub fn backup_failed(&self, kind: BackupKind) {
         self.seen().backups.entry(kind).or_default().failures += 1;
+    }
+
+    /// Takes in drill records, oldest first (the newest sets the result and phases).
+    pub fn drills(&self, records: &[crate::catalog::drill::DrillRecord]) {
+        let mut seen = self.seen();
+        for r in records {
+            let d = seen.drill.get_or_insert_with(DrillSeen::default);
+            let finished = secs(r.finished_at);
+            if d.last_run.is_some_and(|t| t > finished) {
+                continue;
+            }
+            d.last_run = Some(finished);
+            d.last_ok = r.ok;
+            d.phases = r.phases.iter().map(|p| (p.name.clone(), p.seconds)).collect();
+            d.restore_seconds = r.restore_seconds;
+            if r.ok {
+                d.last_success = Some(finished);
+            }
+        }
     }
 
     /// Takes in what the catalog says: its completed backups (any process's) and the window.
@@ -258,6 +294,9 @@ pub fn render(x: &Scraped) -> String {
     }
     backups(&mut o, &x.seen);
     windows(&mut o, &x.seen.windows);
+    if let Some(d) = &x.seen.drill {
+        drills(&mut o, d);
+    }
     if let Some(v) = &x.verify {
         o.single(
             "tidemark_verify_last_run_timestamp_seconds",
@@ -308,6 +347,33 @@ fn backups(o: &mut Exposition, seen: &Seen) {
     );
     for k in KINDS {
         o.sample("tidemark_backup_failures_total", &[("kind", k.as_str())], get(k).failures);
+    }
+}
+
+fn drills(o: &mut Exposition, d: &DrillSeen) {
+    if let Some(t) = d.last_run {
+        o.single("tidemark_drill_last_run_timestamp_seconds", "gauge", "When the newest restore drill finished.", t);
+    }
+    o.single(
+        "tidemark_drill_last_result",
+        "gauge",
+        "1 when the newest restore drill passed, 0 when it failed.",
+        u8::from(d.last_ok),
+    );
+    if let Some(t) = d.last_success {
+        o.single("tidemark_drill_last_success_timestamp_seconds", "gauge", "When a restore drill last passed.", t);
+    }
+    o.family("tidemark_drill_duration_seconds", "gauge", "How long each phase of the newest restore drill took.");
+    for (phase, s) in &d.phases {
+        o.sample("tidemark_drill_duration_seconds", &[("phase", phase)], s);
+    }
+    if let Some(s) = d.restore_seconds {
+        o.single(
+            "tidemark_drill_restore_seconds",
+            "gauge",
+            "Seconds the newest restore drill took to a promoted cluster: the restore time last measured.",
+            s,
+        );
     }
 }
 
@@ -468,6 +534,42 @@ mod tests {
         }
         // No backup of a kind yet: no timestamp rather than a zero that reads as 1970.
         assert!(!text.contains("tidemark_backup_last_success_timestamp_seconds{kind=\"automatic\"}"), "{text}");
+    }
+
+    #[test]
+    fn drills_show_the_newest_result_its_phases_and_the_last_success() {
+        use crate::catalog::drill::{DrillRecord, Phase};
+        let t = |s: &str| crate::catalog::backup::time_format::parse(s).unwrap();
+        let rec = |finished: &str, ok: bool, replay: f64| DrillRecord {
+            id: format!("{finished}-x"),
+            cluster: "c".into(),
+            started_at: t(finished),
+            finished_at: t(finished),
+            ok,
+            trigger: "scheduled".into(),
+            target: "latest".into(),
+            backup: None,
+            phases: vec![Phase { name: "replay".into(), seconds: replay }],
+            checks: Vec::new(),
+            restore_seconds: Some(replay + 1.0),
+            error: None,
+        };
+        let o = Observed::default();
+        o.drills(&[rec("2026-11-29T04:00:00Z", true, 3.0), rec("2026-11-30T04:00:00Z", false, 4.5)]);
+        // An older record read later changes nothing.
+        o.drills(&[rec("2026-11-28T04:00:00Z", true, 9.0)]);
+        let text = render(&Scraped { seen: o.snapshot(), ..Scraped::default() });
+        for want in [
+            "tidemark_drill_last_result 0\n",
+            "tidemark_drill_last_run_timestamp_seconds 1796011200\n",
+            "tidemark_drill_last_success_timestamp_seconds 1795924800\n",
+            "tidemark_drill_duration_seconds{phase=\"replay\"} 4.5\n",
+            "tidemark_drill_restore_seconds 5.5\n",
+        ] {
+            assert!(text.contains(want), "{want} not in\n{text}");
+        }
+        // No drill yet: no drill series at all.
+        assert!(!render(&Scraped::default()).contains("tidemark_drill_"));
     }
 
     #[test]

@@ -233,17 +233,17 @@ pub fn spawn(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(run_backups(cfg.clone(), repo.clone(), one, observed.clone())),
-        tokio::spawn(run_observe(repo.clone(), observed)),
+        tokio::spawn(run_observe(repo.clone(), observed.clone())),
         tokio::spawn(run_sweeps(repo.clone())),
         tokio::spawn(run_roll_ups(repo.clone())),
-        tokio::spawn(run_drills(cfg.clone(), repo.clone())),
+        tokio::spawn(run_drills(cfg.clone(), repo.clone(), observed)),
         tokio::spawn(run_copies(cfg, repo)),
     ]
 }
 
 /// Runs the restore drill `[drill]` schedules, once per slot (a failed drill is recorded
 /// and waits for the next slot: its record turns `status` critical meanwhile).
-async fn run_drills(cfg: Config, repo: Repository) {
+async fn run_drills(cfg: Config, repo: Repository, observed: Arc<Observed>) {
     let (Some((h, m)), Some(day)) = (cfg.drill.time_of_day(), cfg.drill.weekday()) else { return };
     if cfg.drill.schedule == crate::config::DrillSchedule::Off {
         return;
@@ -270,9 +270,10 @@ async fn run_drills(cfg: Config, repo: Repository) {
             config_path: cfg.source.clone(),
             exe: None,
         };
-        if let Err(e) = crate::drill::run(&cfg, &repo, &opts).await {
+        match crate::drill::run(&cfg, &repo, &opts).await {
+            Ok(rec) => observed.drills(std::slice::from_ref(&rec)),
             // Not even recorded: the next minute tries again.
-            tracing::warn!(error = %format!("{e:#}"), "restore drill could not run");
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "restore drill could not run"),
         }
     }
 }
@@ -330,13 +331,24 @@ async fn run_backups(cfg: Config, repo: Repository, one: OneBackup, observed: Ar
 /// backups (what `window` reads: the catalog and the rolled-up index, never a whole listing).
 async fn run_observe(repo: Repository, observed: Arc<Observed>) {
     let mut tick = every(backup::timer_minute());
+    // Every drill record once (for the last success), then the newest at each tick (drills
+    // run by `tidemark drill run` elsewhere show up too).
+    match crate::catalog::drill::list(&repo).await {
+        Ok(all) => observed.drills(&all),
+        Err(e) => tracing::debug!(error = %e, "cannot read the drill records for the metrics"),
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = observed.changed.notified() => {}
         }
         match crate::restore::Inputs::load(&repo).await {
-            Ok(inputs) => observed.catalog(&inputs.backups, &inputs.windows()),
+            Ok(inputs) => {
+                observed.catalog(&inputs.backups, &inputs.windows());
+                if let Ok(Some(last)) = crate::catalog::drill::last(&repo).await {
+                    observed.drills(std::slice::from_ref(&last));
+                }
+            }
             Err(e) => tracing::debug!(
                 error = format!("{e:#}"),
                 "cannot read the catalog for the metrics; retrying in a minute"

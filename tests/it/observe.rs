@@ -256,3 +256,115 @@ fn the_front_end_takes_the_log_format_too() {
     assert_eq!(o.status.code(), Some(2), "clap explains a bad value: {}", stderr(&o));
     assert!(stderr(&o).contains("--log-format"), "{}", stderr(&o));
 }
+
+/// Every `tidemark_*` name in `text` (metric names in PromQL or a dashboard).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("tidemark_") {
+        let name: String =
+            rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        rest = &rest[i + name.len()..];
+        out.insert(name);
+    }
+    out
+}
+
+/// The alert rules and the Grafana dashboard shipped in packaging/ parse, and name only
+/// metrics the agent exports (as rendered with every series present); the rules cover
+/// archive lag, push failures, backup age and failures, the window, verify and drills.
+#[test]
+fn the_alert_rules_and_the_dashboard_use_only_exported_metrics() {
+    use tidemark::daemon::metrics::{self, BackupSeen, DrillSeen, Lag, Scraped, Seen, WindowSeen};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // What the agent exports, every family present.
+    let mut seen = Seen::default();
+    seen.backups.insert(
+        tidemark::catalog::backup::BackupKind::Automatic,
+        BackupSeen { last_success: Some(1.0), duration: Some(1.0), failures: 1 },
+    );
+    seen.windows = vec![WindowSeen { timeline: 1, start: Some(1.0), end: Some(2.0) }];
+    seen.drill = Some(DrillSeen {
+        last_run: Some(1.0),
+        last_ok: true,
+        last_success: Some(1.0),
+        phases: vec![("replay".into(), 1.0)],
+        restore_seconds: Some(1.0),
+    });
+    let verify = Some(tidemark::verify::last_run::LastRun {
+        finished_at: "2026-12-01T00:00:00Z".into(),
+        ok: true,
+        deep: false,
+        last_success_at: Some("2026-12-01T00:00:00Z".into()),
+    });
+    let text =
+        metrics::render(&Scraped { seen, lag: Some(Lag { segments: 1, seconds: 1.0 }), verify, ..Scraped::default() });
+    let mut exported = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            exported.insert(name.to_string());
+            if kind == "histogram" {
+                for s in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{s}"));
+                }
+            }
+        }
+    }
+
+    // The rules, read by PyYAML (Prometheus rule files are YAML).
+    let venv = std::env::var_os("TEST_VENV").expect("TEST_VENV unset: run tests/run.sh, or point it at its venv");
+    let rules_file = root.join("packaging/prometheus/tidemark-rules.yml");
+    let o = std::process::Command::new(std::path::Path::new(&venv).join("bin/python3"))
+        .args(["-c", "import sys, json, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)"])
+        .arg(&rules_file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rules: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rules = rules["groups"][0]["rules"].as_array().expect("groups[0].rules");
+    let mut alerts = std::collections::BTreeSet::new();
+    let mut used = std::collections::BTreeSet::new();
+    for r in rules {
+        let name = r["alert"].as_str().expect("every rule is an alert");
+        assert!(alerts.insert(name.to_string()), "alert {name} twice");
+        let expr = r["expr"].as_str().unwrap_or_else(|| panic!("{name}: no expr"));
+        assert!(["warning", "critical"].contains(&r["labels"]["severity"].as_str().unwrap_or("")), "{name}: severity");
+        assert!(r["annotations"]["summary"].is_string() && r["annotations"]["description"].is_string(), "{name}");
+        if let Some(f) = r.get("for") {
+            let f = f.as_str().unwrap();
+            assert!(f.ends_with('m') || f.ends_with('h'), "{name}: for {f}");
+        }
+        used.extend(metric_names(expr));
+    }
+    for want in [
+        "tidemark_archive_lag_seconds",
+        "tidemark_wal_push_failures_total",
+        "tidemark_backup_last_success_timestamp_seconds",
+        "tidemark_backup_failures_total",
+        "tidemark_window_end_timestamp_seconds",
+        "tidemark_window_start_timestamp_seconds",
+        "tidemark_verify_last_result",
+        "tidemark_drill_last_result",
+    ] {
+        assert!(used.contains(want), "no alert watches {want}");
+    }
+
+    // The dashboard: JSON whose every target and variable names exported metrics.
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("packaging/grafana/tidemark-dashboard.json")).unwrap())
+            .unwrap();
+    assert_eq!(dash["uid"], "tidemark");
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    for p in panels {
+        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {} has no targets", p["title"]));
+        assert!(!targets.is_empty());
+        for t in targets {
+            used.extend(metric_names(t["expr"].as_str().unwrap()));
+        }
+    }
+    used.extend(metric_names(&dash["templating"].to_string()));
+    let unknown: Vec<&String> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "rules or dashboard name metrics the agent does not export: {unknown:?}\n{text}");
+}
