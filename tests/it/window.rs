@@ -62,7 +62,26 @@ fn a_gap_in_the_archive_shows_in_the_terminal_bar() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    // status draws the same bars under its report.
+    let cmd = format!("{} --config {} status; sleep 120", harness::bin().display(), tm.config.display());
+    let o = tmux(&["new-session", "-d", "-s", "s", "-x", "120", "-y", "40", &cmd]);
+    assert!(o.status.success(), "tmux: {}", stderr(&o));
+    let began = Instant::now();
+    let status_screen = loop {
+        let o = tmux(&["capture-pane", "-p", "-t", "s"]);
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        if text.contains("timeline 1:") && text.contains('█') || began.elapsed() > Duration::from_secs(30) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let _ = tmux(&["kill-server"]);
+    let status_bar = status_screen
+        .lines()
+        .skip_while(|l| !l.starts_with("timeline 1:"))
+        .find(|l| l.contains('█'))
+        .unwrap_or_else(|| panic!("no bar in status on the terminal:\n{status_screen}"));
+    assert!(status_bar.contains('░'), "the gap is missing from status's bar:\n{status_screen}");
     let bar = screen.lines().find(|l| l.contains('█')).unwrap_or_else(|| panic!("no bar on the terminal:\n{screen}"));
     // Restorable, then the gap, then restorable again (from the second backup).
     let shape: String = bar.trim().chars().fold(String::new(), |mut s, c| {
