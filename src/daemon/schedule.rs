@@ -224,7 +224,8 @@ async fn sweep_and_apply(repo: &Repository) -> anyhow::Result<()> {
 
 /// Starts the daemon's periodic work as separate tasks, so that none waits on another (an
 /// EBS backup waiting hours for its snapshots stalls neither purges nor copies): the
-/// backup schedule, the retention sweep, the index roll-up and the cross-region copies.
+/// backup schedule, the metrics' catalog refresh, the retention sweep, the index roll-up,
+/// the restore drills and the cross-region copies.
 pub fn spawn(
     cfg: Config,
     repo: Repository,
