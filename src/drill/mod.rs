@@ -5,7 +5,8 @@
 //!
 //! The restored server is private: it listens on no address, only on a socket directory
 //! inside the drill's scratch directory, with its own `pg_hba.conf` (local trust on that
-//! socket), and with archiving off. The source cluster is never touched.
+//! socket), with archiving and JIT off (the daemon's unit denies writable-executable
+//! memory). The source cluster is never touched.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -140,6 +141,8 @@ async fn steps(
             ("listen_addresses".into(), String::new()),
             ("unix_socket_directories".into(), socket.display().to_string()),
             ("hba_file".into(), hba.display().to_string()),
+            // The daemon's unit denies writable-executable memory, which JIT needs.
+            ("jit".into(), "off".into()),
         ],
     };
     let report = crate::restore::run(cfg, repo, &req).await;
