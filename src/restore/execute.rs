@@ -503,11 +503,14 @@ pub fn mark_incomplete(dir: &Path, why: &str) {
 }
 
 /// Starts the restored cluster and waits until it has promoted; reports the point reached.
+/// `segments` is how many WAL segments the plan has recovery read (0: not known), for the
+/// progress's percent and time left.
 pub fn start_and_wait(
     bin_dir: &Path,
     target_dir: &Path,
     owner: Option<(u32, u32)>,
     limit: Duration,
+    segments: u64,
 ) -> anyhow::Result<Reached> {
     // A server of another major refuses the directory only in its log; say what to do here.
     let pg_version = std::fs::read_to_string(target_dir.join("PG_VERSION")).unwrap_or_default();
@@ -529,7 +532,7 @@ pub fn start_and_wait(
     }
     let began = Instant::now();
     // Replay can take hours: its progress is the segments the server restored so far.
-    let pb = crate::snapshot::progress::count_bar(0, "WAL replay", "segments");
+    let pb = crate::snapshot::progress::count_bar(segments, "WAL replay", "segments");
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         pb.set_position(segments_restored(&text));

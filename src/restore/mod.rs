@@ -248,9 +248,11 @@ pub async fn run_with(
         let replaying = std::time::Instant::now();
         let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
         let dir = data_dir.clone();
-        let r =
-            tokio::task::spawn_blocking(move || execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600)))
-                .await??;
+        let segments = p.last_segment - p.first_segment + 1;
+        let r = tokio::task::spawn_blocking(move || {
+            execute::start_and_wait(&bin, &dir, owner, Duration::from_secs(3600), segments)
+        })
+        .await??;
         if let Err(e) = check_reached(&p, m.timeline != timeline, &r) {
             // A cluster short of its target must not be mistaken for the restore asked for.
             let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
