@@ -104,9 +104,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                     out!("{}", crate::cmd::status::render(&st));
                     // On a terminal, the window as `window` draws it.
                     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                        let now = chrono::Utc::now();
+                        let (horizon, now) = (window::horizon(&repo).await, chrono::Utc::now());
+                        let width = window::terminal_width().saturating_sub(4).clamp(20, 200);
                         for (tli, w) in &st.windows {
-                            out!("timeline {tli}:\n{}", window::bar(w, None, now, 76));
+                            out!("timeline {tli}:\n{}", window::bar(w, horizon, now, width));
                         }
                     }
                 }

@@ -36,10 +36,7 @@ pub(super) async fn run(cli: &Cli, cluster: &Option<String>) -> Result<u8, Failu
             }
             // On a terminal, each timeline also as a bar over time.
             let bars = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            let horizon = match crate::sweep::load(&repo).await {
-                Ok(p) if p.pitr_enabled => Some(chrono::Utc::now() - chrono::Duration::days(i64::from(p.pitr_days))),
-                _ => None,
-            };
+            let horizon = horizon(&repo).await;
             for (tli, w) in &windows {
                 outln!("cluster {} timeline {tli}: {w}", repo.cluster());
                 if bars {
@@ -60,8 +57,17 @@ pub(super) async fn run(cli: &Cli, cluster: &Option<String>) -> Result<u8, Failu
     Ok(0)
 }
 
+/// The retention horizon the bars mark: the start of the PITR window, when PITR is on (and
+/// the policy reads).
+pub(super) async fn horizon(repo: &Repository) -> Option<chrono::DateTime<chrono::Utc>> {
+    match crate::sweep::load(repo).await {
+        Ok(p) if p.pitr_enabled => Some(chrono::Utc::now() - chrono::Duration::days(i64::from(p.pitr_days))),
+        _ => None,
+    }
+}
+
 /// The terminal's width in columns (80 when it cannot be told).
-fn terminal_width() -> usize {
+pub(super) fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills the winsize it is given; a failure leaves it zeroed.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
