@@ -217,6 +217,13 @@ pub enum DrillTarget {
     Random,
 }
 
+/// A UTC time of day, `HH:MM`, as (hour, minute).
+fn hh_mm(v: &str) -> Option<(u32, u32)> {
+    let (h, m) = v.split_once(':')?;
+    let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+    (h < 24 && m < 60).then_some((h, m))
+}
+
 /// `[drill]`: a scheduled restore into a scratch directory, checked and removed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -257,9 +264,7 @@ impl Default for DrillConfig {
 impl DrillConfig {
     /// `time_of_day` as (hour, minute).
     pub fn time_of_day(&self) -> Option<(u32, u32)> {
-        let (h, m) = self.time_of_day.split_once(':')?;
-        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
-        (h < 24 && m < 60).then_some((h, m))
+        hh_mm(&self.time_of_day)
     }
 
     /// `weekday` as a chrono weekday.
@@ -638,9 +643,7 @@ impl Config {
 
     /// `backup.time_of_day` as (hour, minute).
     pub fn time_of_day(&self) -> Option<(u32, u32)> {
-        let (h, m) = self.backup.time_of_day.split_once(':')?;
-        let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
-        (h < 24 && m < 60).then_some((h, m))
+        hh_mm(&self.backup.time_of_day)
     }
 
     /// The region this cluster and its repository are in (`ebs.region`, else `repository.region`).

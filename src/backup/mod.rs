@@ -15,7 +15,7 @@ use crate::pg::conn::{Session, StopResult};
 use crate::repo::cluster;
 use crate::repo::Repository;
 use crate::snapshot::ebs::freeze::{self, Freezer};
-use crate::snapshot::{BackupRef, Capture, Captured};
+use crate::snapshot::{Capture, Captured};
 use crate::wal::name::{Lsn, Segment, WalFile};
 
 /// The timeline in a backup_label ("START TIMELINE: 1").
@@ -57,11 +57,7 @@ pub async fn wait_for_wal(
     Ok(())
 }
 
-/// Now, to the microsecond manifests store.
-fn now() -> chrono::DateTime<chrono::Utc> {
-    use chrono::SubsecRound;
-    chrono::Utc::now().trunc_subsecs(6)
-}
+use crate::catalog::backup::time_format::now;
 
 /// Takes a backup of the configured cluster with the `files` provider.
 pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow::Result<Manifest> {
@@ -282,7 +278,7 @@ async fn create_inner(
     let heartbeat = Heartbeat::start(repo, &m, backup::heartbeat_interval());
 
     let provider = crate::snapshot::open(cfg.backup.provider, cfg, repo, freezer);
-    let bref = BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
+    let bref = m.backup_ref();
     let ts: Vec<(u32, String)> = m.tablespaces.iter().map(|t| (t.oid, t.location.clone())).collect();
     let (captured, res) = match provider.plan(bref, &ts).await {
         Err(e) => (Captured::default(), Err(e)),
@@ -333,8 +329,7 @@ async fn create_inner(
         }
         Err(e) => {
             // What a failed backup made outside the repository is never used: do not pay for it.
-            let bref = BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
-            if let Err(de) = provider.delete(bref, &captured).await {
+            if let Err(de) = provider.delete(m.backup_ref(), &captured).await {
                 tracing::warn!(backup = %id, error = %format!("{de:#}"), "could not delete the failed backup's snapshots; `backup purge` retries");
             }
             m.state = BackupState::Failed;

@@ -174,6 +174,12 @@ pub mod time_format {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Now, to the microsecond stored times keep (so a time reads back equal).
+    pub fn now() -> DateTime<Utc> {
+        use chrono::SubsecRound;
+        Utc::now().trunc_subsecs(6)
+    }
+
     /// The stored form of `t`.
     pub fn to_string(t: &DateTime<Utc>) -> String {
         t.to_rfc3339_opts(SecondsFormat::Micros, true)
@@ -235,6 +241,21 @@ pub mod time_format {
 }
 
 impl Manifest {
+    /// The backup as its provider knows it.
+    pub fn backup_ref(&self) -> crate::snapshot::BackupRef<'_> {
+        crate::snapshot::BackupRef { cluster: &self.cluster, id: &self.id, kind: self.kind.as_str() }
+    }
+
+    /// Everything the provider captured (the file list copied too).
+    pub fn captured(&self) -> crate::snapshot::Captured {
+        crate::snapshot::Captured { files: self.files.clone(), bundles: self.bundles.clone(), ebs: self.ebs.clone() }
+    }
+
+    /// What the provider keeps outside the repository (EBS snapshots), without the file list.
+    pub fn held_outside(&self) -> crate::snapshot::Captured {
+        crate::snapshot::Captured { ebs: self.ebs.clone(), ..Default::default() }
+    }
+
     /// Total bytes of files.
     pub fn data_bytes(&self) -> u64 {
         if let Some(t) = self.record {

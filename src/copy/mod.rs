@@ -207,10 +207,9 @@ pub async fn sync_marked(
             let mut copy = m.clone();
             if m.ebs.is_some() {
                 // What the backup holds outside the repository, copied by its provider.
-                let held = crate::snapshot::Captured { files: Vec::new(), bundles: Vec::new(), ebs: m.ebs.clone() };
-                let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
                 let provider = crate::snapshot::open(m.provider, cfg, &s, None);
-                let (copied, n) = provider.copy_to_region(bref, &held, region, kms.as_deref()).await?;
+                let (copied, n) =
+                    provider.copy_to_region(m.backup_ref(), &m.held_outside(), region, kms.as_deref()).await?;
                 copy.ebs = copied.ebs;
                 out.snapshots += n;
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::catalog::backup::time_format::now;
 use crate::catalog::drill::{self, Check, DrillRecord, Phase};
 use crate::catalog::restore_plan::Target;
 use crate::config::{Config, DrillTarget};
@@ -82,11 +83,6 @@ pub async fn run(cfg: &Config, repo: &Repository, opts: &Options) -> anyhow::Res
         Some(e) => tracing::warn!(drill = %id, error = %e, "restore drill FAILED"),
     }
     Ok(rec)
-}
-
-fn now() -> chrono::DateTime<chrono::Utc> {
-    use chrono::SubsecRound;
-    chrono::Utc::now().trunc_subsecs(6)
 }
 
 /// plan → restore → replay → checks; the phases and checks land in `rec` as they finish.

@@ -299,10 +299,8 @@ fn write_marker(path: &Path, why: &str) {
 async fn write_all(job: &Job<'_>) -> anyhow::Result<()> {
     let Job { manifest: m, target_dir, target, settings, workers, owner, provider } = *job;
     let layout = TargetLayout(target_dir);
-    let captured = crate::snapshot::Captured { files: m.files.clone(), bundles: m.bundles.clone(), ebs: None };
-    let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
     let into = crate::snapshot::RestoreInto { target_dir, workers, layout: Some(&layout), volumes: None };
-    provider.restore_into(bref, &captured, &into).await?;
+    provider.restore_into(m.backup_ref(), &m.captured(), &into).await?;
     // Recovery configuration, then pg_control last: only now can the directory start.
     let map = (!m.tablespace_map.trim().is_empty()).then(|| remap_tablespace_map(&m.tablespace_map, target_dir));
     write_recovery(target_dir, m, target, settings, map.as_deref())?;

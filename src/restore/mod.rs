@@ -215,15 +215,13 @@ pub async fn run_with(
     let provider = crate::snapshot::open(m.provider, cfg, repo, None);
     let (data_dir, volumes) = match &m.ebs {
         Some(refs) if m.provider == crate::config::Provider::Ebs => {
-            let held = crate::snapshot::Captured { ebs: Some(refs.clone()), ..Default::default() };
-            let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
             let into = crate::snapshot::RestoreInto {
                 target_dir: &req.target_dir,
                 workers: cfg.backup.workers,
                 layout: None,
                 volumes: Some((&req.ebs, host)),
             };
-            let mounted = provider.restore_into(bref, &held, &into).await?;
+            let mounted = provider.restore_into(m.backup_ref(), &m.held_outside(), &into).await?;
             let dir = execute::prepare_snapshot_dir(&m, refs, &mounted, req.target, &settings)?;
             (dir, mounted)
         }

@@ -105,10 +105,8 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     failpoint("purge-after-mark");
     // What the backup holds outside the repository (EBS snapshots) goes first: the
     // manifest that lists it is deleted last.
-    let held = crate::snapshot::Captured { files: Vec::new(), bundles: Vec::new(), ebs: m.ebs.clone() };
-    let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
-    if held.ebs.is_some() {
-        let n = crate::snapshot::for_data(m.provider, repo).delete(bref, &held).await?;
+    if m.ebs.is_some() {
+        let n = crate::snapshot::for_data(m.provider, repo).delete(m.backup_ref(), &m.held_outside()).await?;
         tracing::info!(backup = %id, snapshots = n, "EBS snapshots deleted");
     }
     let pb = crate::snapshot::progress::count_bar(m.bundles.len() as u64, &format!("purge {id}"), "bundles");

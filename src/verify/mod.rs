@@ -158,10 +158,7 @@ pub async fn verify(repo: &Repository, deep: bool) -> anyhow::Result<Report> {
     for m in &manifests {
         let mut problems = Vec::new();
         if m.state == BackupState::Completed {
-            let held =
-                crate::snapshot::Captured { files: m.files.clone(), bundles: m.bundles.clone(), ebs: m.ebs.clone() };
-            let bref = crate::snapshot::BackupRef { cluster: &m.cluster, id: &m.id, kind: m.kind.as_str() };
-            match crate::snapshot::for_data(m.provider, repo).verify(bref, &held, deep).await {
+            match crate::snapshot::for_data(m.provider, repo).verify(m.backup_ref(), &m.captured(), deep).await {
                 Ok(p) => problems.extend(p),
                 Err(e) => problems.push(format!("could not check its {} data: {e:#}", m.provider)),
             }
