@@ -28,7 +28,29 @@ CIPHER_PASS=benchmark-cipher-pass-0123456789
 say() { printf '== %s\n' "$*" >&2; }
 as_pg() { runuser -u postgres -- "$@"; }
 
-command -v pgbackrest >/dev/null || { say "installing pgBackRest"; apt-get update -q; apt-get install -y -q --no-install-recommends pgbackrest; }
+# The peer is pgBackRest 2.59.1 (the current release, with block incremental and bundling),
+# built from its release tarball when absent; Debian's package is the old 2.45.
+PGBR_VERSION=2.59.1
+PGBR_TARBALL=${PGBR_TARBALL:-$root/../shared/peers/pgbackrest-release-$PGBR_VERSION.tar.gz}
+PGBR_DIR=$BENCH/peer/pgbackrest-$PGBR_VERSION
+if [ ! -x "$PGBR_DIR/bin/pgbackrest" ]; then
+  say "building pgBackRest $PGBR_VERSION from $PGBR_TARBALL"
+  [ -f "$PGBR_TARBALL" ] || { say "no pgBackRest tarball at $PGBR_TARBALL (set PGBR_TARBALL)"; exit 1; }
+  missing=()
+  for pkg in meson ninja-build gcc pkg-config libpq-dev libssl-dev libxml2-dev libyaml-dev libzstd-dev \
+    liblz4-dev libbz2-dev zlib1g-dev libssh2-1-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then apt-get update -q; apt-get install -y -q --no-install-recommends "${missing[@]}"; fi
+  rm -rf "$PGBR_DIR.build" && mkdir -p "$PGBR_DIR.build" "$PGBR_DIR/bin"
+  tar -xzf "$PGBR_TARBALL" -C "$PGBR_DIR.build"
+  meson setup "$PGBR_DIR.build/out" "$PGBR_DIR.build/pgbackrest-release-$PGBR_VERSION" --buildtype=release >/dev/null
+  ninja -C "$PGBR_DIR.build/out" >/dev/null
+  install -m 0755 "$PGBR_DIR.build/out/src/pgbackrest" "$PGBR_DIR/bin/pgbackrest"
+  rm -rf "$PGBR_DIR.build"
+fi
+export PATH=$PGBR_DIR/bin:$PATH
+[ "$(pgbackrest version)" = "pgBackRest $PGBR_VERSION" ] || { say "pgbackrest on PATH is not $PGBR_VERSION"; exit 1; }
 say "building tidemark (release)"
 cargo build --release --bins -q
 TM=$BENCH/bin/tidemark
@@ -212,7 +234,7 @@ pg1-socket-path=$BENCH
 EOF
   chown postgres:postgres "$pbw/pgbackrest.conf"
 }
-PB="pgbackrest --config=$pbw/pgbackrest.conf --stanza=bench"
+PB="$PGBR_DIR/bin/pgbackrest --config=$pbw/pgbackrest.conf --stanza=bench"
 
 results=()
 row() { results+=("| $1 | $2 | $3 | $4 | $5 |"); }
@@ -395,7 +417,7 @@ fi
 
 # ---------------------------------------------------------------- report
 {
-  echo "# Benchmarks: tidemark vs pgBackRest $(pgbackrest version | awk '{print $2}')"
+  echo "# Benchmarks: tidemark vs pgBackRest $($PGBR_DIR/bin/pgbackrest version | awk '{print $2}')"
   echo
   echo "$(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)."
   echo "zstd-3 and encryption for both; fs repository (rows marked [S3]: moto on loopback over TLS); $WORKERS workers = process-max $WORKERS; corpus $SEGMENTS segments ($corpus_mb MiB) of pgbench WAL."

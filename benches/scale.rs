@@ -68,6 +68,10 @@ fn summary(n: u64) -> SegmentIndex {
         last_record_end: Some(n * SEG + 9_100),
         last_complete_lsn: Some(n * SEG + 9_000),
         unsupported_magic: None,
+        xacts: Some(tidemark::catalog::wal_index::XactEvents {
+            xids: Some((n as u32 * 10, n as u32 * 10 + 9)),
+            drops: Vec::new(),
+        }),
     }
 }
 

@@ -108,7 +108,7 @@ pub enum Command {
         action: BackupAction,
     },
     /// Restore a NEW cluster into an empty directory at a time, an LSN, or the latest point.
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["target_time", "target_lsn", "latest"])))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["target_time", "target_lsn", "latest", "before_xid"])))]
     Restore {
         /// New data directory (empty or absent).
         #[arg(long, value_name = "DIR")]
@@ -122,6 +122,9 @@ pub enum Command {
         /// Recover everything archived.
         #[arg(long)]
         latest: bool,
+        /// Recover to just before transaction X committed or aborted (`tidemark find` names it).
+        #[arg(long, value_name = "X")]
+        before_xid: Option<u32>,
         /// Restore from this backup.
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
@@ -203,6 +206,29 @@ pub enum Command {
     },
     /// Self-contained end-to-end run on embedded defaults (temp dir, cleaned up).
     Demo,
+    /// Find the transaction to restore to: the commit that dropped or truncated a table,
+    /// or a transaction by id (exit 1 when nothing is found).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["dropped", "truncated", "xid"])))]
+    Find {
+        /// The commit that dropped TABLE (`table`, `schema.table` or `database.schema.table`).
+        #[arg(long, value_name = "TABLE")]
+        dropped: Option<String>,
+        /// The commit that truncated TABLE (or rewrote it: VACUUM FULL, CLUSTER, ALTER TABLE).
+        #[arg(long, value_name = "TABLE")]
+        truncated: Option<String>,
+        /// Where transaction X committed or aborted.
+        #[arg(long, value_name = "X")]
+        xid: Option<u32>,
+        /// Only events at or after this time (RFC 3339; bare "YYYY-MM-DD HH:MM:SS" is UTC).
+        #[arg(long, value_name = "T")]
+        from: Option<String>,
+        /// Only events at or before this time.
+        #[arg(long, value_name = "T")]
+        to: Option<String>,
+        /// Cluster handle (default: the configured one).
+        #[arg(long, value_name = "H")]
+        cluster: Option<String>,
+    },
     /// Restore drills: a restore into a scratch directory, started, checked and removed.
     Drill {
         /// What to do.

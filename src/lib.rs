@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy;
 pub mod daemon;
 pub mod drill;
+pub mod find;
 pub mod pg;
 pub mod repo;
 pub mod restore;
@@ -30,7 +31,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     // What the user runs: parse, dispatch, render, exit codes, the per-file fast path.
     ("command", &["cmd"]),
     // Operations over time: backup, restore, archive (push, fetch), sweep, copies, daemon.
-    ("flow", &["archive", "backup", "restore", "sweep", "copy", "verify", "drill", "daemon"]),
+    ("flow", &["archive", "backup", "restore", "sweep", "copy", "verify", "drill", "find", "daemon"]),
     // What the repository knows and the pure planners over it.
     ("domain", &["catalog"]),
     // Things outside the repository: WAL on disk, PostgreSQL, snapshot providers.

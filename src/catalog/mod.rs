@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod drill;
+pub mod relnames;
 pub mod restore_plan;
 pub mod retention;
 pub mod wal_index;

@@ -23,6 +23,16 @@ pub enum Target {
     Time(DateTime<Utc>),
     /// A WAL location (inclusive).
     Lsn(Lsn),
+    /// Just before transaction `xid` ends (`recovery_target_xid`, not inclusive): its commit
+    /// or abort record is at `lsn` on `timeline`, as the index found it.
+    BeforeXid {
+        /// The transaction.
+        xid: u32,
+        /// Start LSN of its commit or abort record.
+        lsn: Lsn,
+        /// The timeline that record is on.
+        timeline: u32,
+    },
 }
 
 impl fmt::Display for Target {
@@ -31,6 +41,7 @@ impl fmt::Display for Target {
             Target::Latest => f.write_str("latest"),
             Target::Time(t) => f.write_str(&rfc3339(*t)),
             Target::Lsn(l) => write!(f, "LSN {l}"),
+            Target::BeforeXid { xid, lsn, .. } => write!(f, "just before transaction {xid} (its end at LSN {lsn})"),
         }
     }
 }
@@ -485,7 +496,9 @@ pub fn window(backups: &[BackupPoint], archive: &Archive) -> Window {
 fn last_needed(target: Target, r: &Range, archive: &Archive, timeline: u32) -> u64 {
     match target {
         Target::Latest => r.last_segment,
-        Target::Lsn(l) => Segment::containing(timeline, l, archive.seg_size).number.min(r.last_segment),
+        Target::Lsn(l) | Target::BeforeXid { lsn: l, .. } => {
+            Segment::containing(timeline, l, archive.seg_size).number.min(r.last_segment)
+        }
         Target::Time(t) => {
             let t_us = t.timestamp_micros();
             // The first segment holding a commit at or after the target: recovery stops there.
@@ -503,6 +516,8 @@ fn reaches(target: Target, r: &Range) -> bool {
     match target {
         Target::Latest => true,
         Target::Lsn(l) => r.from_lsn <= l && l < r.to_lsn,
+        // The backup must end before the transaction does, or it holds its effects.
+        Target::BeforeXid { lsn, .. } => r.from_lsn <= lsn && lsn < r.to_lsn,
         Target::Time(t) => r.from_time <= t && r.to_time.is_some_and(|end| t <= end),
     }
 }
@@ -561,8 +576,12 @@ pub fn plan(
             // Not "after the end": the archive may well hold commits after t, unread.
             (Target::Time(_), Some(why)) => PlanError::CommitTimesUnknown(target, why, w),
             (Target::Time(t), None) if w.latest().is_none_or(|l| t > l) => PlanError::AfterEnd(target, w),
-            (Target::Lsn(l), _) if w.ranges.iter().all(|r| l < r.from_lsn) => PlanError::BeforeOldest(target, w),
-            (Target::Lsn(l), _) if w.ranges.iter().all(|r| l >= r.to_lsn) => PlanError::AfterEnd(target, w),
+            (Target::Lsn(l) | Target::BeforeXid { lsn: l, .. }, _) if w.ranges.iter().all(|r| l < r.from_lsn) => {
+                PlanError::BeforeOldest(target, w)
+            }
+            (Target::Lsn(l) | Target::BeforeXid { lsn: l, .. }, _) if w.ranges.iter().all(|r| l >= r.to_lsn) => {
+                PlanError::AfterEnd(target, w)
+            }
             _ => PlanError::InGap(target, w),
         };
         return Err(err);

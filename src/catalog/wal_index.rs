@@ -40,6 +40,62 @@ pub struct SegmentIndex {
     /// Page magic of a PostgreSQL major the reader does not read (`error` says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsupported_magic: Option<u16>,
+    /// The transactions that ended in the segment and the relation files commits removed,
+    /// for `find`; `None` in summaries written before they were recorded (`find` reads
+    /// such a segment itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xacts: Option<XactEvents>,
+}
+
+/// The transaction events of one segment people restore for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XactEvents {
+    /// Lowest and highest xid of the commits and aborts in the segment (`None`: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xids: Option<(u32, u32)>,
+    /// Commits that removed relation files (a `DROP`, a `TRUNCATE`, a table rewrite), in LSN order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drops: Vec<DropEvent>,
+}
+
+/// A commit that removed relation files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropEvent {
+    /// Start LSN of the commit record.
+    pub lsn: u64,
+    /// The committing transaction.
+    pub xid: u32,
+    /// Commit time, unix microseconds.
+    pub commit_us: i64,
+    /// The relation files removed: (tablespace, database, relfilenode).
+    pub rels: Vec<(u32, u32, u32)>,
+}
+
+/// The events [`XactEvents`] keeps, from a segment's summary (pure): the xid range of its
+/// transaction ends, and each commit's removed relation files.
+pub fn xact_events(s: &record::SegmentSummary) -> XactEvents {
+    let xids = s.xact_ends.iter().map(|e| e.xid);
+    let range = xids.clone().min().zip(xids.max());
+    let mut dropped: BTreeMap<u64, Vec<(u32, u32, u32)>> = BTreeMap::new();
+    for (lsn, c) in s.block_refs.changes() {
+        if let record::RelChange::Dropped { rel } = c {
+            dropped.entry(*lsn).or_default().push((rel.spc_oid, rel.db_oid, rel.rel_number));
+        }
+    }
+    let drops = s
+        .xact_ends
+        .iter()
+        .filter(|e| e.kind.is_commit())
+        .filter_map(|e| {
+            Some(DropEvent {
+                lsn: e.lsn,
+                xid: e.xid,
+                commit_us: record::pg_time_to_unix_us(e.time_us),
+                rels: dropped.get(&e.lsn)?.clone(),
+            })
+        })
+        .collect();
+    XactEvents { xids: range, drops }
 }
 
 impl SegmentIndex {
@@ -97,6 +153,7 @@ impl IndexBuilder {
                 last_record_end: s.last_record_end_lsn,
                 last_complete_lsn: s.last_complete_lsn,
                 unsupported_magic: None,
+                xacts: Some(xact_events(&s)),
             },
             Err(e) => SegmentIndex {
                 unsupported_magic: match e {
@@ -400,6 +457,36 @@ pub async fn load_archive(repo: &Repository, timeline: u32, seg_size: u64, from:
     }
     let segments = roll_up(&segments).into_iter().filter(|(k, c)| k + c.more >= from).collect();
     Ok(Archive { seg_size, segments })
+}
+
+/// Every summary the index holds for `timeline` (segment number → summary): the detail of
+/// each rolled-up block and the tail's own objects, the tail winning. A block whose runs
+/// all have commit times outside `commits_within` (unix microseconds) is not read.
+pub async fn summaries(
+    repo: &Repository,
+    timeline: u32,
+    seg_size: u64,
+    commits_within: Option<(i64, i64)>,
+) -> Result<BTreeMap<u64, SegmentIndex>, RepoError> {
+    let summary: TimelineSummary = repo.get_json(&summary_key(repo, timeline)).await?.unwrap_or_default();
+    let outside = |c: &SegmentCommits| match (commits_within, c.first, c.last) {
+        (Some((from, to)), Some(first), Some(last)) => last < from || first > to,
+        _ => false,
+    };
+    let blocks: Vec<String> = summary
+        .blocks
+        .iter()
+        .filter(|(_, runs)| !runs.iter().all(|(_, c)| outside(c)))
+        .map(|(b, _)| block_key(repo, timeline, *b, seg_size))
+        .collect();
+    let mut out = BTreeMap::new();
+    for detail in load_many::<BlockIndex>(repo, blocks).await?.into_iter().flatten() {
+        out.extend(detail.segments);
+    }
+    let tail = tail_keys(repo, timeline, seg_size).await?;
+    let loaded: Vec<Option<SegmentIndex>> = load_many(repo, tail.values().cloned()).await?;
+    out.extend(tail.into_keys().zip(loaded).filter_map(|(n, i)| Some((n, i?))));
+    Ok(out)
 }
 
 /// Segments past the index's end that readers summarize from their bytes.

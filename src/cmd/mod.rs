@@ -11,6 +11,7 @@ pub mod demo;
 mod drill;
 pub mod failure;
 pub mod fast_path;
+mod find;
 mod keys;
 mod lifecycle;
 mod policy;
@@ -89,6 +90,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Window { cluster } => window::run(&cli, cluster).await,
         Command::WalIndex { action } => wal_index::run(&cli, action).await,
         Command::Drill { action } => drill::run(&cli, action).await,
+        Command::Find { .. } => find::run(&cli).await,
         Command::Verify { cluster, deep } => verify::run(&cli, cluster, deep).await,
         Command::Policy { action } => policy::run(&cli, action).await,
         Command::Deprovision { cluster, yes } => lifecycle::deprovision(&cli, cluster, yes).await,

@@ -9,6 +9,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         target_time,
         target_lsn,
         latest,
+        before_xid,
         backup,
         cluster,
         start,
@@ -25,20 +26,24 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
         return Err(usage("internal: wrong command for this handler"));
     };
     let cfg = load_config(cli)?;
+    let cfg = match region {
+        Some(r) => cfg.for_region(r).map_err(usage)?,
+        None => cfg,
+    };
+    let repo = open_existing(&cfg, cluster.as_deref()).await?;
     let target = if *latest {
         Target::Latest
     } else if let Some(t) = target_time {
         Target::Time(parse_time(t)?)
     } else if let Some(l) = target_lsn {
         Target::Lsn(l.parse().map_err(usage)?)
+    } else if let Some(x) = before_xid {
+        let end = crate::find::xid_end(&repo, *x).await?;
+        tracing::info!(xid = x, lsn = %end.lsn, timeline = end.timeline, event = end.event, "transaction found in the archive");
+        Target::BeforeXid { xid: *x, lsn: end.lsn, timeline: end.timeline }
     } else {
-        return Err(usage("one of --target-time, --target-lsn or --latest is required"));
+        return Err(usage("one of --target-time, --target-lsn, --before-xid or --latest is required"));
     };
-    let cfg = match region {
-        Some(r) => cfg.for_region(r).map_err(usage)?,
-        None => cfg,
-    };
-    let repo = open_existing(&cfg, cluster.as_deref()).await?;
     let req = crate::restore::Request {
         target_dir: absolute(target_dir)?,
         target,

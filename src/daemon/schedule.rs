@@ -238,8 +238,33 @@ pub fn spawn(
         tokio::spawn(run_sweeps(repo.clone())),
         tokio::spawn(run_roll_ups(repo.clone())),
         tokio::spawn(run_drills(cfg.clone(), repo.clone(), observed)),
+        tokio::spawn(run_relation_names(cfg.clone(), repo.clone())),
         tokio::spawn(run_copies(cfg, repo)),
     ]
+}
+
+/// Refreshes the relation-name map from the live database every minute, so that `find`
+/// can name a table after it is dropped (the WAL names only its file).
+async fn run_relation_names(cfg: Config, repo: Repository) {
+    let mut tick = every(backup::timer_minute());
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match crate::catalog::relnames::refresh(&repo, &cfg.postgres.conninfo).await {
+            Ok((map, _)) => {
+                if failing {
+                    tracing::info!(files = map.files.len(), "relation names refreshed again");
+                }
+                failing = false;
+            }
+            // PostgreSQL down is not news every minute: said once until it works again.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %format!("{e:#}"), "cannot refresh the relation names `find` uses; retrying every minute");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// Runs the restore drill `[drill]` schedules, once per slot (a failed drill is recorded

@@ -183,6 +183,90 @@ pub async fn first_value(
         .flatten())
 }
 
+/// One relation file the live catalog names (a table, index, TOAST table, materialized
+/// view or sequence with storage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRelation {
+    /// The database's oid.
+    pub db_oid: u32,
+    /// The database's name.
+    pub database: String,
+    /// The relation's file number (`pg_relation_filenode`).
+    pub relfilenode: u32,
+    /// The relation's oid (stays when `TRUNCATE` or a rewrite gives it a new file).
+    pub oid: u32,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// `relkind`.
+    pub kind: char,
+}
+
+/// The relation files of every database that accepts connections, named as the live
+/// catalog names them (one connection per database, as `conninfo`'s user). A database
+/// that refuses the connection is left out and named in the second list.
+pub async fn relations(conninfo: &str) -> anyhow::Result<(Vec<LiveRelation>, Vec<String>)> {
+    const DBS: &str = "select oid, datname from pg_database where datallowconn and not datistemplate order by oid";
+    // Temporary relations die with their session; the system catalogs are not what anyone restores for.
+    const RELS: &str = "select c.oid, pg_relation_filenode(c.oid), n.nspname, c.relname, c.relkind \
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+        where c.relkind in ('r', 'i', 't', 'm', 'S') and c.relpersistence <> 't' \
+        and n.nspname not in ('pg_catalog', 'information_schema') and pg_relation_filenode(c.oid) is not null";
+    let base: tokio_postgres::Config =
+        conninfo.parse().with_context(|| format!("postgres.conninfo '{conninfo}' does not parse"))?;
+    let rows = |msgs: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<Vec<String>> {
+        msgs.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).unwrap_or_default().to_string()).collect())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let first = Session::connect(conninfo).await?;
+    let dbs = rows(first.client.simple_query(DBS).await.context("listing databases")?);
+    drop(first);
+    let (mut out, mut refused) = (Vec::new(), Vec::new());
+    for db in dbs {
+        let (Some(oid), Some(name)) = (db.first().and_then(|o| o.parse::<u32>().ok()), db.get(1)) else { continue };
+        let mut c = base.clone();
+        c.dbname(name);
+        let client = match c.connect(NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            }
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "cannot read this database's relation names");
+                refused.push(name.clone());
+                continue;
+            }
+        };
+        let found = rows(client.simple_query(RELS).await.with_context(|| format!("listing relations of {name}"))?);
+        for r in found {
+            let (Some(rel_oid), Some(file)) =
+                (r.first().and_then(|v| v.parse().ok()), r.get(1).and_then(|v| v.parse().ok()))
+            else {
+                continue;
+            };
+            out.push(LiveRelation {
+                db_oid: oid,
+                database: name.clone(),
+                relfilenode: file,
+                oid: rel_oid,
+                schema: r.get(2).cloned().unwrap_or_default(),
+                name: r.get(3).cloned().unwrap_or_default(),
+                kind: r.get(4).and_then(|k| k.chars().next()).unwrap_or('?'),
+            });
+        }
+    }
+    Ok((out, refused))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -158,6 +158,11 @@ impl Repository {
         format!("{}{id}.json", self.drill_prefix())
     }
 
+    /// `clusters/<handle>/relation-names.json`: which table each relation file belonged to.
+    pub fn relation_names_key(&self) -> String {
+        format!("clusters/{}/relation-names.json", self.cluster)
+    }
+
     /// Object key of bundle `name` of backup `id` (`backups/<id>/data/<name>`).
     pub fn bundle_key(&self, id: &str, name: &str) -> String {
         format!("{}data/{name}", self.backup_prefix(id))

@@ -196,6 +196,9 @@ pub fn recovery_conf(m: &Manifest, target: Target, s: &RecoverySettings) -> Stri
         // PostgreSQL's timestamptz input wants a space and a numeric zone, not RFC 3339's T/Z.
         Target::Time(t) => c.push_str(&format!("recovery_target_time = '{}'\n", t.format("%Y-%m-%d %H:%M:%S%.6f+00"))),
         Target::Lsn(l) => c.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+        Target::BeforeXid { xid, .. } => {
+            c.push_str(&format!("recovery_target_xid = '{xid}'\nrecovery_target_inclusive = off\n"))
+        }
     }
     if let Some(t) = s.timeline {
         c.push_str(&format!("recovery_target_timeline = '{t}'\n"));

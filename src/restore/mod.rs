@@ -60,6 +60,10 @@ impl Inputs {
     pub fn plan(&self, target: Target, only: Option<&str>) -> Result<(Manifest, RestorePlan), plan::PlanError> {
         let mut first_err = None;
         for (tli, archive) in self.archives.iter().rev() {
+            // A transaction's end is on one timeline: restore from a backup of that one.
+            if matches!(target, Target::BeforeXid { timeline, .. } if timeline != *tli) {
+                continue;
+            }
             let only_here = only.filter(|id| self.backups.iter().any(|m| m.id == *id && m.timeline == *tli));
             if only.is_some() && only_here.is_none() {
                 continue;
@@ -202,7 +206,11 @@ pub async fn run_with(
     }
     restore_command.push_str(" wal-fetch %f %p");
     let owner = ctl::run_as(&cfg.postgres.os_user)?;
-    let timeline = follow_timeline(repo, &m).await?;
+    let timeline = match req.target {
+        // Its end is on this timeline and the backup too: a newer one need not hold it.
+        Target::BeforeXid { timeline, .. } => timeline,
+        _ => follow_timeline(repo, &m).await?,
+    };
     tracing::info!(timeline, "recovery follows this timeline");
     let settings = execute::RecoverySettings {
         restore_command,
@@ -294,6 +302,18 @@ pub async fn follow_timeline(repo: &Repository, m: &Manifest) -> anyhow::Result<
 /// was set to follow a newer timeline (then LSNs of the planned one do not compare).
 pub fn check_reached(p: &RestorePlan, followed_newer: bool, r: &execute::Reached) -> anyhow::Result<()> {
     match p.target {
+        Target::BeforeXid { xid, .. } => {
+            // PostgreSQL names the transaction it stopped before; anything else is not it.
+            let want = format!("before commit of transaction {xid},");
+            let want_abort = format!("before abort of transaction {xid},");
+            match &r.stopped {
+                Some(s) if s.contains(&want) || s.contains(&want_abort) => {}
+                other => anyhow::bail!(
+                    "recovery did not stop just before transaction {xid} ({}); the restored cluster is not the one asked for",
+                    other.as_deref().map_or("no \"recovery stopping\" in the server log".to_string(), |s| format!("it logged \"{s}\""))
+                ),
+            }
+        }
         Target::Time(_) | Target::Lsn(_) => {
             if r.stopped.is_none() {
                 anyhow::bail!(

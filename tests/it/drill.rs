@@ -11,10 +11,7 @@ use sha2::Digest;
 
 use crate::harness::{self, stderr, Moto, Pg, Tidemark};
 
-fn store_for(url: &str, endpoint: Option<String>) -> Arc<dyn tidemark::store::ObjectStore> {
-    let opts = tidemark::store::StoreOptions { region: Some("us-east-1".into()), endpoint, multipart_threshold: None };
-    tokio::runtime::Runtime::new().unwrap().block_on(tidemark::store::open(url, &opts)).unwrap()
-}
+use harness::store_for;
 
 /// Every object of the repository with its size and content hash, but the drills' records.
 fn objects(store: &Arc<dyn tidemark::store::ObjectStore>) -> BTreeMap<String, (u64, String)> {

@@ -12,6 +12,7 @@ mod blockrefs;
 mod cli;
 mod drill;
 mod ebs;
+mod find;
 mod integrity;
 mod majors;
 mod observe;

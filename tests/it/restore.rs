@@ -204,10 +204,7 @@ fn dir_listing(dir: &Path) -> Vec<(String, u64)> {
     out
 }
 
-fn store_for(url: &str, endpoint: Option<String>) -> std::sync::Arc<dyn tidemark::store::ObjectStore> {
-    let opts = tidemark::store::StoreOptions { region: Some("us-east-1".into()), endpoint, multipart_threshold: None };
-    tokio::runtime::Runtime::new().unwrap().block_on(tidemark::store::open(url, &opts)).unwrap()
-}
+use harness::store_for;
 
 #[test]
 fn point_in_time_restore_fs() {

@@ -134,3 +134,10 @@ pub fn fake_segment(sysid: u64, seed: u8) -> Vec<u8> {
     b[36..40].copy_from_slice(&8192u32.to_le_bytes());
     b
 }
+
+/// The store at `url` (moto's `endpoint` for S3), as the tests read it behind tidemark's back.
+pub fn store_for(url: &str, endpoint: Option<String>) -> std::sync::Arc<dyn ::tidemark::store::ObjectStore> {
+    let opts =
+        ::tidemark::store::StoreOptions { region: Some("us-east-1".into()), endpoint, multipart_threshold: None };
+    tokio::runtime::Runtime::new().unwrap().block_on(::tidemark::store::open(url, &opts)).unwrap()
+}
