@@ -61,6 +61,7 @@ pub(super) async fn run(cli: &Cli) -> Result<u8, Failure> {
             fast_restore: *fast_restore,
             prewarm: *prewarm,
             workers: cfg.backup.workers,
+            tags: Vec::new(),
         },
         extra_settings: Vec::new(),
     };

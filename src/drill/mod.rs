@@ -1,7 +1,8 @@
 //! Restore drills: the cluster restored from its repository into a scratch directory,
 //! started through WAL replay to promotion, checked (the point reached, `pg_amcheck` when
 //! installed, a probe query), then stopped and removed. Each phase is timed; the record is
-//! the one thing a drill writes to the repository.
+//! the one thing a drill writes to the repository. An `ebs` drill restores onto new volumes
+//! from the snapshots, tagged with the drill's id, and deletes them at teardown.
 //!
 //! The restored server is private: it listens on no address, only on a socket directory
 //! inside the drill's scratch directory, with its own `pg_hba.conf` (local trust on that
@@ -41,6 +42,19 @@ const DRILL_PORT: u16 = 5432;
 /// Runs one drill and records it; the result is the record (its `ok` says whether the
 /// drill passed). An error means it could not even be recorded.
 pub async fn run(cfg: &Config, repo: &Repository, opts: &Options) -> anyhow::Result<DrillRecord> {
+    run_with(cfg, repo, opts, &crate::snapshot::ebs::restore::LocalHost { sys: cfg.ebs.sys_root.clone() }).await
+}
+
+/// The tag on the volumes an ebs drill creates: its id, to delete them at teardown.
+pub const TAG_DRILL: &str = "tidemark:drill";
+
+/// `run` with the host seam (device discovery, mount, unmount) for `ebs` drills given.
+pub async fn run_with(
+    cfg: &Config,
+    repo: &Repository,
+    opts: &Options,
+    host: &dyn crate::snapshot::ebs::restore::Host,
+) -> anyhow::Result<DrillRecord> {
     let started_at = now();
     let id = drill::new_id(started_at);
     let mut rec = DrillRecord {
@@ -61,12 +75,14 @@ pub async fn run(cfg: &Config, repo: &Repository, opts: &Options) -> anyhow::Res
     tracing::info!(drill = %id, dir = %dir.display(), "restore drill started");
     let began = Instant::now();
     let limit = Duration::from_secs(cfg.drill.time_limit_s);
-    let res = match tokio::time::timeout(limit, steps(cfg, repo, opts, &dir, &mut rec)).await {
+    let mut data_dir = None;
+    let res = match tokio::time::timeout(limit, steps(cfg, repo, opts, &dir, &mut rec, host, &mut data_dir)).await {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!("the drill did not finish within drill.time_limit_s ({}s)", limit.as_secs())),
     };
     let tearing = Instant::now();
-    let torn = teardown(cfg, &dir, opts.keep).await;
+    let ebs = (cfg.backup.provider == crate::config::Provider::Ebs).then_some((id.as_str(), host));
+    let torn = teardown(cfg, &dir, data_dir.as_deref(), opts.keep, ebs).await;
     rec.phases.push(Phase { name: "teardown".into(), seconds: tearing.elapsed().as_secs_f64() });
     let res = res.and(torn);
     rec.finished_at = now();
@@ -92,10 +108,9 @@ async fn steps(
     opts: &Options,
     dir: &Path,
     rec: &mut DrillRecord,
+    host: &dyn crate::snapshot::ebs::restore::Host,
+    data_dir: &mut Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    if cfg.backup.provider == crate::config::Provider::Ebs {
-        bail!("restore drills of ebs backups are not supported yet: they would create and attach volumes; drill a files backup, or restore by hand with `tidemark restore`");
-    }
     let planning = Instant::now();
     let target = match opts.target {
         DrillTarget::Latest => Target::Latest,
@@ -132,7 +147,12 @@ async fn steps(
         config_path: opts.config_path.clone(),
         region: None,
         exe: opts.exe.clone(),
-        ebs: Default::default(),
+        // ebs: new volumes from the snapshots, tagged with the drill so teardown finds them.
+        ebs: crate::snapshot::ebs::restore::RestoreOptions {
+            workers: cfg.backup.workers,
+            tags: vec![(TAG_DRILL.to_string(), rec.id.clone())],
+            ..Default::default()
+        },
         extra_settings: vec![
             ("listen_addresses".into(), String::new()),
             ("unix_socket_directories".into(), socket.display().to_string()),
@@ -141,9 +161,12 @@ async fn steps(
             ("jit".into(), "off".into()),
         ],
     };
-    let report = crate::restore::run(cfg, repo, &req).await;
+    let report = crate::restore::run_with(cfg, repo, &req, host).await;
     let report = match report {
-        Ok(r) => r,
+        Ok(r) => {
+            *data_dir = Some(r.data_dir.clone());
+            r
+        }
         Err(e) => {
             rec.phases.push(Phase { name: "plan".into(), seconds: plan_s });
             return Err(e);
@@ -237,9 +260,16 @@ async fn amcheck(cfg: &Config, bin: &Path, socket: &Path, owner: Option<(u32, u3
 }
 
 /// Stops the drill's server if it runs and removes the drill's directory (unless `keep`:
-/// then it is only stopped).
-async fn teardown(cfg: &Config, dir: &Path, keep: bool) -> anyhow::Result<()> {
-    let data = dir.join("data");
+/// then it is only stopped); for an ebs drill (`ebs`: its id and the host), unmounts and
+/// deletes the volumes it created first.
+async fn teardown(
+    cfg: &Config,
+    dir: &Path,
+    data_dir: Option<&Path>,
+    keep: bool,
+    ebs: Option<(&str, &dyn crate::snapshot::ebs::restore::Host)>,
+) -> anyhow::Result<()> {
+    let data = data_dir.map_or_else(|| dir.join("data"), Path::to_path_buf);
     if data.join("postmaster.pid").exists() {
         let bin = ctl::find_bin_dir(cfg.postgres.bin_dir.as_deref())?;
         let owner = ctl::run_as(&cfg.postgres.os_user)?;
@@ -257,6 +287,12 @@ async fn teardown(cfg: &Config, dir: &Path, keep: bool) -> anyhow::Result<()> {
     if keep {
         tracing::info!(dir = %dir.display(), "drill directory kept");
         return Ok(());
+    }
+    if let Some((id, host)) = ebs {
+        let gone = crate::snapshot::ebs::restore::discard_volumes(cfg, (TAG_DRILL, id), &dir.join("data"), host)
+            .await
+            .context("removing the drill's volumes")?;
+        tracing::info!(volumes = gone.len(), "drill volumes deleted");
     }
     // The data directory, and its tablespaces beside it (`data.tablespaces`).
     match std::fs::remove_dir_all(dir) {

@@ -292,6 +292,16 @@ impl Host for ImageHost {
     async fn prewarm(&self, _device: &str, _workers: usize, _pb: indicatif::ProgressBar) -> anyhow::Result<u64> {
         Ok(0)
     }
+    async fn unmount(&self, dir: &Path) -> anyhow::Result<()> {
+        // What an unmount leaves: the empty mount point.
+        let mut mounted = self.mounted.lock().unwrap();
+        if let Some(i) = mounted.iter().position(|(_, d)| d == dir) {
+            mounted.remove(i);
+            std::fs::remove_dir_all(dir)?;
+            std::fs::create_dir(dir)?;
+        }
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,6 +453,40 @@ async fn ebs_backup_with_a_real_freeze_restores_to_a_point_in_time() {
     stop();
     assert_eq!(r, "1500|1", "restored to the target: rows after the backup present, the later DELETE absent");
     assert_eq!(pg.sql("SELECT count(*) FROM orders"), "1400", "the source is untouched");
+    host.unmount(&target_dir).await.unwrap();
+
+    // A drill of the ebs backup: new volumes from its snapshot, started, probed, and the
+    // volumes detached and deleted at teardown.
+    let mut drilled = cfg.clone();
+    let scratch = work.path().join("drill");
+    std::fs::create_dir_all(&scratch).unwrap();
+    drilled.drill.scratch_dir = scratch.clone();
+    drilled.drill.probe_sql = Some("SELECT count(*) FROM orders".into());
+    drilled.drill.probe_expect = Some("1400".into());
+    let opts = tidemark::drill::Options {
+        target: tidemark::config::DrillTarget::Latest,
+        keep: false,
+        trigger: "manual",
+        config_path: Some(t.config.clone()),
+        exe: Some(harness::bin().to_path_buf()),
+    };
+    let volumes_before = ec2.client().describe_volumes().send().await.unwrap().volumes().len();
+    let rec = tidemark::drill::run_with(&drilled, &repo, &opts, &host).await.unwrap();
+    assert!(rec.ok, "{rec:?}");
+    assert!(rec.checks.iter().any(|c| c.name == "probe" && c.ok && c.detail.starts_with("returned 1400,")), "{rec:?}");
+    let drill_vols = ec2.client().describe_volumes().send().await.unwrap();
+    let tagged_drill = |v: &aws_sdk_ec2::types::Volume| {
+        v.tags().iter().any(|t| t.key() == Some(tidemark::drill::TAG_DRILL) && t.value() == Some(rec.id.as_str()))
+    };
+    assert!(!drill_vols.volumes().iter().any(tagged_drill), "the drill's volumes are left: {drill_vols:?}");
+    // The drill restored onto a volume of its own (its probe read the data there) and deleted it.
+    assert_eq!(drill_vols.volumes().len(), volumes_before, "{drill_vols:?}");
+    assert!(host.mounted.lock().unwrap().is_empty(), "the drill left a mount");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "the drill left scratch data");
+    assert!(
+        ec2.volumes(std::slice::from_ref(&volume)).await.unwrap()[0].attachments.iter().any(|(i, _, _)| i == &instance),
+        "the source volume stays attached"
+    );
 
     // verify asks EC2 for the backup's snapshots: completed is fine, gone is a problem.
     let problems_of = |r: &tidemark::verify::Report| {

@@ -381,6 +381,50 @@ impl Ec2 {
         }
     }
 
+    /// Ids of the volumes carrying all of `tags`.
+    pub async fn tagged_volumes(&self, tags: &[(&str, &str)]) -> anyhow::Result<Vec<String>> {
+        let mut req = self.client.describe_volumes();
+        for (k, v) in tags {
+            req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| sdk_err("DescribeVolumes", e))?;
+            out.extend(page.volumes().iter().filter_map(|v| v.volume_id().map(str::to_string)));
+        }
+        Ok(out)
+    }
+
+    /// Detaches a volume (when attached), waits until it is available, and deletes it; one
+    /// already gone is success.
+    pub async fn discard_volume(&self, id: &str, limit: Duration) -> anyhow::Result<()> {
+        let v = match self.volumes(&[id.to_string()]).await {
+            Ok(mut v) => v.remove(0),
+            Err(e) if e.to_string().contains("not found") => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for (instance, device, _) in &v.attachments {
+            // Instance and device are optional to EC2 but name the attachment exactly.
+            self.client
+                .detach_volume()
+                .volume_id(id)
+                .instance_id(instance)
+                .device(device)
+                .send()
+                .await
+                .map_err(|e| sdk_err(&format!("DetachVolume {id} from {instance}"), e))?;
+        }
+        if !v.attachments.is_empty() {
+            self.wait_volume(id, VolumeState::Available, limit).await?;
+        }
+        match self.client.delete_volume().volume_id(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if is_code(&e, &["InvalidVolume.NotFound"]) => Ok(()),
+            Err(e) => Err(sdk_err(&format!("DeleteVolume {id}"), e)),
+        }
+    }
+
     /// Copies a snapshot from `source_region` into this client's region.
     pub async fn copy_snapshot_from(
         &self,

@@ -23,6 +23,8 @@ pub trait Host: Send + Sync {
     async fn mount(&self, device: &str, fs_type: &str, dir: &Path) -> anyhow::Result<()>;
     /// Reads every block of `device` so EBS fetches it from S3 now, not on first use.
     async fn prewarm(&self, device: &str, workers: usize, pb: indicatif::ProgressBar) -> anyhow::Result<u64>;
+    /// Unmounts what is mounted at `dir` (nothing mounted there is success).
+    async fn unmount(&self, dir: &Path) -> anyhow::Result<()>;
 }
 
 /// This machine: sysfs for devices, mount(8), and parallel block reads.
@@ -70,6 +72,18 @@ impl Host for LocalHost {
     async fn prewarm(&self, device: &str, workers: usize, pb: indicatif::ProgressBar) -> anyhow::Result<u64> {
         let device = device.to_string();
         tokio::task::spawn_blocking(move || prewarm_blocking(&device, workers, &pb)).await?
+    }
+
+    async fn unmount(&self, dir: &Path) -> anyhow::Result<()> {
+        let mounted = tokio::process::Command::new("mountpoint").arg("-q").arg(dir).status().await;
+        if !mounted.is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+        let out = tokio::process::Command::new("umount").arg(dir).output().await.context("running umount(8)")?;
+        if !out.status.success() {
+            bail!("umount {} failed: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 }
 
@@ -126,6 +140,8 @@ pub struct RestoreOptions {
     pub prewarm: bool,
     /// Parallel readers for prewarm.
     pub workers: usize,
+    /// More tags for the new volumes (a drill's id, to find them again at teardown).
+    pub tags: Vec<(String, String)>,
 }
 
 /// A source mount brought back: where it is mounted now.
@@ -197,12 +213,13 @@ pub async fn restore_volumes(
             sources.push(mnt);
         }
     }
-    let tags = vec![
+    let mut tags = vec![
         (ec2::TAG_CLUSTER.to_string(), b.cluster.to_string()),
         (ec2::TAG_BACKUP.to_string(), b.id.to_string()),
         (ec2::TAG_KIND.to_string(), "restore".to_string()),
         ("Name".to_string(), format!("tidemark restore of {} {}", b.cluster, b.id)),
     ];
+    tags.extend(opts.tags.iter().cloned());
     let mut used: Vec<String> = inst.mappings.iter().map(|(d, _)| d.clone()).collect();
     let mut out = Vec::new();
     for (i, src) in sources.iter().enumerate() {
@@ -241,6 +258,38 @@ pub async fn restore_volumes(
         out.push(Remounted { source_mount: src.mount_point.clone(), volume_id: new_id, device, mounted_at: dir });
     }
     Ok(out)
+}
+
+/// Undoes [`restore_volumes`] for the volumes tagged `tag`: unmounts `target` and the
+/// other mounts beside it, then detaches and deletes every volume carrying the tag (also
+/// those a failed restore created but never mounted). Returns the volumes deleted.
+pub async fn discard_volumes(
+    cfg: &Config,
+    tag: (&str, &str),
+    target: &Path,
+    host: &dyn Host,
+) -> anyhow::Result<Vec<String>> {
+    let mut extra: Vec<PathBuf> = Vec::new();
+    let mut name = target.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".mounts");
+    if let Ok(rd) = std::fs::read_dir(target.with_file_name(name)) {
+        extra.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
+    }
+    for dir in extra.iter().chain(std::iter::once(&target.to_path_buf())) {
+        if dir.exists() {
+            host.unmount(dir).await?;
+        }
+    }
+    let (_, region, _) =
+        ec2::identity(cfg.ebs.instance_id.as_deref(), cfg.ebs.region.as_deref(), cfg.ebs.availability_zone.as_deref())
+            .await?;
+    let ec2 = Ec2::new(&region, cfg.ebs.endpoint.as_deref()).await;
+    let ids = ec2.tagged_volumes(&[tag]).await?;
+    for id in &ids {
+        ec2.discard_volume(id, Duration::from_secs(300)).await?;
+        tracing::info!(volume = %id, "volume deleted");
+    }
+    Ok(ids)
 }
 
 async fn wait_device(host: &dyn Host, vol: &str, dev: &str, limit: Duration) -> anyhow::Result<String> {
