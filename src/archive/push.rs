@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
+use crate::catalog::block_index;
 use crate::catalog::restore_plan::Join;
 use crate::catalog::wal_index::{self, IndexBuilder, SegmentIndex};
 use crate::codec::envelope::read_full;
@@ -126,6 +127,9 @@ pub struct Archiver {
     /// With batching (the daemon): summaries of stored segments not written yet, by
     /// (timeline, segment), with the segment size.
     pending: Option<Mutex<Pending>>,
+    /// With batching: block references of stored segments not written yet, by (timeline,
+    /// segment size), then segment. Not journaled: a crash leaves their segments a gap.
+    pending_blocks: Mutex<PendingBlocks>,
     /// The lowest segment per timeline this archiver has stored or seen summarized: one
     /// after it that is not in the cache is one this archiver has not pushed yet.
     frontier: Mutex<HashMap<u32, u64>>,
@@ -143,6 +147,9 @@ pub struct Archiver {
 
 /// (timeline, segment) → (segment size, summary) of what waits for its batch.
 type Pending = BTreeMap<(u32, u64), (u64, SegmentIndex)>;
+
+/// Encoded block references waiting for their batch: (timeline, segment size) → segment → bytes.
+type PendingBlocks = BTreeMap<(u32, u64), BTreeMap<u64, Vec<u8>>>;
 
 /// WAL file name → (holders, who to wake when the last lets go).
 type InFlight = HashMap<String, (usize, Arc<tokio::sync::Notify>)>;
@@ -209,6 +216,8 @@ struct Opened {
 struct Streamed {
     staged: Staged,
     index: Option<SegmentIndex>,
+    /// The segment's block references, encoded.
+    blocks: Option<Vec<u8>>,
     sealed_bytes: u64,
 }
 
@@ -243,7 +252,11 @@ fn seal_stream(
         ))));
     }
     let (staged, stats) = sealer.finish()?;
-    Ok(Streamed { staged, index: index.map(IndexBuilder::finish), sealed_bytes: stats.sealed_bytes })
+    let (index, blocks) = match index.map(IndexBuilder::finish_with_blocks) {
+        Some((i, b)) => (Some(i), b),
+        None => (None, None),
+    };
+    Ok(Streamed { staged, index, blocks, sealed_bytes: stats.sealed_bytes })
 }
 
 impl Archiver {
@@ -256,6 +269,7 @@ impl Archiver {
             wal_dir: None,
             summaries: Mutex::new(HashMap::new()),
             pending: None,
+            pending_blocks: Mutex::new(BTreeMap::new()),
             frontier: Mutex::new(HashMap::new()),
             flushing: tokio::sync::Mutex::const_new(()),
             pushing: Arc::default(),
@@ -315,6 +329,22 @@ impl Archiver {
         let mut by_tli: BTreeMap<(u32, u64), BTreeMap<u64, SegmentIndex>> = BTreeMap::new();
         for ((tli, n), (seg_size, idx)) in &batch {
             by_tli.entry((*tli, *seg_size)).or_default().insert(*n, idx.clone());
+        }
+        // The batch's block references, one pack per timeline, before the summaries: a
+        // failure puts them back to wait for the next batch.
+        let blocks = std::mem::take(&mut *lock(&self.pending_blocks));
+        for ((tli, seg_size), entries) in &blocks {
+            if let Err(e) = block_index::save(&self.repo, *tli, *seg_size, entries).await {
+                let mut p = lock(&self.pending_blocks);
+                for (k, v) in blocks {
+                    p.entry(k).or_default().extend(v);
+                }
+                let mut p = lock(pending);
+                for (k, v) in batch {
+                    p.entry(k).or_insert(v);
+                }
+                return Err(e);
+            }
         }
         for ((tli, seg_size), entries) in &by_tli {
             if let Err(e) = wal_index::merge_into_blocks(&self.repo, *tli, *seg_size, entries).await {
@@ -494,6 +524,17 @@ impl Archiver {
             // Lost a race with another pusher (the daemon): same bytes is success.
             PutOutcome::Exists => self.compare_existing(file_name, &key, &src).await?,
         };
+        if let (Some(seg), Some(blocks), PushOutcome::Stored) = (segment, streamed.blocks, outcome) {
+            // Block references go after the segment too, from the pusher that stored it
+            // (one that found it archived leaves them to that one: a gap at worst, which an
+            // incremental backup covers by copying in full).
+            match &self.pending {
+                Some(_) => {
+                    lock(&self.pending_blocks).entry((seg.timeline, seg_size)).or_default().insert(seg.number, blocks);
+                }
+                None => block_index::save(&self.repo, seg.timeline, seg_size, &[(seg.number, blocks)].into()).await?,
+            }
+        }
         if let (Some(seg), Some(idx)) = (segment, streamed.index) {
             // The summary goes after the segment, and only from a pusher whose bytes are the
             // archived ones, so it always describes the archived segment. A crash in between

@@ -141,28 +141,40 @@ impl IndexBuilder {
 
     /// The summary.
     pub fn finish(self) -> SegmentIndex {
+        self.finish_with_blocks().0
+    }
+
+    /// The summary, and the segment's block references encoded ([`record::BlockRefs::encode`];
+    /// `None` when the segment could not be read).
+    pub fn finish_with_blocks(self) -> (SegmentIndex, Option<Vec<u8>>) {
         match self.walk.and_then(|w| w.finish()) {
-            Ok(s) => SegmentIndex {
-                first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
-                last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
-                records: s.records,
-                error: None,
-                chain: true,
-                first_record: s.first_record,
-                last_record_lsn: s.last_record_lsn,
-                last_record_end: s.last_record_end_lsn,
-                last_complete_lsn: s.last_complete_lsn,
-                unsupported_magic: None,
-                xacts: Some(xact_events(&s)),
-            },
-            Err(e) => SegmentIndex {
-                unsupported_magic: match e {
-                    record::WalParseError::UnsupportedMajor { magic, .. } => Some(magic),
-                    _ => None,
+            Ok(s) => (
+                SegmentIndex {
+                    first_commit_us: s.first_commit_us.map(record::pg_time_to_unix_us),
+                    last_commit_us: s.last_commit_us.map(record::pg_time_to_unix_us),
+                    records: s.records,
+                    error: None,
+                    chain: true,
+                    first_record: s.first_record,
+                    last_record_lsn: s.last_record_lsn,
+                    last_record_end: s.last_record_end_lsn,
+                    last_complete_lsn: s.last_complete_lsn,
+                    unsupported_magic: None,
+                    xacts: Some(xact_events(&s)),
                 },
-                error: Some(e.to_string()),
-                ..SegmentIndex::default()
-            },
+                Some(s.block_refs.encode()),
+            ),
+            Err(e) => (
+                SegmentIndex {
+                    unsupported_magic: match e {
+                        record::WalParseError::UnsupportedMajor { magic, .. } => Some(magic),
+                        _ => None,
+                    },
+                    error: Some(e.to_string()),
+                    ..SegmentIndex::default()
+                },
+                None,
+            ),
         }
     }
 }

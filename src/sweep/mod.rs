@@ -142,6 +142,7 @@ pub async fn apply(repo: &Repository, plan: &Plan) -> anyhow::Result<Applied> {
             let seg_size = crate::repo::cluster::segment_size(&r).await?;
             for tli in crate::catalog::wal_index::timelines(&r).await? {
                 crate::catalog::wal_index::forget_below(&r, tli, seg_size, keep_from / seg_size).await?;
+                crate::catalog::block_index::forget_below(&r, tli, seg_size, keep_from / seg_size).await?;
             }
         }
     }

@@ -137,6 +137,7 @@ pub async fn remove(repo: &Repository, r: &Removal) -> anyhow::Result<()> {
         if let (true, WalFile::Segment(seg)) = (*k == repo.wal_key(&file, seg_size), &file) {
             // A rolled-up block must not go on naming it either (before the segment goes).
             wal_index::forget_segment(repo, *seg, seg_size).await?;
+            crate::catalog::block_index::forget_segment(repo, *seg, seg_size).await?;
         }
         repo.store().delete(k).await?;
     }

@@ -472,3 +472,87 @@ fn pg17() {
 fn pg18() {
     scenario(18);
 }
+
+/// The archive's stored block references, read back over every archived segment, are the
+/// segments' own (summarized here from the archived bytes), and a dropped table's file is
+/// among the changes. `daemon`: the daemon's batched packs (S3); else one pack per direct
+/// `wal-push` (fs).
+async fn archived_refs_are_the_segments_own(url: &str, endpoint: Option<&str>, daemon: bool) {
+    let mut pg = Pg::init_with(None, &["--wal-segsize=1"]);
+    let mut tm = harness::Tidemark::new("refs", url, endpoint, &pg.data);
+    pg.archive_to(&tm.config);
+    if daemon {
+        tm.start_daemon();
+    }
+    pg.start();
+    pg.pgbench(&["-i", "-s", "1", "-q"]);
+    pg.pgbench(&["-n", "-c", "2", "-t", "300"]);
+    pg.sql("create table gone (id int); insert into gone select generate_series(1, 1000)");
+    let gone: u32 = pg.sql("select pg_relation_filenode('gone')").parse().unwrap();
+    pg.sql("drop table gone");
+    pg.switch_wal_archived(std::time::Duration::from_secs(120));
+
+    let cfg = tidemark::config::Config::load(Some(&tm.config)).unwrap();
+    let repo = tidemark::repo::Repository::open(&cfg).await.unwrap();
+    let archived: Vec<u64> = repo
+        .store()
+        .list(&repo.wal_prefix(1))
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| tidemark::wal::name::Segment::parse(o.key.rsplit('/').next()?, SEG).ok())
+        .map(|s| s.number)
+        .collect();
+    let (first, last) = (*archived.first().unwrap(), *archived.last().unwrap());
+    assert!(last - first >= 8, "{archived:?}");
+    // The daemon writes its last batch once it has caught up: wait for it, not for a time.
+    let start = std::time::Instant::now();
+    let stretch = loop {
+        let s = tidemark::catalog::block_index::between(&repo, 1, SEG, first, last).await.unwrap();
+        if s.whole() || start.elapsed() > std::time::Duration::from_secs(60) {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(stretch.whole(), "missing {:?}, unreadable {:?}", stretch.missing, stretch.unreadable);
+    let mut own = Vec::new();
+    for n in first..=last {
+        let seg = tidemark::wal::name::Segment { timeline: 1, number: n };
+        let key = repo.wal_key(&tidemark::wal::name::WalFile::Segment(seg), SEG);
+        let bytes = repo.get_opened(&key).await.unwrap().unwrap();
+        let s = record::summarize_segment_at(&bytes, SEG, n * SEG).unwrap();
+        assert_eq!(stretch.segments[&n], s.block_refs, "segment {n}");
+        own.push(s.block_refs);
+    }
+    let stored = |prefix: String| {
+        let repo = &repo;
+        async move { repo.store().list(&prefix).await.unwrap().iter().map(|o| o.size).sum::<u64>() }
+    };
+    let packs = stored("clusters/refs/wal-index/00000001/blocks/".to_string()).await;
+    let wal = stored(repo.wal_prefix(1)).await;
+    eprintln!("block references: {packs} bytes stored for {} segments ({wal} bytes stored)", last - first + 1);
+    let merged = stretch.merged();
+    assert_eq!(merged, BlockRefs::merge(&own));
+    assert!(
+        merged.changes().iter().any(|(_, c)| matches!(c, RelChange::Dropped { rel } if rel.rel_number == gone)),
+        "the drop of file {gone} is not among the changes"
+    );
+    assert!(merged.blocks().keys().any(|f| f.fork == MAIN_FORK), "no main-fork blocks");
+    if daemon {
+        tm.stop_daemon();
+    }
+    pg.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archived_block_references_are_the_segments_own_daemon_s3() {
+    let moto = harness::Moto::start();
+    moto.create_bucket("refs").await;
+    archived_refs_are_the_segments_own("s3://refs/env", Some(&moto.endpoint()), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archived_block_references_are_the_segments_own_direct_fs() {
+    let repo = harness::postgres_dir("refs");
+    archived_refs_are_the_segments_own(&harness::Tidemark::fs_url(repo.path()), None, false).await;
+}
