@@ -131,14 +131,15 @@ async fn sync_wal(
     Ok(())
 }
 
-/// Copies one cluster's commit-time index: per-segment summaries and blocks by name (one
-/// directory level each), and what is rewritten in place each time: each timeline's
-/// summary and its newest blocks (a completed block keeps its runs in the summary).
+/// Copies one cluster's commit-time index: per-segment summaries, blocks and block-reference
+/// packs by name (one directory level each), and what is rewritten in place each time:
+/// each timeline's summary and its newest blocks (a completed block keeps its runs in the
+/// summary).
 async fn sync_index(s: &Repository, d: &Repository, out: &mut Synced) -> anyhow::Result<()> {
     let base = format!("{}wal-index/", s.cluster_prefix());
     let timelines = s.store().list_level(&base).await?.dirs;
     for tp in timelines {
-        for dir in [tp.clone(), format!("{tp}range/")] {
+        for dir in [tp.clone(), format!("{tp}range/"), format!("{tp}blocks/")] {
             let names = |l: crate::store::Level| l.objects.into_iter().map(|m| m.key).collect::<BTreeSet<String>>();
             let have = names(s.store().list_level(&dir).await?);
             let copied = names(d.store().list_level(&dir).await?);
@@ -183,6 +184,10 @@ pub async fn sync_marked(
         // The cluster record, WAL and its index: copy what is missing, drop what is gone.
         let rec = format!("{base}cluster.json");
         copy_object(&s, &d, &rec).await?;
+        // Rewritten in place as names change: brought over at each full reconcile.
+        if full {
+            copy_object(&s, &d, &s.relation_names_key()).await?;
+        }
         sync_wal(&s, &d, region, marks, full, &mut out).await?;
         sync_index(&s, &d, &mut out).await?;
         // Backups: completed ones copied whole, then their manifest; gone ones purged.
