@@ -77,6 +77,18 @@ pub fn pack_range(name: &str, seg_size: u64) -> Option<(u64, u64)> {
     (a.timeline == b.timeline && a.number <= b.number).then_some((a.number, b.number))
 }
 
+/// The timeline's packs: key and the segment range its name covers.
+async fn packs(repo: &Repository, timeline: u32, seg_size: u64) -> Result<Vec<(String, u64, u64)>, RepoError> {
+    let listed = repo.store().list(&prefix(repo, timeline)).await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|o| {
+            let (a, b) = pack_range(o.key.rsplit('/').next()?, seg_size)?;
+            Some((o.key, a, b))
+        })
+        .collect())
+}
+
 /// Stores the block references of some segments of `timeline` as one pack (no-op for none).
 pub async fn save(
     repo: &Repository,
@@ -121,20 +133,18 @@ pub async fn between(
     from: u64,
     to: u64,
 ) -> Result<Stretch, RepoError> {
-    let listed = repo.store().list(&prefix(repo, timeline)).await?;
     let mut blobs: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
     let mut out = Stretch::default();
-    for o in listed {
-        let Some((a, b)) = o.key.rsplit('/').next().and_then(|n| pack_range(n, seg_size)) else { continue };
+    for (key, a, b) in packs(repo, timeline, seg_size).await? {
         if b < from || a > to {
             continue;
         }
-        let Some(plain) = repo.get_opened(&o.key).await? else { continue };
+        let Some(plain) = repo.get_opened(&key).await? else { continue };
         match decode_pack(&plain) {
             Ok(entries) => blobs.extend(entries.into_iter().filter(|(n, _)| (from..=to).contains(n))),
             Err(why) => {
                 for n in a.max(from)..=b.min(to) {
-                    out.unreadable.push((n, format!("{}: {why}", o.key)));
+                    out.unreadable.push((n, format!("{key}: {why}")));
                 }
             }
         }
@@ -159,19 +169,18 @@ pub async fn between(
 /// Takes segment `seg` out of every pack holding it (`wal-remove` of a foreign segment: the
 /// segment archived in its place later brings its own).
 pub async fn forget_segment(repo: &Repository, seg: Segment, seg_size: u64) -> Result<(), RepoError> {
-    for o in repo.store().list(&prefix(repo, seg.timeline)).await? {
-        let Some((a, b)) = o.key.rsplit('/').next().and_then(|n| pack_range(n, seg_size)) else { continue };
+    for (key, a, b) in packs(repo, seg.timeline, seg_size).await? {
         if !(a..=b).contains(&seg.number) {
             continue;
         }
-        let Some(plain) = repo.get_opened(&o.key).await? else { continue };
+        let Some(plain) = repo.get_opened(&key).await? else { continue };
         // A pack that does not decode is unreadable for all its segments anyway.
         let Ok(mut entries) = decode_pack(&plain) else { continue };
         if entries.remove(&seg.number).is_some() {
             if entries.is_empty() {
-                repo.store().delete(&o.key).await?;
+                repo.store().delete(&key).await?;
             } else {
-                repo.put_sealed(&o.key, Bytes::from(encode_pack(&entries))).await?;
+                repo.put_sealed(&key, Bytes::from(encode_pack(&entries))).await?;
             }
         }
     }
@@ -181,9 +190,9 @@ pub async fn forget_segment(repo: &Repository, seg: Segment, seg_size: u64) -> R
 /// Deletes the packs that end below segment `floor` (the WAL purge removed their segments).
 pub async fn forget_below(repo: &Repository, timeline: u32, seg_size: u64, floor: u64) -> Result<usize, RepoError> {
     let mut gone = 0;
-    for o in repo.store().list(&prefix(repo, timeline)).await? {
-        if o.key.rsplit('/').next().and_then(|n| pack_range(n, seg_size)).is_some_and(|(_, b)| b < floor) {
-            repo.store().delete(&o.key).await?;
+    for (key, _, b) in packs(repo, timeline, seg_size).await? {
+        if b < floor {
+            repo.store().delete(&key).await?;
             gone += 1;
         }
     }

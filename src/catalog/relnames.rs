@@ -14,23 +14,12 @@ use crate::repo::{RepoError, Repository};
 /// Names of files gone from the live catalog are kept this long (a year of PITR windows).
 pub const KEEP_GONE_DAYS: i64 = 400;
 
-/// One relation file as the live catalog named it.
+/// One relation file as the live catalog named it, and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelName {
-    /// The database's oid.
-    pub db_oid: u32,
-    /// The database's name.
-    pub database: String,
-    /// The file number.
-    pub relfilenode: u32,
-    /// The relation's oid (a `TRUNCATE` or rewrite keeps it and changes the file).
-    pub oid: u32,
-    /// Schema.
-    pub schema: String,
-    /// Name.
-    pub name: String,
-    /// `relkind` (`r` table, `i` index, `t` TOAST, `m` materialized view, `S` sequence).
-    pub kind: char,
+    /// The file and its relation (a `TRUNCATE` or rewrite keeps the oid and changes the file).
+    #[serde(flatten)]
+    pub rel: LiveRelation,
     /// When a refresh first saw the file.
     #[serde(with = "time_format")]
     pub first_seen: DateTime<Utc>,
@@ -42,7 +31,7 @@ pub struct RelName {
 impl RelName {
     /// `schema.name`.
     pub fn qualified(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        format!("{}.{}", self.rel.schema, self.rel.name)
     }
 }
 
@@ -77,38 +66,24 @@ impl RelNames {
     /// [`KEEP_GONE_DAYS`] are forgotten. Returns whether anything but the refresh time changed.
     pub fn merge(&mut self, live: &[LiveRelation], now: DateTime<Utc>) -> bool {
         let mut by_key: BTreeMap<(u32, u32), RelName> =
-            std::mem::take(&mut self.files).into_iter().map(|r| ((r.db_oid, r.relfilenode), r)).collect();
+            std::mem::take(&mut self.files).into_iter().map(|r| ((r.rel.db_oid, r.rel.relfilenode), r)).collect();
         let mut changed = false;
         let mut seen = std::collections::BTreeSet::new();
         for l in live {
             let key = (l.db_oid, l.relfilenode);
             seen.insert(key);
-            let fresh = RelName {
-                db_oid: l.db_oid,
-                database: l.database.clone(),
-                relfilenode: l.relfilenode,
-                oid: l.oid,
-                schema: l.schema.clone(),
-                name: l.name.clone(),
-                kind: l.kind,
-                first_seen: now,
-                gone: None,
-            };
             match by_key.get_mut(&key) {
                 // Same relation, perhaps renamed (a rename keeps the file): the newest name.
-                Some(old) if old.oid == l.oid => {
-                    if old.gone.is_some() || old.name != l.name || old.schema != l.schema || old.database != l.database
-                    {
+                Some(old) if old.rel.oid == l.oid => {
+                    if old.gone.is_some() || old.rel != *l {
                         old.gone = None;
-                        old.name = l.name.clone();
-                        old.schema = l.schema.clone();
-                        old.database = l.database.clone();
+                        old.rel = l.clone();
                         changed = true;
                     }
                 }
                 // A number reused by another relation (or never seen): this one now.
                 _ => {
-                    by_key.insert(key, fresh);
+                    by_key.insert(key, RelName { rel: l.clone(), first_seen: now, gone: None });
                     changed = true;
                 }
             }
@@ -139,7 +114,7 @@ impl RelNames {
 
     /// The file (database `db_oid`, `relfilenode`), if a refresh saw it.
     pub fn file(&self, db_oid: u32, relfilenode: u32) -> Option<&RelName> {
-        self.files.iter().find(|r| r.db_oid == db_oid && r.relfilenode == relfilenode)
+        self.files.iter().find(|r| r.rel.db_oid == db_oid && r.rel.relfilenode == relfilenode)
     }
 
     /// What removing this file did to its relation (pure): it lives on when the catalog
@@ -147,7 +122,10 @@ impl RelNames {
     pub fn removal(&self, db_oid: u32, relfilenode: u32) -> Removal {
         let Some(r) = self.file(db_oid, relfilenode) else { return Removal::Unknown };
         let lives_on = self.files.iter().any(|o| {
-            o.db_oid == db_oid && o.oid == r.oid && o.relfilenode != relfilenode && o.first_seen >= r.first_seen
+            o.rel.db_oid == db_oid
+                && o.rel.oid == r.rel.oid
+                && o.rel.relfilenode != relfilenode
+                && o.first_seen >= r.first_seen
         });
         if lives_on {
             Removal::Truncated
@@ -161,9 +139,9 @@ impl RelNames {
     pub fn matches(r: &RelName, name: &str) -> bool {
         let parts: Vec<&str> = name.split('.').collect();
         match parts.as_slice() {
-            [t] => r.name == *t,
-            [s, t] => r.schema == *s && r.name == *t,
-            [d, s, t] => r.database == *d && r.schema == *s && r.name == *t,
+            [t] => r.rel.name == *t,
+            [s, t] => r.rel.schema == *s && r.rel.name == *t,
+            [d, s, t] => r.rel.database == *d && r.rel.schema == *s && r.rel.name == *t,
             _ => false,
         }
     }
@@ -187,10 +165,11 @@ pub async fn refresh(repo: &Repository, conninfo: &str) -> anyhow::Result<(RelNa
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn live(db: u32, file: u32, oid: u32, name: &str) -> LiveRelation {
+    /// A live table `app.public.<name>` in database `db` (for the tests here and in `find`).
+    pub(crate) fn live(db: u32, file: u32, oid: u32, name: &str) -> LiveRelation {
         LiveRelation {
             db_oid: db,
             database: "app".into(),
@@ -202,7 +181,8 @@ mod tests {
         }
     }
 
-    fn at(s: i64) -> DateTime<Utc> {
+    /// `s` seconds after a fixed moment.
+    pub(crate) fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
     }
 
@@ -216,6 +196,17 @@ mod tests {
         assert_eq!((orders.qualified().as_str(), orders.gone), ("public.orders", Some(at(120))));
         assert_eq!(m.removal(5, 100), Removal::Dropped);
         assert_eq!(m.refreshed, Some(at(120)));
+    }
+
+    #[test]
+    fn a_stored_name_keeps_its_fields_at_the_top_level() {
+        let mut m = RelNames::default();
+        m.merge(&[live(5, 100, 100, "orders")], at(0));
+        let v = serde_json::to_value(&m.files[0]).unwrap();
+        for k in ["db_oid", "database", "relfilenode", "oid", "schema", "name", "kind", "first_seen"] {
+            assert!(v.get(k).is_some(), "{k} missing: {v}");
+        }
+        assert_eq!(serde_json::from_value::<RelName>(v).unwrap(), m.files[0]);
     }
 
     #[test]
@@ -236,7 +227,7 @@ mod tests {
         m.merge(&[live(5, 100, 100, "orders")], at(0));
         assert!(m.merge(&[live(5, 100, 100, "orders_old")], at(60)));
         assert_eq!(m.files.len(), 1);
-        assert_eq!(m.file(5, 100).unwrap().name, "orders_old");
+        assert_eq!(m.file(5, 100).unwrap().rel.name, "orders_old");
         assert_eq!(m.file(5, 100).unwrap().first_seen, at(0));
     }
 
@@ -245,7 +236,7 @@ mod tests {
         let mut m = RelNames::default();
         m.merge(&[live(5, 100, 100, "orders")], at(0));
         m.merge(&[live(5, 100, 300, "other")], at(60));
-        assert_eq!(m.file(5, 100).unwrap().name, "other");
+        assert_eq!(m.file(5, 100).unwrap().rel.name, "other");
     }
 
     #[test]

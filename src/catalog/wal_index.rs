@@ -517,13 +517,20 @@ pub async fn add_unindexed_tail(
     let prefix = repo.wal_prefix(timeline);
     let after = archive.last().map(|n| format!("{prefix}{}", Segment { timeline, number: n }.name(seg_size)));
     let listed = repo.store().list_between(&prefix, after.as_deref(), None).await?;
-    let archived: Vec<u64> = listed
+    add_tail_of(repo, timeline, archive, &segment_numbers(&listed, timeline, seg_size), limit).await
+}
+
+/// The numbers of `timeline`'s segments among listed WAL objects, in order (pure).
+pub fn segment_numbers(listed: &[crate::store::ObjectMeta], timeline: u32, seg_size: u64) -> Vec<u64> {
+    let mut out: Vec<u64> = listed
         .iter()
         .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
         .filter(|s| s.timeline == timeline)
         .map(|s| s.number)
         .collect();
-    add_tail_of(repo, timeline, archive, &archived, limit).await
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// [`add_unindexed_tail`] for a caller that has listed the timeline's segments already
@@ -611,15 +618,8 @@ pub async fn roll_up_timeline(
     let rolled_to = summary.complete_to;
     let wal_prefix = repo.wal_prefix(timeline);
     let after = rolled_to.map(|e| format!("{wal_prefix}{}", Segment { timeline, number: e }.name(seg_size)));
-    let archived: std::collections::BTreeSet<u64> = repo
-        .store()
-        .list_between(&wal_prefix, after.as_deref(), None)
-        .await?
-        .iter()
-        .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
-        .filter(|s| s.timeline == timeline)
-        .map(|s| s.number)
-        .collect();
+    let listed = repo.store().list_between(&wal_prefix, after.as_deref(), None).await?;
+    let archived: std::collections::BTreeSet<u64> = segment_numbers(&listed, timeline, seg_size).into_iter().collect();
     let Some(&newest) = archived.iter().next_back().or(tail.keys().next_back()) else {
         return Ok(done);
     };

@@ -135,8 +135,12 @@ pub async fn run(repo: &Repository, req: &Request) -> anyhow::Result<Found> {
     });
     let wanted: Option<BTreeSet<(u32, u32)>> = match &req.query {
         Query::Dropped(t) | Query::Truncated(t) => {
-            let files: BTreeSet<(u32, u32)> =
-                names.files.iter().filter(|r| RelNames::matches(r, t)).map(|r| (r.db_oid, r.relfilenode)).collect();
+            let files: BTreeSet<(u32, u32)> = names
+                .files
+                .iter()
+                .filter(|r| RelNames::matches(r, t))
+                .map(|r| (r.rel.db_oid, r.rel.relfilenode))
+                .collect();
             if files.is_empty() {
                 warnings.push(format!(
                     "no relation file named {t} is in the relation-name map{}: names are learned from the live database (the daemon refreshes them every minute, `find` when PostgreSQL is up), so a table created and removed between two refreshes has no name",
@@ -152,7 +156,8 @@ pub async fn run(repo: &Repository, req: &Request) -> anyhow::Result<Found> {
     let mut unread: Vec<(u32, u64)> = Vec::new();
     for tli in wal_index::timelines(repo).await? {
         let index = wal_index::summaries(repo, tli, seg_size, commits_within).await?;
-        let archived = archived_segments(repo, tli, seg_size).await?;
+        let listed = repo.store().list(&repo.wal_prefix(tli)).await?;
+        let archived = wal_index::segment_numbers(&listed, tli, seg_size);
         for n in &archived {
             match index.get(n).and_then(|i| i.xacts.clone()) {
                 Some(events) => {
@@ -167,12 +172,10 @@ pub async fn run(repo: &Repository, req: &Request) -> anyhow::Result<Found> {
     }
     // A transaction search reads the segments whose xid range holds it.
     if let Query::Xid(x) = req.query {
-        for s in segs.iter_mut() {
-            if s.events.xids.is_some_and(|(lo, hi)| lo <= x && x <= hi) {
-                unread.push((s.timeline, s.number));
-            }
-        }
-        segs.retain(|s| !s.events.xids.is_some_and(|(lo, hi)| lo <= x && x <= hi));
+        let (holding, rest): (Vec<SegEvents>, Vec<SegEvents>) =
+            segs.into_iter().partition(|s| s.events.xids.is_some_and(|(lo, hi)| lo <= x && x <= hi));
+        unread.extend(holding.iter().map(|s| (s.timeline, s.number)));
+        segs = rest;
     }
     if unread.len() > READ_LIMIT {
         warnings.push(format!(
@@ -263,7 +266,7 @@ fn removal_hit(
     let name = |db: u32, rel: u32| {
         names
             .file(db, rel)
-            .map_or(format!("file {rel} of database {db}"), |r| format!("{}.{}", r.database, r.qualified()))
+            .map_or(format!("file {rel} of database {db}"), |r| format!("{}.{}", r.rel.database, r.qualified()))
     };
     Some(Hit {
         event: if want == Removal::Dropped { "dropped" } else { "truncated" },
@@ -275,20 +278,6 @@ fn removal_hit(
         relation: Some(name(db, rel)),
         also: d.rels.iter().filter(|(_, o, r)| (*o, *r) != (db, rel)).map(|(_, o, r)| name(*o, *r)).collect(),
     })
-}
-
-/// The numbers of the timeline's archived segments, in order.
-async fn archived_segments(repo: &Repository, timeline: u32, seg_size: u64) -> anyhow::Result<Vec<u64>> {
-    let listed = repo.store().list(&repo.wal_prefix(timeline)).await?;
-    let mut out: Vec<u64> = listed
-        .iter()
-        .filter_map(|m| Segment::parse(m.key.rsplit('/').next()?, seg_size).ok())
-        .filter(|s| s.timeline == timeline)
-        .map(|s| s.number)
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
 }
 
 /// Where transaction `xid` ended, for `restore --before-xid`: exactly one end in the
@@ -316,29 +305,13 @@ pub async fn xid_end(repo: &Repository, xid: u32) -> anyhow::Result<Hit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pg::conn::LiveRelation;
-
-    fn live(file: u32, oid: u32, name: &str) -> LiveRelation {
-        LiveRelation {
-            db_oid: 5,
-            database: "app".into(),
-            relfilenode: file,
-            oid,
-            schema: "public".into(),
-            name: name.into(),
-            kind: 'r',
-        }
-    }
-
-    fn at(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
-    }
+    use crate::catalog::relnames::tests::{at, live};
 
     fn names() -> RelNames {
         let mut m = RelNames::default();
-        m.merge(&[live(100, 100, "orders"), live(101, 101, "orders_pkey"), live(200, 200, "lines")], at(0));
+        m.merge(&[live(5, 100, 100, "orders"), live(5, 101, 101, "orders_pkey"), live(5, 200, 200, "lines")], at(0));
         // orders dropped (with its index), lines truncated (new file, same relation).
-        m.merge(&[live(201, 200, "lines")], at(60));
+        m.merge(&[live(5, 201, 200, "lines")], at(60));
         m
     }
 

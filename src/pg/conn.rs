@@ -185,7 +185,7 @@ pub async fn first_value(
 
 /// One relation file the live catalog names (a table, index, TOAST table, materialized
 /// view or sequence with storage).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LiveRelation {
     /// The database's oid.
     pub db_oid: u32,
@@ -199,7 +199,7 @@ pub struct LiveRelation {
     pub schema: String,
     /// Its name.
     pub name: String,
-    /// `relkind`.
+    /// `relkind` (`r` table, `i` index, `t` TOAST, `m` materialized view, `S` sequence).
     pub kind: char,
 }
 

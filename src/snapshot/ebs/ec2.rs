@@ -359,11 +359,8 @@ impl Ec2 {
 
     /// This account's snapshots carrying every one of `tags` (paginated).
     pub async fn tagged_snapshots(&self, tags: &[(&str, &str)]) -> anyhow::Result<Vec<SnapshotStatus>> {
-        let mut req = self.client.describe_snapshots().owner_ids("self").max_results(500);
-        for (k, v) in tags {
-            req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
-        }
-        let mut pages = req.into_paginator().send();
+        let req = self.client.describe_snapshots().owner_ids("self").max_results(500);
+        let mut pages = req.set_filters(Some(tag_filters(tags))).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("DescribeSnapshots", e))?;
@@ -383,11 +380,7 @@ impl Ec2 {
 
     /// Ids of the volumes carrying all of `tags`.
     pub async fn tagged_volumes(&self, tags: &[(&str, &str)]) -> anyhow::Result<Vec<String>> {
-        let mut req = self.client.describe_volumes();
-        for (k, v) in tags {
-            req = req.filters(Filter::builder().name(format!("tag:{k}")).values(*v).build());
-        }
-        let mut pages = req.into_paginator().send();
+        let mut pages = self.client.describe_volumes().set_filters(Some(tag_filters(tags))).into_paginator().send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| sdk_err("DescribeVolumes", e))?;
@@ -549,6 +542,11 @@ pub struct NewVolume<'a> {
     pub size_gib: Option<i32>,
     /// Tags.
     pub tags: &'a [(String, String)],
+}
+
+/// One EC2 filter per tag: only resources carrying every one.
+fn tag_filters(tags: &[(&str, &str)]) -> Vec<Filter> {
+    tags.iter().map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build()).collect()
 }
 
 fn status_of(s: &aws_sdk_ec2::types::Snapshot) -> SnapshotStatus {
