@@ -301,6 +301,10 @@ pub enum BackupAction {
         /// Take the backup here and return only when it is completed (exit 0) or failed.
         #[arg(long)]
         wait: bool,
+        /// Copy only what changed since the newest backup (its parts point into older
+        /// backups' bundles); a full backup when there is none to build on.
+        #[arg(long)]
+        incremental: bool,
     },
     /// List backups.
     List {

@@ -193,6 +193,11 @@ pub struct BackupConfig {
     pub bundle_mib: u64,
     /// Parallel bundle uploads / downloads.
     pub workers: usize,
+    /// Automatic backups copy only what changed since the newest backup (files provider).
+    pub incremental: bool,
+    /// With `incremental`, an automatic backup is full when the newest full one is this
+    /// many days old.
+    pub full_every_days: u32,
 }
 
 /// When the daemon runs a restore drill (`drill.schedule`).
@@ -378,6 +383,8 @@ impl Default for BackupConfig {
             time_of_day: "03:00".into(),
             bundle_mib: 64,
             workers: 4,
+            incremental: false,
+            full_every_days: 7,
         }
     }
 }
@@ -552,6 +559,19 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "backup.workers",
                 format!("{} must be between 1 and 64", self.backup.workers),
+            ));
+        }
+        if !(1..=366).contains(&self.backup.full_every_days) {
+            return Err(ConfigError::Invalid(
+                "backup.full_every_days",
+                format!("{} must be between 1 and 366", self.backup.full_every_days),
+            ));
+        }
+        if self.backup.incremental && self.backup.provider == Provider::Ebs {
+            return Err(ConfigError::Invalid(
+                "backup.incremental",
+                "is for the files provider: EBS snapshots store only the blocks that changed already; set it to false"
+                    .into(),
             ));
         }
         if !(1..=4096).contains(&self.backup.bundle_mib) {
@@ -750,6 +770,8 @@ mod tests {
             ("[archive]\ncompression_level = 30\n", "archive.compression_level"),
             ("[backup]\nprovider = \"tape\"\n", "backup.provider"),
             ("[backup]\ntime_of_day = \"25:00\"\n", "backup.time_of_day"),
+            ("[backup]\nfull_every_days = 0\n", "backup.full_every_days"),
+            ("[backup]\nprovider = \"ebs\"\nincremental = true\n", "backup.incremental"),
             ("[repository]\nurl = \"ftp://x\"\n", "repository.url"),
             ("[repository]\nurl = \"file://relative\"\n", "repository.url"),
             ("[repository]\nendpoint = \"127.0.0.1:9000\"\n", "repository.endpoint"),

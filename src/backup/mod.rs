@@ -1,6 +1,7 @@
 //! The backup flow: pg_backup_start on a held session → provider captures → pg_backup_stop →
 //! manifest → WAL up to the stop LSN archived → completed.
 
+pub mod incremental;
 pub mod lifecycle;
 
 use std::path::Path;
@@ -15,8 +16,10 @@ use crate::pg::conn::{Session, StopResult};
 use crate::repo::cluster;
 use crate::repo::Repository;
 use crate::snapshot::ebs::freeze::{self, Freezer};
+use crate::snapshot::files::Changes;
 use crate::snapshot::{Capture, Captured};
 use crate::wal::name::{Lsn, Segment, WalFile};
+pub use incremental::Level;
 
 /// The timeline in a backup_label ("START TIMELINE: 1").
 pub fn label_timeline(label: &str) -> Option<u32> {
@@ -59,9 +62,16 @@ pub async fn wait_for_wal(
 
 use crate::catalog::backup::time_format::now;
 
-/// Takes a backup of the configured cluster with the `files` provider.
+/// Takes a backup of the configured cluster: automatic ones as `backup.incremental` says,
+/// others full.
 pub async fn create(cfg: &Config, repo: &Repository, kind: BackupKind) -> anyhow::Result<Manifest> {
-    create_with(cfg, repo, kind, None).await
+    let level = if kind == BackupKind::Automatic { Level::Configured } else { Level::Full };
+    create_inner(cfg, repo, kind, level, None, None).await
+}
+
+/// Takes a backup at `level` (`backup create --incremental`).
+pub async fn create_at(cfg: &Config, repo: &Repository, kind: BackupKind, level: Level) -> anyhow::Result<Manifest> {
+    create_inner(cfg, repo, kind, level, None, None).await
 }
 
 /// Keeps a running backup's lease fresh: rewrites its (running) manifest with a new
@@ -162,9 +172,10 @@ pub async fn create_notifying(
     cfg: &Config,
     repo: &Repository,
     kind: BackupKind,
+    level: Level,
     started: tokio::sync::oneshot::Sender<String>,
 ) -> anyhow::Result<Manifest> {
-    create_inner(cfg, repo, kind, None, Some(started)).await
+    create_inner(cfg, repo, kind, level, None, Some(started)).await
 }
 
 /// `create` with the freeze seam given (tests); `None` uses the freeze-guard process.
@@ -174,7 +185,7 @@ pub async fn create_with(
     kind: BackupKind,
     freezer: Option<&dyn Freezer>,
 ) -> anyhow::Result<Manifest> {
-    create_inner(cfg, repo, kind, freezer, None).await
+    create_inner(cfg, repo, kind, Level::Full, freezer, None).await
 }
 
 /// A backup of this cluster that is running with a live lease (after the sweep marked the
@@ -192,6 +203,7 @@ async fn create_inner(
     cfg: &Config,
     repo: &Repository,
     kind: BackupKind,
+    level: Level,
     freezer: Option<&dyn Freezer>,
     started: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> anyhow::Result<Manifest> {
@@ -237,6 +249,17 @@ async fn create_inner(
         );
     }
 
+    let sysid = info.system_identifier.to_string();
+    let base = match incremental::base_for(repo, level, cfg, &sysid, info.timeline, session.version).await? {
+        Ok(b) => Some(b),
+        Err(why) => {
+            if level != Level::Full && (level == Level::Incremental || cfg.backup.incremental) {
+                tracing::info!(reason = %why, "taking a full backup");
+            }
+            None
+        }
+    };
+
     let mut id = backup::new_id(chrono::Utc::now());
     if backup::load(repo, &id).await?.is_some() {
         id = format!("{id}-{}", hex::encode(rand::random::<[u8; 2]>()));
@@ -265,12 +288,18 @@ async fn create_inner(
         files: Vec::new(),
         bundles: Vec::new(),
         ebs: None,
+        // The base is named from the start, so a purge meanwhile keeps what it references.
+        incremental: base.as_ref().map(|b| backup::IncrementalInfo {
+            base: b.id.clone(),
+            since_lsn: b.start_lsn.to_string(),
+            ..Default::default()
+        }),
         error: None,
         lease: Some(backup::new_lease(chrono::Utc::now())),
         record: None,
     };
     backup::save(repo, &m).await?;
-    tracing::info!(backup = %id, ?kind, "backup started");
+    tracing::info!(backup = %id, ?kind, base = base.as_ref().map(|b| b.id.as_str()), "backup started");
     if let Some(tx) = started {
         // The asker may have gone away meanwhile; the backup goes on regardless.
         let _ = tx.send(id.clone());
@@ -284,7 +313,19 @@ async fn create_inner(
         Err(e) => (Captured::default(), Err(e)),
         Ok(mut cap) => {
             let label = format!("tidemark {}", m.id);
-            let between = capture_between(&mut Held(&session), &label, cap.as_mut(), freeze::interrupted()).await;
+            let prepare: Box<dyn Prepare + '_> = match &base {
+                Some(b) => Box::new(Since {
+                    repo,
+                    base: b,
+                    data_dir: &cfg.postgres.data_dir,
+                    block_size: info.block_size,
+                    relseg_blocks: info.relseg_blocks,
+                }),
+                None => Box::new(Whole),
+            };
+            let between =
+                capture_between(&mut Held(&session), &label, cap.as_mut(), prepare.as_ref(), freeze::interrupted())
+                    .await;
             let settled = match between {
                 Ok(b) => cap.settle().await.map(|()| b),
                 Err(e) => Err(e),
@@ -296,6 +337,9 @@ async fn create_inner(
     m.files = captured.files.clone();
     m.bundles = captured.bundles.clone();
     m.ebs = captured.ebs.clone();
+    if captured.incremental.is_some() {
+        m.incremental = captured.incremental.clone();
+    }
     let res = match res {
         Ok(b) => {
             m.start_lsn = b.start;
@@ -305,7 +349,12 @@ async fn create_inner(
             m.timeline = label_timeline(&b.stop.label).unwrap_or(m.timeline);
             m.backup_label = b.stop.label;
             m.tablespace_map = b.stop.tablespace_map;
-            wait_for_wal(repo, m.timeline, m.start_lsn, b.stop.lsn, m.wal_segment_size, Duration::from_secs(300)).await
+            match wait_for_wal(repo, m.timeline, m.start_lsn, b.stop.lsn, m.wal_segment_size, Duration::from_secs(300))
+                .await
+            {
+                Ok(()) => borrowed_all_there(repo, &m).await,
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     };
@@ -337,6 +386,62 @@ async fn create_inner(
             backup::save(repo, &m).await.context("recording the failed backup")?;
             Err(e.context(format!("backup {id} failed")))
         }
+    }
+}
+
+/// Every bundle of an older backup that `m`'s parts point into is still stored (a purge
+/// of its base that ignored the running backup would show here, before it is listed).
+async fn borrowed_all_there(repo: &Repository, m: &Manifest) -> anyhow::Result<()> {
+    for b in m.bundles.iter().filter(|b| b.owner.is_some()) {
+        let key = m.bundle_key(repo, b);
+        if repo.store().head(&key).await?.is_none() {
+            bail!(
+                "bundle {} of backup {}, which this incremental backup builds on, is gone ({key}); take the backup again",
+                b.name,
+                b.owner_id(&m.id)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What a capture is told once backup mode started: nothing for a full backup, what changed
+/// since the base for an incremental one.
+#[async_trait::async_trait]
+pub trait Prepare: Send + Sync {
+    /// The changes since the base, read once `start` is known.
+    async fn changes(&self, start: Lsn) -> anyhow::Result<Option<Changes>>;
+}
+
+/// A full backup: every file read.
+pub struct Whole;
+
+#[async_trait::async_trait]
+impl Prepare for Whole {
+    async fn changes(&self, _start: Lsn) -> anyhow::Result<Option<Changes>> {
+        Ok(None)
+    }
+}
+
+/// An incremental backup on `base`.
+struct Since<'a> {
+    repo: &'a Repository,
+    base: &'a Manifest,
+    data_dir: &'a Path,
+    block_size: u64,
+    relseg_blocks: u64,
+}
+
+#[async_trait::async_trait]
+impl Prepare for Since<'_> {
+    async fn changes(&self, start: Lsn) -> anyhow::Result<Option<Changes>> {
+        let ch =
+            incremental::changes_since(self.repo, self.base, start, self.data_dir, self.block_size, self.relseg_blocks)
+                .await?;
+        if let Some(why) = &ch.everything {
+            tracing::warn!(base = %self.base.id, reason = %why, "the incremental backup copies every file in full");
+        }
+        Ok(Some(ch))
     }
 }
 
@@ -381,6 +486,7 @@ pub async fn capture_between(
     mode: &mut dyn BackupMode,
     label: &str,
     capture: &mut dyn Capture,
+    prepare: &dyn Prepare,
     interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<Between> {
     tokio::pin!(interrupt);
@@ -390,7 +496,16 @@ pub async fn capture_between(
     };
     let started_at = now();
     let captured = match crate::sweep::purge::failpoint_async("backup-copy").await {
-        Ok(()) => capture.capture(interrupt.as_mut()).await,
+        Ok(()) => {
+            let changes = tokio::select! {
+                r = prepare.changes(start) => r,
+                _ = &mut interrupt => Err(anyhow::anyhow!("interrupted while reading what changed since the base backup")),
+            };
+            match changes {
+                Ok(ch) => capture.capture(ch, interrupt.as_mut()).await,
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     };
     let stopped = mode.stop().await;
@@ -475,7 +590,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Capture for Held {
-        async fn capture(&mut self, interrupt: crate::snapshot::Interrupt<'_>) -> anyhow::Result<()> {
+        async fn capture(
+            &mut self,
+            _changes: Option<Changes>,
+            interrupt: crate::snapshot::Interrupt<'_>,
+        ) -> anyhow::Result<()> {
             freeze::hold(&mut self.steps, self.freeze, self.limit, interrupt).await
         }
         async fn settle(&mut self) -> anyhow::Result<()> {
@@ -496,7 +615,7 @@ mod tests {
         let log = r.log.clone();
         let steps = Recorder { log: r.log.clone(), snap: r.snap, fail_freeze: r.fail_freeze };
         let mut cap = Held { steps, freeze, limit };
-        capture_between(&mut Mode(log), "test", &mut cap, interrupt).await.map(|_| ())
+        capture_between(&mut Mode(log), "test", &mut cap, &Whole, interrupt).await.map(|_| ())
     }
 
     fn never() -> impl Future<Output = ()> {

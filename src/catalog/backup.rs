@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::repo::{RepoError, Repository};
 // What the providers record, kept in the manifest as they write it.
 pub use crate::snapshot::ebs::{EbsMount, EbsRefs, EbsVolume};
+pub use crate::snapshot::files::incremental::{FullCopyNote, IncrementalInfo};
 pub use crate::snapshot::files::{Bundle, EntryKind, FileEntry, Part};
 use crate::wal::name::Lsn;
 
@@ -108,6 +109,9 @@ pub struct Manifest {
     /// EBS snapshots (provider `ebs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebs: Option<EbsRefs>,
+    /// Set for an incremental backup: its base, and how it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalInfo>,
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -141,7 +145,7 @@ pub fn record_of(m: &Manifest) -> Manifest {
     let totals = m.record.unwrap_or(RecordTotals {
         files: m.files.len(),
         data_bytes: m.data_bytes(),
-        bundles: m.bundles.len(),
+        bundles: m.bundle_count(),
         stored_bytes: m.stored_bytes(),
     });
     Manifest {
@@ -248,7 +252,12 @@ impl Manifest {
 
     /// Everything the provider captured (the file list copied too).
     pub fn captured(&self) -> crate::snapshot::Captured {
-        crate::snapshot::Captured { files: self.files.clone(), bundles: self.bundles.clone(), ebs: self.ebs.clone() }
+        crate::snapshot::Captured {
+            files: self.files.clone(),
+            bundles: self.bundles.clone(),
+            ebs: self.ebs.clone(),
+            incremental: self.incremental.clone(),
+        }
     }
 
     /// What the provider keeps outside the repository (EBS snapshots), without the file list.
@@ -270,17 +279,23 @@ impl Manifest {
         self.record.map_or(self.files.len(), |t| t.files)
     }
 
-    /// Total stored bytes of bundles.
+    /// Total stored bytes of the bundles it stored itself (not those of older backups an
+    /// incremental backup's parts point into).
     pub fn stored_bytes(&self) -> u64 {
         if let Some(t) = self.record {
             return t.stored_bytes;
         }
-        self.bundles.iter().fold(0u64, |a, b| a.saturating_add(b.stored_bytes))
+        self.bundles.iter().filter(|b| b.owner.is_none()).fold(0u64, |a, b| a.saturating_add(b.stored_bytes))
     }
 
-    /// How many bundles hold its bytes.
+    /// How many bundles it stored itself.
     pub fn bundle_count(&self) -> usize {
-        self.record.map_or(self.bundles.len(), |t| t.bundles)
+        self.record.map_or_else(|| self.bundles.iter().filter(|b| b.owner.is_none()).count(), |t| t.bundles)
+    }
+
+    /// The key of bundle `b` of this manifest (under the backup that stored it).
+    pub fn bundle_key(&self, repo: &Repository, b: &Bundle) -> String {
+        repo.bundle_key(b.owner_id(&self.id), &b.name)
     }
 
     /// Stop time.
@@ -588,7 +603,7 @@ pub(crate) mod tests {
     fn a_catalog_record_keeps_the_totals_and_drops_the_lists() {
         let mut m = old_manifest("manual", "completed", "2026-11-26T03:00:00Z");
         m.backup_label = "START WAL LOCATION: 0/2000028".into();
-        m.bundles = vec![Bundle { name: "b000000".into(), plain_bytes: 10, stored_bytes: 7 }];
+        m.bundles = vec![Bundle { name: "b000000".into(), plain_bytes: 10, stored_bytes: 7, owner: None }];
         m.files = serde_json::from_value(serde_json::json!([
             {"path": "base/1/1", "kind": "file", "size": 8192, "mode": 384},
             {"path": "global/pg_control", "kind": "file", "size": 8192, "mode": 384},
@@ -897,7 +912,24 @@ pub(crate) mod fuzz {
                     target: Some("/srv/ts".into()),
                 },
             ],
-            bundles: vec![Bundle { name: "b000000".into(), plain_bytes: 8192, stored_bytes: 300 }],
+            bundles: vec![
+                Bundle { name: "b000000".into(), plain_bytes: 8192, stored_bytes: 300, owner: None },
+                Bundle {
+                    name: "b000004".into(),
+                    plain_bytes: 8192,
+                    stored_bytes: 280,
+                    owner: Some("20261130T030000Z".into()),
+                },
+            ],
+            incremental: Some(IncrementalInfo {
+                base: "20261130T030000Z".into(),
+                since_lsn: "0/2000028".into(),
+                files_full: 1,
+                files_blocks: 1,
+                bytes_copied: 8192,
+                bytes_kept: 8192,
+                full_copies: vec![FullCopyNote { path: "base/1/1259".into(), why: "created since".into() }],
+            }),
             ebs: Some(EbsRefs {
                 region: "us-east-1".into(),
                 instance_id: "i-0123".into(),

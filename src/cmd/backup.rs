@@ -11,16 +11,20 @@ pub(super) fn summary(m: &Manifest) -> serde_json::Value {
         "stop_lsn": m.stop_lsn.map(|l| l.to_string()), "timeline": m.timeline, "pg_version": m.pg_version,
         "system_identifier": m.system_identifier, "files": m.file_count(), "bundles": m.bundle_count(),
         "data_bytes": m.data_bytes(), "stored_bytes": m.stored_bytes(), "error": m.error,
+        "incremental": m.incremental.as_ref().map(|i| serde_json::json!({
+            "base": i.base, "since_lsn": i.since_lsn, "files_full": i.files_full, "files_blocks": i.files_blocks,
+            "bytes_copied": i.bytes_copied, "bytes_kept": i.bytes_kept, "full_copies": i.full_copies.len(),
+        })),
     })
 }
 
 pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure> {
     let cfg = load_config(cli)?;
     match action {
-        BackupAction::Create { wait } => {
+        BackupAction::Create { wait, incremental } => {
             let repo = Repository::open(&cfg).await?;
             if !wait {
-                if let Some(id) = backup_by_daemon(&cfg).await? {
+                if let Some(id) = backup_by_daemon(&cfg, *incremental).await? {
                     match cli.output {
                         Output::Json => outln!(
                             "{}",
@@ -33,7 +37,8 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
                     return Ok(0);
                 }
             }
-            let m = crate::backup::create(&cfg, &repo, BackupKind::Manual).await?;
+            let level = if *incremental { crate::backup::Level::Incremental } else { crate::backup::Level::Full };
+            let m = crate::backup::create_at(&cfg, &repo, BackupKind::Manual, level).await?;
             match cli.output {
                 Output::Json => outln!("{}", summary(&m)),
                 Output::Text if m.ebs.is_some() => outln!(
@@ -48,16 +53,28 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
                     m.start_lsn,
                     m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
                 ),
-                Output::Text => outln!(
-                    "backup {} completed: {} in {} file(s), stored as {} in {} bundle(s); LSN {} .. {}",
-                    m.id,
-                    human_bytes(m.data_bytes()),
-                    m.files.len(),
-                    human_bytes(m.stored_bytes()),
-                    m.bundles.len(),
-                    m.start_lsn,
-                    m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
-                ),
+                Output::Text => {
+                    outln!(
+                        "backup {} completed: {} in {} file(s), stored as {} in {} bundle(s); LSN {} .. {}",
+                        m.id,
+                        human_bytes(m.data_bytes()),
+                        m.files.len(),
+                        human_bytes(m.stored_bytes()),
+                        m.bundle_count(),
+                        m.start_lsn,
+                        m.stop_lsn.map(|l| l.to_string()).unwrap_or_default()
+                    );
+                    if let Some(i) = &m.incremental {
+                        outln!(
+                            "incremental on {}: {} read from disk, {} kept from earlier backups; {} file(s) read whole ({} relation file(s) because of the WAL)",
+                            i.base,
+                            human_bytes(i.bytes_copied),
+                            human_bytes(i.bytes_kept),
+                            i.files_full,
+                            i.full_copies.len()
+                        );
+                    }
+                }
             }
             Ok(0)
         }
@@ -175,10 +192,11 @@ pub(super) async fn run(cli: &Cli, action: &BackupAction) -> Result<u8, Failure>
 /// `backup create` without `--wait`: hands the backup to the daemon (`Some(id)` once it is
 /// running there). `None` when no daemon answers, or one too old to take backups: the caller
 /// takes it in the foreground, because backups never depend on the daemon being up.
-pub(super) async fn backup_by_daemon(cfg: &Config) -> Result<Option<String>, Failure> {
+pub(super) async fn backup_by_daemon(cfg: &Config, incremental: bool) -> Result<Option<String>, Failure> {
     let socket = &cfg.daemon.socket;
+    let req = if incremental { Request::BackupIncremental } else { Request::Backup };
     // The daemon answers after its sweep, the PostgreSQL session and the running record.
-    match control::call(socket, &Request::Backup, Duration::from_secs(120)).await {
+    match control::call(socket, &req, Duration::from_secs(120)).await {
         Ok(Response::BackupStarted { id }) => Ok(Some(id)),
         Ok(Response::Error { message }) if message.starts_with("bad request") => {
             eprintln!("tidemark: the daemon at {} does not take backups (an older version); taking the backup in the foreground", socket.display());

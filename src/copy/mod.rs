@@ -209,6 +209,17 @@ pub async fn sync_marked(
                     out.objects += 1;
                 }
             }
+            // An incremental backup's parts point into older backups' bundles: those come too
+            // (the older backup itself may be purged already, its bundles kept for this one).
+            for b in m.bundles.iter().filter(|b| b.owner.is_some()) {
+                let k = m.bundle_key(&s, b);
+                if d.store().head(&k).await?.is_none() {
+                    if !copy_object(&s, &d, &k).await? {
+                        anyhow::bail!("backup {} points into {k}, which the source repository does not have; run `tidemark verify`", m.id);
+                    }
+                    out.objects += 1;
+                }
+            }
             let mut copy = m.clone();
             if m.ebs.is_some() {
                 // What the backup holds outside the repository, copied by its provider.

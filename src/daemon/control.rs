@@ -21,6 +21,8 @@ pub enum Request {
     /// Take a manual backup (`backup create` without `--wait`): answered once it is recorded
     /// as running, or with why it could not start.
     Backup,
+    /// `Backup`, incremental (`backup create --incremental`).
+    BackupIncremental,
     /// A `wal-fetch` reports how long it took (for the fetch latency histogram).
     FetchTiming {
         /// Seconds from start to the file in place.

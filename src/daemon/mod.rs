@@ -61,8 +61,13 @@ async fn serve(stream: UnixStream, ra: Arc<ReadAhead>, backups: Arc<Backups>) {
             Err(message) => Response::Error { message },
         },
         Ok(Request::Stats) => Response::Stats(Box::new(ra.stats())),
-        Ok(Request::Backup) => {
-            match schedule::start_manual(&backups.cfg, &backups.repo, &backups.one, &backups.observed).await {
+        Ok(r @ (Request::Backup | Request::BackupIncremental)) => {
+            let level = if matches!(r, Request::BackupIncremental) {
+                crate::backup::Level::Incremental
+            } else {
+                crate::backup::Level::Full
+            };
+            match schedule::start_manual(&backups.cfg, &backups.repo, &backups.one, &backups.observed, level).await {
                 Ok(id) => Response::BackupStarted { id },
                 Err(message) => Response::Error { message },
             }

@@ -64,6 +64,7 @@ pub async fn start_manual(
     repo: &Repository,
     one: &OneBackup,
     observed: &Arc<Observed>,
+    level: crate::backup::Level,
 ) -> Result<String, String> {
     let Ok(guard) = one.clone().try_lock_owned() else {
         return Err(
@@ -75,7 +76,7 @@ pub async fn start_manual(
     let (cfg, repo, observed) = (cfg.clone(), repo.clone(), observed.clone());
     let task = tokio::spawn(async move {
         let _held = guard;
-        let res = crate::backup::create_notifying(&cfg, &repo, BackupKind::Manual, tx).await;
+        let res = crate::backup::create_notifying(&cfg, &repo, BackupKind::Manual, level, tx).await;
         match &res {
             Ok(m) => {
                 observed.backup_completed(m);

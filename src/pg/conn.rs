@@ -28,6 +28,10 @@ pub struct ServerInfo {
     pub archive_mode: String,
     /// Tablespaces other than pg_default/pg_global: (oid, location).
     pub tablespaces: Vec<(u32, String)>,
+    /// `block_size`.
+    pub block_size: u64,
+    /// `segment_size`: blocks per relation segment file.
+    pub relseg_blocks: u64,
 }
 
 /// What the stop call returns.
@@ -100,6 +104,16 @@ impl Session {
             data_directory: self.one("show data_directory").await?,
             archive_mode: self.one("show archive_mode").await?,
             tablespaces,
+            block_size: self
+                .one("select setting from pg_settings where name = 'block_size'")
+                .await?
+                .parse()
+                .context("block_size")?,
+            relseg_blocks: self
+                .one("select setting from pg_settings where name = 'segment_size'")
+                .await?
+                .parse()
+                .context("segment_size")?,
         })
     }
 

@@ -38,6 +38,8 @@ pub struct Captured {
     pub bundles: Vec<Bundle>,
     /// The snapshots (ebs).
     pub ebs: Option<EbsRefs>,
+    /// How an incremental capture was taken (files).
+    pub incremental: Option<files::incremental::IncrementalInfo>,
 }
 
 /// Resolves when the backup must give up (SIGINT/SIGTERM): a capture that holds the system
@@ -47,9 +49,10 @@ pub type Interrupt<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
 /// One backup's capture, planned before PostgreSQL enters backup mode.
 #[async_trait]
 pub trait Capture: Send {
-    /// In backup mode: fixes the cluster's files at one point in time. Returns only once
-    /// PostgreSQL may leave backup mode.
-    async fn capture(&mut self, interrupt: Interrupt<'_>) -> anyhow::Result<()>;
+    /// In backup mode: fixes the cluster's files at one point in time; with `changes`, only
+    /// what changed since a base backup (files). Returns only once PostgreSQL may leave
+    /// backup mode.
+    async fn capture(&mut self, changes: Option<files::Changes>, interrupt: Interrupt<'_>) -> anyhow::Result<()>;
     /// After backup mode ended: waits until what was captured is durable (EBS: snapshots
     /// completed).
     async fn settle(&mut self) -> anyhow::Result<()>;

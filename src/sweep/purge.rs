@@ -1,9 +1,11 @@
 //! Deleting a backup in two phases (mark, delete data, delete record), so a crash at any
 //! step never leaves a listed, restorable-looking backup whose data is gone.
 
+use std::collections::BTreeSet;
+
 use anyhow::bail;
 
-use crate::catalog::backup::{self, bundle_key, BackupState};
+use crate::catalog::backup::{self, BackupState};
 use crate::repo::Repository;
 
 /// Test hook: `TIDEMARK_FAILPOINT=<name>` aborts the process there, as `kill -9` would.
@@ -80,14 +82,52 @@ pub async fn failpoint_async(name: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Deletes backup `id` of the repository's cluster (resuming an interrupted purge).
+/// The bundle keys that backups other than `id` still need: every bundle of an older
+/// backup that a listed (not purging) manifest's parts point into, and every bundle of the
+/// base of a backup running now (it is listing them). Read from the catalog records, with
+/// only the incremental backups' manifests loaded whole.
+pub async fn referenced(repo: &Repository, id: &str) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    let records = backup::list_records(repo).await?;
+    for rec in records.iter().filter(|r| r.id != id && r.state != BackupState::Purging) {
+        let Some(inc) = &rec.incremental else { continue };
+        if rec.state == BackupState::Running {
+            if let Some(base) = backup::load(repo, &inc.base).await? {
+                out.extend(base.bundles.iter().map(|b| base.bundle_key(repo, b)));
+            }
+        }
+        if let Some(m) = backup::load(repo, &rec.id).await? {
+            out.extend(m.bundles.iter().filter(|b| b.owner.is_some()).map(|b| m.bundle_key(repo, b)));
+        }
+    }
+    Ok(out)
+}
+
+/// The running incremental backup (with a live lease) whose base is `id`, if any.
+async fn running_on(repo: &Repository, id: &str) -> anyhow::Result<Option<String>> {
+    let now = chrono::Utc::now();
+    Ok(backup::list_records(repo).await?.into_iter().find_map(|r| {
+        let live = r.state == BackupState::Running
+            && backup::stale_reason(&r, now, backup::stale_limit(), r.lease.as_ref().is_some_and(backup::holder_gone))
+                .is_none();
+        (live && r.incremental.as_ref().is_some_and(|i| i.base == id)).then(|| r.id.clone())
+    }))
+}
+
+/// Deletes backup `id` of the repository's cluster (resuming an interrupted purge). Its
+/// bundles that other backups' parts point into stay, under its prefix, until the last
+/// of those backups is purged; then that purge deletes them.
 pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     let Some(mut m) = backup::load(repo, id).await? else {
         // A catalog record left without its manifest (written by a sweep racing a purge):
-        // nothing of the backup is restorable, so what remains goes.
+        // nothing of the backup is restorable, so what remains goes, but for the bundles
+        // other backups point into.
         if repo.store().head(&backup::record_key(repo, id)).await?.is_some() {
+            let keep = referenced(repo, id).await?;
             for o in repo.store().list(&repo.backup_prefix(id)).await? {
-                repo.store().delete(&o.key).await?;
+                if !keep.contains(&o.key) {
+                    repo.store().delete(&o.key).await?;
+                }
             }
             tracing::info!(backup = %id, cluster = %repo.cluster(), "removed what a purge left of a backup");
             return Ok(());
@@ -95,6 +135,11 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
         bail!("no backup {id} for cluster {}; see `tidemark backup list`", repo.cluster());
     };
     if m.state != BackupState::Purging {
+        if let Some(r) = running_on(repo, id).await? {
+            bail!(
+                "backup {id} is the base of incremental backup {r}, which is running now; purge it once that backup has completed or failed"
+            );
+        }
         m.state = BackupState::Purging;
         backup::save(repo, &m).await?;
     } else {
@@ -109,20 +154,37 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
         let n = crate::snapshot::for_data(m.provider, repo).delete(m.backup_ref(), &m.held_outside()).await?;
         tracing::info!(backup = %id, snapshots = n, "EBS snapshots deleted");
     }
+    // Marked first: a backup that starts from now on never takes this one as its base.
+    let keep = referenced(repo, id).await?;
     let pb = crate::snapshot::progress::count_bar(m.bundles.len() as u64, &format!("purge {id}"), "bundles");
+    let mut kept = 0usize;
     for (i, b) in m.bundles.iter().enumerate() {
-        repo.store().delete(&bundle_key(repo, id, &b.name)).await?;
         pb.inc(1);
+        let key = m.bundle_key(repo, b);
+        if keep.contains(&key) {
+            kept += 1;
+            continue;
+        }
+        if let Some(owner) = &b.owner {
+            // Another backup's bundle: while that backup is listed, its own purge deletes it.
+            if backup::load(repo, owner).await?.is_some_and(|o| o.state != BackupState::Purging) {
+                continue;
+            }
+        }
+        repo.store().delete(&key).await?;
         if i == 0 {
             failpoint("purge-mid-data");
         }
     }
     pb.finish_and_clear();
+    if kept > 0 {
+        tracing::info!(backup = %id, bundles = kept, "bundles kept: later incremental backups point into them");
+    }
     // Anything else under the backup's prefix (bundles of an older manifest version, strays).
     let prefix = repo.backup_prefix(id);
     let manifest = backup::manifest_key(repo, id);
     for o in repo.store().list(&prefix).await? {
-        if o.key != manifest {
+        if o.key != manifest && !keep.contains(&o.key) {
             repo.store().delete(&o.key).await?;
         }
     }
@@ -139,7 +201,7 @@ pub(crate) mod tests {
 
     use bytes::Bytes;
 
-    use crate::catalog::backup::{tests::old_manifest, Bundle, Manifest};
+    use crate::catalog::backup::{bundle_key, tests::old_manifest, Bundle, Manifest};
     use crate::store::faulty::Faulty;
     use crate::store::memory::{repo_over, MemoryStore};
 
@@ -155,8 +217,9 @@ pub(crate) mod tests {
         let mut m = old_manifest(kind, state, "2026-11-26T03:00:00Z");
         m.id = id.to_string();
         m.cluster = repo.cluster().to_string();
-        m.bundles =
-            (0..bundles).map(|i| Bundle { name: format!("b{i:06}"), plain_bytes: 8, stored_bytes: 8 }).collect();
+        m.bundles = (0..bundles)
+            .map(|i| Bundle { name: format!("b{i:06}"), plain_bytes: 8, stored_bytes: 8, owner: None })
+            .collect();
         for b in &m.bundles {
             repo.put_sealed(&bundle_key(repo, id, &b.name), Bytes::from_static(b"bundle!!")).await.unwrap();
         }
@@ -178,7 +241,7 @@ pub(crate) mod tests {
             let m = manifests.iter().find(|m| m.id == id);
             let m = m.unwrap_or_else(|| panic!("{when}: {id} is listed without a manifest"));
             for b in &m.bundles {
-                let key = bundle_key(repo, id, &b.name);
+                let key = m.bundle_key(repo, b);
                 assert!(store.bytes(&key).is_some(), "{when}: {id} is listed, but its {key} is gone");
             }
         }
@@ -239,6 +302,118 @@ pub(crate) mod tests {
                 assert!(e.to_string().contains(&format!("no backup {GONE}")), "crash after {k}: {e}");
             }
             assert_eq!(store.inner().keys(), kept, "crash after {k} operations");
+        }
+    }
+
+    /// Stores an incremental backup `id` with `own` bundles of its own whose parts also point
+    /// into `borrowed` (owner, bundle name).
+    async fn stored_incremental(repo: &Repository, id: &str, own: usize, borrowed: &[(&str, &str)]) -> Manifest {
+        let mut m = stored_backup(repo, id, "automatic", "completed", own).await;
+        let base = borrowed.first().map_or("", |b| b.0).to_string();
+        for (owner, name) in borrowed {
+            m.bundles.push(Bundle {
+                name: name.to_string(),
+                plain_bytes: 8,
+                stored_bytes: 8,
+                owner: Some(owner.to_string()),
+            });
+        }
+        m.incremental = Some(backup::IncrementalInfo { base, bytes_kept: 8, ..Default::default() });
+        backup::save(repo, &m).await.unwrap();
+        m
+    }
+
+    const A: &str = "20261126T030000Z";
+    const B: &str = "20261127T030000Z";
+    const C: &str = "20261128T030000Z";
+
+    /// A full backup A, an incremental B on it, an incremental C on B (pointing into A's and B's).
+    async fn chain() -> (Arc<Faulty<MemoryStore>>, Repository) {
+        let store = Arc::new(Faulty::new(MemoryStore::new()));
+        let repo = repo_over(store.clone(), "c");
+        stored_backup(&repo, A, "automatic", "completed", 2).await;
+        stored_incremental(&repo, B, 1, &[(A, "b000001")]).await;
+        stored_incremental(&repo, C, 1, &[(A, "b000001"), (B, "b000000")]).await;
+        (store, repo)
+    }
+
+    fn data_keys(store: &MemoryStore) -> Vec<String> {
+        store.keys().into_iter().filter(|k| k.contains("/data/b")).collect()
+    }
+
+    #[tokio::test]
+    async fn bundles_that_later_backups_point_into_stay_until_the_last_of_them_goes() {
+        let (store, repo) = chain().await;
+        let key = |id: &str, b: &str| bundle_key(&repo, id, b);
+        purge(&repo, A).await.unwrap();
+        assert_consistent(&repo, store.inner(), "after A").await;
+        assert!(backup::load(&repo, A).await.unwrap().is_none());
+        assert_eq!(data_keys(store.inner()), [key(A, "b000001"), key(B, "b000000"), key(C, "b000000")]);
+        // Restorable on their own: C lists what it needs and all of it is there.
+        purge(&repo, B).await.unwrap();
+        assert_consistent(&repo, store.inner(), "after B").await;
+        assert_eq!(data_keys(store.inner()), [key(A, "b000001"), key(B, "b000000"), key(C, "b000000")]);
+        purge(&repo, C).await.unwrap();
+        assert_eq!(data_keys(store.inner()), Vec::<String>::new(), "nothing referenced is left behind");
+        assert!(store.inner().keys().iter().all(|k| !k.contains("/backups/")), "{:?}", store.inner().keys());
+
+        // The other order: the newest first takes only its own, then each takes what no one needs.
+        let (store, repo) = chain().await;
+        purge(&repo, C).await.unwrap();
+        assert_eq!(data_keys(store.inner()), [key(A, "b000000"), key(A, "b000001"), key(B, "b000000")]);
+        purge(&repo, B).await.unwrap();
+        assert_eq!(data_keys(store.inner()), [key(A, "b000000"), key(A, "b000001")]);
+        purge(&repo, A).await.unwrap();
+        assert!(data_keys(store.inner()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_running_backup_keeps_every_bundle_of_its_base() {
+        let (store, repo) = chain().await;
+        let mut running = old_manifest("automatic", "running", "2026-11-29T03:00:00Z");
+        running.id = "20261129T030000Z".into();
+        running.cluster = "c".into();
+        running.incremental = Some(backup::IncrementalInfo { base: C.into(), ..Default::default() });
+        running.lease = Some(backup::new_lease(chrono::Utc::now()));
+        backup::save(&repo, &running).await.unwrap();
+        let all = data_keys(store.inner());
+        let e = purge(&repo, C).await.unwrap_err().to_string();
+        assert!(e.contains("is the base of incremental backup 20261129T030000Z, which is running now"), "{e}");
+        assert_eq!(backup::load(&repo, C).await.unwrap().unwrap().state, BackupState::Completed, "untouched");
+        // Older backups go, and what the running backup will list stays.
+        purge(&repo, B).await.unwrap();
+        purge(&repo, A).await.unwrap();
+        let key = |id: &str, b: &str| bundle_key(&repo, id, b);
+        assert_eq!(all.len(), 4);
+        assert_eq!(data_keys(store.inner()), [key(A, "b000001"), key(B, "b000000"), key(C, "b000000")]);
+    }
+
+    #[tokio::test]
+    async fn a_purge_of_a_base_stopped_at_any_step_loses_nothing_kept_and_leaves_nothing_behind() {
+        let (store, repo) = chain().await;
+        let setup = store.log().len();
+        for id in [A, B, C] {
+            purge(&repo, id).await.unwrap();
+        }
+        let steps = (store.log().len() - setup) as u64;
+        for k in 0..steps {
+            let (store, repo) = chain().await;
+            store.crash_after(k);
+            let mut failed = false;
+            for id in [A, B, C] {
+                if failed {
+                    break;
+                }
+                failed = purge(&repo, id).await.is_err();
+            }
+            store.heal();
+            assert_consistent(&repo, store.inner(), &format!("crash after {k}")).await;
+            for id in [A, B, C] {
+                if let Err(e) = purge(&repo, id).await {
+                    assert!(e.to_string().contains("no backup"), "crash after {k}: {e}");
+                }
+            }
+            assert!(data_keys(store.inner()).is_empty(), "crash after {k}: {:?}", data_keys(store.inner()));
         }
     }
 

@@ -171,6 +171,7 @@ mod tests {
             files: Vec::new(),
             bundles: Vec::new(),
             ebs: None,
+            incremental: None,
             error: None,
             lease: None,
             record: None,

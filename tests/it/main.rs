@@ -13,6 +13,7 @@ mod cli;
 mod drill;
 mod ebs;
 mod find;
+mod incremental;
 mod integrity;
 mod majors;
 mod observe;

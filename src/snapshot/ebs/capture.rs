@@ -210,7 +210,17 @@ impl Hold for Steps<'_, '_> {
 
 #[async_trait]
 impl Capture for EbsCapture<'_> {
-    async fn capture(&mut self, interrupt: Interrupt<'_>) -> anyhow::Result<()> {
+    async fn capture(
+        &mut self,
+        changes: Option<crate::snapshot::files::Changes>,
+        interrupt: Interrupt<'_>,
+    ) -> anyhow::Result<()> {
+        if changes.is_some() {
+            // Snapshots are incremental by themselves (EBS stores only changed blocks).
+            anyhow::bail!(
+                "an ebs backup is never taken incrementally: EBS snapshots store only the blocks that changed already"
+            );
+        }
         let (freeze, limit) = (self.cfg.ebs.freeze, Duration::from_secs(self.cfg.ebs.freeze_timeout_s));
         freeze::hold(&mut Steps { c: self, limit }, freeze, limit, interrupt).await
     }

@@ -70,6 +70,9 @@ pub struct Item {
     pub entry: FileEntry,
     /// Where it is on disk.
     pub source: PathBuf,
+    /// The byte ranges to read (half-open); `None` reads the whole file (an incremental
+    /// backup reads only what changed, and keeps the rest from its base).
+    pub ranges: Option<Vec<(u64, u64)>>,
 }
 
 fn mtime(m: &std::fs::Metadata) -> i64 {
@@ -119,6 +122,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Item>, top: bool) -> anyhow::Re
                 out.push(Item {
                     entry: dir_entry(&rel_path, target_meta.permissions().mode() & 0o7777, mtime(&target_meta)),
                     source: path.clone(),
+                    ranges: None,
                 });
                 if !(top && EXCLUDE_DIR_CONTENTS.contains(&name.as_str())) {
                     walk_dir(&path, &rel_path, out, false)?;
@@ -140,18 +144,20 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Item>, top: bool) -> anyhow::Re
                     target: Some(target.display().to_string()),
                 },
                 source: path.clone(),
+                ranges: None,
             });
             walk_dir(&path, &rel_path, out, false)?;
             continue;
         }
         if ft.is_dir() {
-            out.push(Item { entry: dir_entry(&rel_path, mode, mtime(&meta)), source: path.clone() });
+            out.push(Item { entry: dir_entry(&rel_path, mode, mtime(&meta)), source: path.clone(), ranges: None });
             if top && EXCLUDE_DIR_CONTENTS.contains(&name.as_str()) {
                 // pg_wal keeps its archive_status directory, empty.
                 if name == "pg_wal" {
                     out.push(Item {
                         entry: dir_entry("pg_wal/archive_status", 0o700, mtime(&meta)),
                         source: path.join("archive_status"),
+                        ranges: None,
                     });
                 }
                 continue;
@@ -173,6 +179,7 @@ fn walk_dir(dir: &Path, rel: &str, out: &mut Vec<Item>, top: bool) -> anyhow::Re
                     target: None,
                 },
                 source: path,
+                ranges: None,
             });
         }
     }
@@ -203,16 +210,15 @@ pub struct Piece {
     pub len: u64,
 }
 
-/// Packs files into bundles of at most `bundle_bytes` (pure): large files are split.
-pub fn pack(sizes: &[(usize, u64)], bundle_bytes: u64) -> Vec<Vec<Piece>> {
+/// Packs stretches of files (item, offset, length) into bundles of at most `bundle_bytes`
+/// (pure): large stretches are split.
+pub fn pack(spans: &[(usize, u64, u64)], bundle_bytes: u64) -> Vec<Vec<Piece>> {
     let mut bundles: Vec<Vec<Piece>> = Vec::new();
     let mut cur: Vec<Piece> = Vec::new();
     let mut room = bundle_bytes;
-    for &(item, size) in sizes {
-        if size == 0 {
-            continue;
-        }
-        let mut off = 0;
+    for &(item, start, len) in spans {
+        let size = start + len;
+        let mut off = start;
         while off < size {
             if room == 0 {
                 bundles.push(std::mem::take(&mut cur));
@@ -301,13 +307,7 @@ pub async fn capture(
     workers: usize,
     progress: Progress,
 ) -> anyhow::Result<Vec<Bundle>> {
-    let sizes: Vec<(usize, u64)> = items
-        .iter()
-        .enumerate()
-        .filter(|(_, i)| i.entry.kind == EntryKind::File)
-        .map(|(n, i)| (n, i.entry.size))
-        .collect();
-    let plan = pack(&sizes, bundle_bytes);
+    let plan = pack(&spans(items), bundle_bytes);
     let shared: Arc<Vec<Item>> = Arc::new(items.to_vec());
     let results: Vec<anyhow::Result<Stored>> = futures::stream::iter(plan.into_iter().enumerate())
         .map(|(n, pieces)| {
@@ -324,7 +324,12 @@ pub async fn capture(
                     anyhow::bail!("{key} already exists in the repository: backup ids are never reused");
                 }
                 progress(sealed.stats.plain_bytes);
-                let b = Bundle { name, plain_bytes: sealed.stats.plain_bytes, stored_bytes: sealed.stats.sealed_bytes };
+                let b = Bundle {
+                    name,
+                    plain_bytes: sealed.stats.plain_bytes,
+                    stored_bytes: sealed.stats.sealed_bytes,
+                    owner: None,
+                };
                 Ok((b, sealed.parts))
             }
         })
@@ -341,9 +346,24 @@ pub async fn capture(
     }
     for it in items.iter_mut().filter(|i| i.entry.kind == EntryKind::File) {
         it.entry.parts.sort_by_key(|p| p.file_offset);
-        it.entry.size = it.entry.parts.iter().map(|p| p.len).sum();
+        if it.ranges.is_none() {
+            it.entry.size = it.entry.parts.iter().map(|p| p.len).sum();
+        }
     }
     Ok(bundles)
+}
+
+/// What `items` read: (item, offset, length) of every file stretch, in order.
+pub fn spans(items: &[Item]) -> Vec<(usize, u64, u64)> {
+    let mut out = Vec::new();
+    for (n, i) in items.iter().enumerate().filter(|(_, i)| i.entry.kind == EntryKind::File) {
+        match &i.ranges {
+            None => out.push((n, 0, i.entry.size)),
+            Some(r) => out.extend(r.iter().filter(|(a, b)| a < b).map(|(a, b)| (n, *a, b - a))),
+        }
+    }
+    out.retain(|(_, _, len)| *len > 0);
+    out
 }
 
 #[cfg(test)]
@@ -352,12 +372,16 @@ mod tests {
 
     #[test]
     fn pack_splits_large_files_and_fills_bundles() {
-        let b = pack(&[(0, 10), (1, 25), (2, 0), (3, 5)], 16);
+        let b = pack(&[(0, 0, 10), (1, 0, 25), (3, 0, 5)], 16);
         let flat: Vec<Vec<(usize, u64, u64)>> =
             b.iter().map(|v| v.iter().map(|p| (p.item, p.file_offset, p.len)).collect()).collect();
         assert_eq!(flat, vec![vec![(0, 0, 10), (1, 0, 6)], vec![(1, 6, 16)], vec![(1, 22, 3), (3, 0, 5)]]);
         assert!(b.iter().all(|v| v.iter().map(|p| p.len).sum::<u64>() <= 16));
         assert!(pack(&[], 16).is_empty());
+        // Stretches of a file start where they say.
+        let b = pack(&[(0, 100, 10), (0, 300, 4)], 8);
+        let flat: Vec<(u64, u64)> = b.iter().flatten().map(|p| (p.file_offset, p.len)).collect();
+        assert_eq!(flat, vec![(100, 8), (108, 2), (300, 4)]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! of them (paths, parts, bundles).
 
 pub mod capture;
+pub mod incremental;
 pub mod restore;
 
 use std::path::Path;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Provider as ProviderKind};
 use crate::repo::Repository;
 use crate::snapshot::{BackupRef, Capture, Captured, Interrupt, Provider, RestoreInto};
+pub use incremental::Changes;
 
 /// One stretch of a file's bytes inside a bundle's plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +84,17 @@ pub struct Bundle {
     pub plain_bytes: u64,
     /// Stored (sealed) bytes.
     pub stored_bytes: u64,
+    /// The backup that stored it, when not the one whose manifest lists it (an incremental
+    /// backup's parts point into older backups' bundles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl Bundle {
+    /// The id of the backup whose prefix holds it, for a manifest of backup `listed_by`.
+    pub fn owner_id<'a>(&'a self, listed_by: &'a str) -> &'a str {
+        self.owner.as_deref().unwrap_or(listed_by)
+    }
 }
 
 /// The `files` provider over a repository; `cfg` gives what a capture needs (data
@@ -135,7 +148,7 @@ impl Provider for FilesProvider<'_> {
         let repo = self.repo;
         let mut problems = Vec::new();
         for (n, b) in captured.bundles.iter().enumerate() {
-            let key = repo.bundle_key(backup.id, &b.name);
+            let key = repo.bundle_key(b.owner_id(backup.id), &b.name);
             match repo.store().head(&key).await? {
                 None => problems.push(format!("bundle {} is missing ({key})", b.name)),
                 Some(meta) if meta.size != b.stored_bytes => problems
@@ -163,6 +176,86 @@ impl Provider for FilesProvider<'_> {
     }
 }
 
+/// What an incremental capture planned before copying: per item, the base's parts it keeps,
+/// and the notes of relation files read in full because of the WAL.
+struct Planned {
+    keep: Vec<(usize, Vec<Part>)>,
+    notes: Vec<incremental::FullCopyNote>,
+    files_full: u64,
+}
+
+/// Decides for every file what it reads and what it keeps from the base (`Item::ranges`).
+fn plan_incremental(items: &mut [capture::Item], ch: &Changes) -> Planned {
+    let empty = Vec::new();
+    let base_files = ch.base.as_ref().map_or(&empty, |b| &b.files);
+    let by_path: std::collections::HashMap<&str, &FileEntry> =
+        base_files.iter().map(|f| (f.path.as_str(), f)).collect();
+    let mut out = Planned { keep: Vec::new(), notes: Vec::new(), files_full: 0 };
+    if let Some(why) = &ch.everything {
+        out.notes.push(incremental::FullCopyNote { path: "*".into(), why: why.clone() });
+    }
+    for (n, it) in items.iter_mut().enumerate().filter(|(_, i)| i.entry.kind == EntryKind::File) {
+        let base = by_path.get(it.entry.path.as_str()).copied();
+        match incremental::decide(&it.entry.path, base, ch) {
+            incremental::Decision::Full(why) => {
+                out.files_full += 1;
+                if let Some(why) = why {
+                    out.notes.push(incremental::FullCopyNote { path: it.entry.path.clone(), why });
+                }
+            }
+            incremental::Decision::Blocks { changed, valid_end } => {
+                let none: &[Part] = &[];
+                let base = base.map_or(none, |b| &b.parts[..]);
+                let plan = incremental::plan_file(it.entry.size, &changed, valid_end, base);
+                it.ranges = Some(plan.copy);
+                out.keep.push((n, plan.keep));
+            }
+        }
+    }
+    out
+}
+
+/// Adds the kept parts to their files (their bundles listed after this backup's own, named
+/// by the backup that stored them) and records how the backup was taken.
+fn finish_incremental(
+    items: &mut [capture::Item],
+    bundles: &mut Vec<Bundle>,
+    ch: &Changes,
+    planned: Planned,
+) -> anyhow::Result<incremental::IncrementalInfo> {
+    let base = ch.base.as_ref().ok_or_else(|| anyhow::anyhow!("an incremental backup without a base"))?;
+    let mut borrowed = incremental::Borrowed::new(bundles.len());
+    let mut info = incremental::IncrementalInfo {
+        base: base.id.clone(),
+        since_lsn: base.start_lsn.to_string(),
+        files_full: planned.files_full,
+        files_blocks: planned.keep.len() as u64,
+        full_copies: planned.notes,
+        ..Default::default()
+    };
+    for (n, keep) in planned.keep {
+        let entry = &mut items[n].entry;
+        for mut p in keep {
+            p.bundle = borrowed.map(base, p.bundle).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "base backup {} lists a part of {} in bundle {}, which it does not have",
+                    base.id,
+                    entry.path,
+                    p.bundle
+                )
+            })?;
+            info.bytes_kept += p.len;
+            entry.parts.push(p);
+        }
+        entry.parts.sort_by_key(|p| p.file_offset);
+        // Up to the last byte held: a read cut short (the file shrank meanwhile) leaves no tail of zeros.
+        entry.size = entry.parts.iter().map(|p| p.file_offset + p.len).max().unwrap_or(0);
+    }
+    info.bytes_copied = bundles.iter().map(|b| b.plain_bytes).sum();
+    bundles.extend(borrowed.bundles);
+    Ok(info)
+}
+
 /// A files backup in progress: the copy happens inside backup mode, nothing is left to
 /// settle after it.
 struct FilesCapture<'a> {
@@ -176,14 +269,15 @@ struct FilesCapture<'a> {
 
 #[async_trait]
 impl Capture for FilesCapture<'_> {
-    async fn capture(&mut self, mut interrupt: Interrupt<'_>) -> anyhow::Result<()> {
+    async fn capture(&mut self, changes: Option<Changes>, mut interrupt: Interrupt<'_>) -> anyhow::Result<()> {
         let copy = async {
             let dd = self.data_dir.to_path_buf();
             let mut items = tokio::task::spawn_blocking(move || capture::walk(&dd)).await??;
-            let total: u64 = items.iter().map(|i| i.entry.size).sum();
+            let planned = changes.as_ref().map(|ch| plan_incremental(&mut items, ch));
+            let total: u64 = capture::spans(&items).iter().map(|s| s.2).sum();
             let pb = crate::snapshot::progress::files_bar(total, items.len() as u64, "backup");
             let pb2 = pb.clone();
-            let bundles = capture::capture(
+            let mut bundles = capture::capture(
                 self.repo,
                 &self.id,
                 &mut items,
@@ -193,7 +287,16 @@ impl Capture for FilesCapture<'_> {
             )
             .await?;
             pb.finish_and_clear();
-            anyhow::Ok(Captured { files: items.into_iter().map(|i| i.entry).collect(), bundles, ebs: None })
+            let incremental = match (changes, planned) {
+                (Some(ch), Some(planned)) => Some(finish_incremental(&mut items, &mut bundles, &ch, planned)?),
+                _ => None,
+            };
+            anyhow::Ok(Captured {
+                files: items.into_iter().map(|i| i.entry).collect(),
+                bundles,
+                ebs: None,
+                incremental,
+            })
         };
         tokio::select! {
             r = copy => {

@@ -93,16 +93,20 @@ pub async fn download(
     Ok(())
 }
 
-/// The running checksum of the part being written: CRC-32C, or SHA-256 for older backups.
+/// The running checksum of the part being written: CRC-32C, or SHA-256 for older backups;
+/// none for a piece of an older backup's part (an incremental backup keeps a range of it,
+/// whose bytes the bundle's AEAD tags cover).
 enum PartCheck {
     Crc(u32),
     Sha(Sha256),
+    Piece,
 }
 
 impl PartCheck {
     fn for_part(part: Option<&Part>) -> PartCheck {
         match part {
             Some(p) if p.crc32c.is_none() && !p.sha256.is_empty() => PartCheck::Sha(Sha256::new()),
+            Some(p) if p.crc32c.is_none() => PartCheck::Piece,
             _ => PartCheck::Crc(0),
         }
     }
@@ -111,6 +115,7 @@ impl PartCheck {
         match self {
             PartCheck::Crc(c) => *c = crc32c::crc32c_append(*c, data),
             PartCheck::Sha(h) => h.update(data),
+            PartCheck::Piece => {}
         }
     }
 }
@@ -127,6 +132,8 @@ struct PartSink {
     error: Option<String>,
     /// Only check checksums; write nothing (verify --deep).
     dry: bool,
+    /// The bundle is an older backup's: bytes past the last part listed are not an error.
+    borrowed: bool,
 }
 
 impl PartSink {
@@ -141,6 +148,10 @@ impl Write for PartSink {
         let total = buf.len();
         while !buf.is_empty() {
             let Some((dest, rel, part)) = self.parts.get(self.idx).cloned() else {
+                if self.borrowed {
+                    // An older backup's bundle: this manifest uses only some of its bytes.
+                    return Ok(total);
+                }
                 return Err(self.fail(format!("bundle {} holds more bytes than its manifest lists", self.bundle)));
             };
             if self.pos < part.offset {
@@ -188,6 +199,7 @@ impl PartSink {
                 let got = hex::encode(h.finalize());
                 (got == part.sha256, format!("sha256 {}", part.sha256), got)
             }
+            PartCheck::Piece => (true, String::new(), String::new()),
         };
         if !ok {
             return Err(self
@@ -224,15 +236,22 @@ async fn restore_bundle(
         bail!("backup {} lists parts in bundle {n}, which its manifest does not have", backup.id);
     };
     let name = bundle.name.clone();
-    let key = repo.bundle_key(backup.id, &name);
+    let owner = bundle.owner_id(backup.id);
+    let borrowed = bundle.owner.is_some();
+    let key = repo.bundle_key(owner, &name);
     let Some(sealed) = repo.store().get_bytes(&key).await? else {
-        bail!("bundle {name} of backup {} is missing from the repository ({key}); run `tidemark verify`", backup.id);
+        let whose = if owner == backup.id { String::new() } else { format!(", stored by backup {owner}") };
+        bail!(
+            "bundle {name} of backup {}{whose} is missing from the repository ({key}); run `tidemark verify`",
+            backup.id
+        );
     };
     let ring = repo.keyring().clone();
     let plain = bundle.plain_bytes;
     tokio::task::spawn_blocking(move || {
         let check = PartCheck::for_part(parts.first().map(|p| &p.2));
-        let mut sink = PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: name.clone(), error: None, dry };
+        let mut sink =
+            PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: name.clone(), error: None, dry, borrowed };
         let res = sink
             .finish_empty()
             .map_err(|e| e.to_string())
@@ -278,7 +297,17 @@ mod tests {
 
     fn sink(parts: Vec<(PathBuf, String, Part)>) -> PartSink {
         let check = PartCheck::for_part(parts.first().map(|p| &p.2));
-        PartSink { parts, idx: 0, pos: 0, file: None, check, bundle: "b000000".into(), error: None, dry: false }
+        PartSink {
+            parts,
+            idx: 0,
+            pos: 0,
+            file: None,
+            check,
+            bundle: "b000000".into(),
+            error: None,
+            dry: false,
+            borrowed: false,
+        }
     }
 
     #[test]

@@ -340,6 +340,16 @@ impl BlockRefs {
         out
     }
 
+    /// The summary with what begins at or after `lsn` not known left out (a record being
+    /// written when a live segment was read): the blocks stay, more than needed is safe.
+    pub fn forget_unknown_from(mut self, lsn: u64) -> BlockRefs {
+        self.unknown.retain(|u| u.lsn < lsn);
+        if self.open.as_ref().is_some_and(|o| o.lsn >= lsn) {
+            self.open = None;
+        }
+        self
+    }
+
     /// What an incremental copy of this stretch must take in full (see [`FullCopy`]).
     pub fn copy_in_full(&self) -> FullCopy {
         let mut full = FullCopy { everything: !self.complete(), ..FullCopy::default() };
