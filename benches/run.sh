@@ -11,7 +11,12 @@
 #   fetch    the restore_command pattern: serial calls
 #            (tidemark prefetch vs pgBackRest async archive-get)
 #   backup / restore   of a pgbench database of about $SCALE*15 MB
-#            (tidemark files provider vs pgbackrest --type=full / restore)
+#            (tidemark files provider vs pgbackrest --type=full / restore, bundling and
+#            block incremental on)
+#   incremental        after one row in every 20th block of pgbench_accounts is updated
+#            (5% of its blocks): bytes stored, time, and a restore from it
+#            (tidemark backup create --incremental vs pgbackrest --type=incr with
+#            repo1-bundle=y repo1-block=y)
 #   S3=1 (default) repeats archive and fetch against one local moto S3 server (TLS).
 # Prints one markdown table and writes it to benches/RESULTS.md.
 # Runs as root; PostgreSQL and both tools run as the postgres user.
@@ -226,6 +231,7 @@ lock-path=$pbw/lock
 log-level-console=warn
 log-level-file=off
 start-fast=y
+$([ "${PB_BLOCK:-0}" = 1 ] && printf 'repo1-bundle=y\nrepo1-block=y\n')
 
 [bench]
 pg1-path=$1
@@ -373,46 +379,74 @@ if [ "${SKIP_BACKUP:-0}" != 1 ]; then
   warm() { find "$src/base" "$src/global" -type f -exec cat {} + >/dev/null; sync; }
   start_src
   tm_conf "$src" "$tmw/repo-backup"
-  warm
-  sed -i "s#^archive_command = .*#archive_command = '$TM --config $tmw/tidemark.toml wal-push %p'#" "$src/postgresql.conf"
-  pgsql "select pg_reload_conf()" >/dev/null
-  t0=$(date +%s%N)
-  /usr/bin/time -f "%M" -o "$BENCH/tm-backup.rss" runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" backup create --wait >/dev/null
-  t1=$(date +%s%N); tm_b=$(mbs "$db_mb" "$t0" "$t1")
-  pb_conf "$src"
+  PB_BLOCK=1 pb_conf "$src"
   as_pg $PB stanza-create >/dev/null # the S3 legs wiped the directory repository
-  sed -i "s#^archive_command = .*#archive_command = '$PB archive-push %p'#" "$src/postgresql.conf"
+  # Both tools archive every segment from here on: the incremental backups need the WAL
+  # since their full backups (tidemark reads its block references from it).
+  sed -i "s#^archive_command = .*#archive_command = '$TM --config $tmw/tidemark.toml wal-push %p \&\& $PB archive-push %p'#" "$src/postgresql.conf"
   pgsql "select pg_reload_conf()" >/dev/null
+  warm
+  t0=$(date +%s%N)
+  /usr/bin/time -f "%M" -o "$BENCH/tm-backup.rss" runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" backup create --wait --output json > "$BENCH/tm-full.json"
+  t1=$(date +%s%N); tm_b=$(mbs "$db_mb" "$t0" "$t1")
+  tm_full=$(python3 -c "import json; print(json.load(open('$BENCH/tm-full.json'))['id'])")
   warm
   t0=$(date +%s%N)
   /usr/bin/time -f "%M" -o "$BENCH/pb-backup.rss" runuser -u postgres -- $PB backup --type=full >/dev/null
   t1=$(date +%s%N); pb_b=$(mbs "$db_mb" "$t0" "$t1")
-  stop_src
+  pb_full=$(as_pg $PB info --output=json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['backup'][-1]['label'])")
   row "backup MB/s ($db_mb MB database)" "$tm_b" "$pb_b" "$(ratio "$tm_b" "$pb_b")" "$ceiling"
   row "backup peak RSS MiB" "$(($(cat "$BENCH/tm-backup.rss") / 1024))" "$(($(cat "$BENCH/pb-backup.rss") / 1024))" "" ""
 
-  say "restore (best of two rounds, alternating)"
+  say "incremental: one row in every 20th block of pgbench_accounts updated"
+  blocks=$(pgsql "select pg_relation_size('pgbench_accounts') / current_setting('block_size')::int")
+  pgsql "update pgbench_accounts set abalance = abalance + 1 where ctid = any (array(select format('(%s,1)', b)::tid from generate_series(0, $blocks - 1, 20) b))" >/dev/null
+  changed=$(pgsql "select count(*) from generate_series(0, $blocks - 1, 20)")
+  warm
+  t0=$(date +%s%N)
+  runuser -u postgres -- "$TM" --config "$tmw/tidemark.toml" backup create --wait --incremental --output json > "$BENCH/tm-incr.json"
+  t1=$(date +%s%N); tm_i_ms=$(( (t1 - t0) / 1000000 ))
+  tm_incr=$(python3 -c "import json; print(json.load(open('$BENCH/tm-incr.json'))['id'])")
+  python3 -c "import json,sys; i=json.load(open('$BENCH/tm-incr.json'))['incremental']; sys.exit(0 if i and i['base']=='$tm_full' else 1)" ||
+    { say "tidemark's incremental backup did not build on $tm_full: $(cat "$BENCH/tm-incr.json")"; exit 1; }
+  tm_i_bytes=$(du -sb "$tmw/repo-backup/clusters/bench/backups/$tm_incr" | cut -f1)
+  warm
+  t0=$(date +%s%N)
+  runuser -u postgres -- $PB backup --type=incr >/dev/null
+  t1=$(date +%s%N); pb_i_ms=$(( (t1 - t0) / 1000000 ))
+  pb_incr=$(as_pg $PB info --output=json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['backup'][-1]['label'])")
+  pb_i_bytes=$(du -sb "$pbw/repo/backup/bench/$pb_incr" | cut -f1)
+  stop_src
+  mib() { python3 -c "print(f'{$1/1048576:.1f}')"; }
+  row "incremental backup, MiB stored ($changed of $blocks blocks changed)" "$(mib "$tm_i_bytes")" "$(mib "$pb_i_bytes")" "$(ratio "$pb_i_bytes" "$tm_i_bytes")" ""
+  row "incremental backup, seconds" "$(python3 -c "print($tm_i_ms/1000)")" "$(python3 -c "print($pb_i_ms/1000)")" "$(ratio "$pb_i_ms" "$tm_i_ms")" ""
+
+  say "restore (best of two rounds, alternating), from the full backups and from the incrementals"
   # A restore writes 2 GB into a page cache that the previous steps filled, and how long the
   # kernel takes to make room depends on what ran just before (seen here: either tool is
   # 20-60% slower when it runs second). Each tool restores twice, alternating, into a fresh
   # directory after a sync, and keeps its faster round.
-  tm_ms=; pb_ms=
-  for round in 1 2; do
-    rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces"
-    sync
-    t0=$(date +%s%N)
-    "$TM" --config "$tmw/tidemark.toml" restore --latest --target-dir "$BENCH/r-tm" >/dev/null
-    t1=$(date +%s%N); ms=$(( (t1 - t0) / 1000000 )); [ -z "$tm_ms" ] || [ "$ms" -lt "$tm_ms" ] && tm_ms=$ms
-    rm -rf "$BENCH/r-pb"
-    mkdir -p "$BENCH/r-pb"; chown postgres:postgres "$BENCH/r-pb"; chmod 700 "$BENCH/r-pb"
-    sync
-    t0=$(date +%s%N)
-    runuser -u postgres -- $PB --pg1-path="$BENCH/r-pb" restore >/dev/null
-    t1=$(date +%s%N); ms=$(( (t1 - t0) / 1000000 )); [ -z "$pb_ms" ] || [ "$ms" -lt "$pb_ms" ] && pb_ms=$ms
+  for leg in full incr; do
+    if [ $leg = full ]; then tm_set=(--backup "$tm_full"); pb_set=(--set="$pb_full"); else tm_set=(--backup "$tm_incr"); pb_set=(--set="$pb_incr"); fi
+    tm_ms=; pb_ms=
+    for round in 1 2; do
+      rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces"
+      sync
+      t0=$(date +%s%N)
+      "$TM" --config "$tmw/tidemark.toml" restore --latest "${tm_set[@]}" --target-dir "$BENCH/r-tm" >/dev/null
+      t1=$(date +%s%N); ms=$(( (t1 - t0) / 1000000 )); [ -z "$tm_ms" ] || [ "$ms" -lt "$tm_ms" ] && tm_ms=$ms
+      rm -rf "$BENCH/r-pb"
+      mkdir -p "$BENCH/r-pb"; chown postgres:postgres "$BENCH/r-pb"; chmod 700 "$BENCH/r-pb"
+      sync
+      t0=$(date +%s%N)
+      runuser -u postgres -- $PB --pg1-path="$BENCH/r-pb" restore "${pb_set[@]}" >/dev/null
+      t1=$(date +%s%N); ms=$(( (t1 - t0) / 1000000 )); [ -z "$pb_ms" ] || [ "$ms" -lt "$pb_ms" ] && pb_ms=$ms
+    done
+    tm_r=$(mbs "$db_mb" 0 $((tm_ms * 1000000))); pb_r=$(mbs "$db_mb" 0 $((pb_ms * 1000000)))
+    rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces" "$BENCH/r-pb"
+    if [ $leg = full ]; then row "restore MB/s" "$tm_r" "$pb_r" "$(ratio "$tm_r" "$pb_r")" ""
+    else row "restore MB/s, from the incremental" "$tm_r" "$pb_r" "$(ratio "$tm_r" "$pb_r")" ""; fi
   done
-  tm_r=$(mbs "$db_mb" 0 $((tm_ms * 1000000))); pb_r=$(mbs "$db_mb" 0 $((pb_ms * 1000000)))
-  rm -rf "$BENCH/r-tm" "$BENCH/r-tm.tablespaces" "$BENCH/r-pb"
-  row "restore MB/s" "$tm_r" "$pb_r" "$(ratio "$tm_r" "$pb_r")" ""
 fi
 
 # ---------------------------------------------------------------- report

@@ -226,3 +226,74 @@ pub async fn base_for(
         Err(why) => Err(why),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::backup::tests::old_manifest;
+    use crate::catalog::backup::IncrementalInfo;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        backup::time_format::parse(t).unwrap()
+    }
+
+    fn done(id: &str, start: &str, lsn: u64, kept: Option<u64>) -> Manifest {
+        let mut m = old_manifest("automatic", "completed", start);
+        m.id = id.into();
+        m.start_lsn = Lsn(lsn);
+        m.stop_lsn = Some(Lsn(lsn + 0x100));
+        m.incremental = kept.map(|k| IncrementalInfo { base: "x".into(), bytes_kept: k, ..Default::default() });
+        m
+    }
+
+    fn cfg(incremental: bool, days: u32) -> Config {
+        let mut c = Config::default();
+        c.backup.incremental = incremental;
+        c.backup.full_every_days = days;
+        c
+    }
+
+    #[test]
+    fn the_base_is_the_newest_completed_backup_of_the_same_server_timeline_and_major() {
+        let now = at("2026-12-05T03:00:00Z");
+        let mut failed = done("F", "2026-12-04T03:00:00Z", 0x9000000, None);
+        failed.state = BackupState::Failed;
+        let backups = vec![
+            done("A", "2026-12-01T03:00:00Z", 0x1000000, None),
+            done("B", "2026-12-02T03:00:00Z", 0x2000000, Some(10)),
+            failed,
+        ];
+        let on = cfg(true, 7);
+        let pick =
+            |level, c: &Config, bs: &[Manifest]| choose_base(bs, level, c, now, "1", 1, 150004).map(|m| m.id.clone());
+        assert_eq!(pick(Level::Incremental, &on, &backups), Ok("B".into()), "failed ones are never a base");
+        assert_eq!(pick(Level::Configured, &on, &backups), Ok("B".into()));
+        assert!(pick(Level::Full, &on, &backups).is_err());
+        assert_eq!(pick(Level::Configured, &cfg(false, 7), &backups), Err("backup.incremental is off".into()));
+        assert_eq!(pick(Level::Incremental, &cfg(false, 7), &backups), Ok("B".into()), "asked for by hand");
+        // The newest full (A) is four days old: with a full every three days, a full one.
+        let e = pick(Level::Configured, &cfg(true, 3), &backups).unwrap_err();
+        assert!(e.contains("4 days old"), "{e}");
+        assert_eq!(
+            pick(Level::Incremental, &cfg(true, 3), &backups),
+            Ok("B".into()),
+            "by hand it is still incremental"
+        );
+        // An incremental that kept nothing counts as full.
+        let mut all_new = backups.clone();
+        all_new[1].incremental.as_mut().unwrap().bytes_kept = 0;
+        all_new[1].start_time = at("2026-12-04T03:00:00Z");
+        assert_eq!(pick(Level::Configured, &cfg(true, 3), &all_new), Ok("B".into()));
+
+        let e = choose_base(&backups, Level::Incremental, &on, now, "2", 1, 150004).unwrap_err();
+        assert!(e.contains("no completed files backup"), "another server's backups: {e}");
+        let e = choose_base(&backups, Level::Incremental, &on, now, "1", 2, 150004).unwrap_err();
+        assert!(e.contains("timeline 1, the server on 2"), "{e}");
+        let e = choose_base(&backups, Level::Incremental, &on, now, "1", 1, 160001).unwrap_err();
+        assert!(e.contains("PostgreSQL 15"), "{e}");
+        assert!(pick(Level::Incremental, &on, &[]).unwrap_err().contains("no completed files backup"));
+        let mut ebs = on.clone();
+        ebs.backup.provider = ProviderKind::Ebs;
+        assert!(pick(Level::Incremental, &ebs, &backups).unwrap_err().contains("ebs"));
+    }
+}
