@@ -157,8 +157,8 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     // Marked first: a backup that starts from now on never takes this one as its base.
     let keep = referenced(repo, id).await?;
     let pb = crate::snapshot::progress::count_bar(m.bundles.len() as u64, &format!("purge {id}"), "bundles");
-    let mut kept = 0usize;
-    for (i, b) in m.bundles.iter().enumerate() {
+    let (mut kept, mut deleted) = (0usize, 0usize);
+    for b in &m.bundles {
         pb.inc(1);
         let key = m.bundle_key(repo, b);
         if keep.contains(&key) {
@@ -172,7 +172,8 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
             }
         }
         repo.store().delete(&key).await?;
-        if i == 0 {
+        deleted += 1;
+        if deleted == 1 {
             failpoint("purge-mid-data");
         }
     }

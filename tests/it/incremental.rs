@@ -89,6 +89,7 @@ fn scenario(url: &str, endpoint: Option<&str>, daemon: bool) {
     let fresh_path = pg.sql("select pg_relation_filepath('fresh')");
     let inc1 = backup(&tm, true);
     let b = inc1["id"].as_str().unwrap().to_string();
+    eprintln!("full: {full}\nfirst incremental: {inc1}");
     let i = &inc1["incremental"];
     assert_eq!(i["base"], a.as_str(), "{inc1}");
     let (copied, kept) = (i["bytes_copied"].as_u64().unwrap(), i["bytes_kept"].as_u64().unwrap());
@@ -126,11 +127,12 @@ fn scenario(url: &str, endpoint: Option<&str>, daemon: bool) {
 
     // kill -9 in the middle of an incremental: nothing listed lacks data.
     let mut killed = tm.cmd_as_postgres(&["backup", "create", "--wait", "--incremental"]);
-    let o = killed.env("TIDEMARK_FAILPOINT", "backup-copy").output().unwrap();
-    assert!(!o.status.success(), "the failpoint did not fire: {}", stderr(&o));
+    let o = killed.env("TIDEMARK_FAILPOINT", "backup-after-bundle").output().unwrap();
+    assert!(stderr(&o).contains("failpoint backup-after-bundle"), "the failpoint did not fire: {}", stderr(&o));
 
     let inc2 = backup(&tm, true);
     let c = inc2["id"].as_str().unwrap().to_string();
+    eprintln!("second incremental: {inc2}");
     assert_eq!(inc2["incremental"]["base"], b.as_str(), "{inc2}");
     let m = show(&tm, &c);
     let notes = m["incremental"]["full_copies"].as_array().unwrap();
@@ -165,8 +167,10 @@ fn scenario(url: &str, endpoint: Option<&str>, daemon: bool) {
     assert!(deep.status.success(), "verify --deep: {}\n{}", stdout(&deep), stderr(&deep));
 
     // kill -9 while purging the full backup, then the purge again: the incrementals stay whole.
-    let o = tm.cmd(&["backup", "purge", &a, "--yes"]).env("TIDEMARK_FAILPOINT", "purge-after-mark").output().unwrap();
-    assert!(!o.status.success(), "the failpoint did not fire: {}", stderr(&o));
+    let o =
+        tm.cmd(&["backup", "purge", &a, "--yes"]).env("TIDEMARK_FAILPOINT", "purge-before-record").output().unwrap();
+    assert!(stderr(&o).contains("failpoint purge-before-record"), "the failpoint did not fire: {}", stderr(&o));
+    restore_exact(&tm, &pg, "c-while-a-half-purged", &["--backup", &c, "--latest"], &latest);
     run_ok(&mut tm.cmd(&["backup", "purge", &a, "--yes"]));
     let left = keys(&*store, &rt, &format!("clusters/incr/backups/{a}/"));
     assert!(!left.is_empty() && left.iter().all(|k| k.contains("/data/b")), "A keeps only bundles: {left:?}");

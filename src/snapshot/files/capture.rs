@@ -323,6 +323,11 @@ pub async fn capture(
                 if repo.store().commit_if_absent(&key, sealed.staged).await? == PutOutcome::Exists {
                     anyhow::bail!("{key} already exists in the repository: backup ids are never reused");
                 }
+                if n == 0 && std::env::var("TIDEMARK_FAILPOINT").is_ok_and(|v| v == "backup-after-bundle") {
+                    // Test hook (as `sweep::purge::failpoint`, a layer above): killed with data stored.
+                    eprintln!("tidemark: failpoint backup-after-bundle: aborting");
+                    std::process::abort();
+                }
                 progress(sealed.stats.plain_bytes);
                 let b = Bundle {
                     name,
