@@ -158,6 +158,8 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
     let keep = referenced(repo, id).await?;
     let pb = crate::snapshot::progress::count_bar(m.bundles.len() as u64, &format!("purge {id}"), "bundles");
     let (mut kept, mut deleted) = (0usize, 0usize);
+    // Whether each owner of borrowed bundles is still listed: one manifest read per owner.
+    let mut owner_listed: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
     for b in &m.bundles {
         pb.inc(1);
         let key = m.bundle_key(repo, b);
@@ -165,9 +167,16 @@ pub async fn purge(repo: &Repository, id: &str) -> anyhow::Result<()> {
             kept += 1;
             continue;
         }
-        if let Some(owner) = &b.owner {
+        if let Some(owner) = b.owner.as_deref() {
             // Another backup's bundle: while that backup is listed, its own purge deletes it.
-            if backup::load(repo, owner).await?.is_some_and(|o| o.state != BackupState::Purging) {
+            let listed = match owner_listed.get(owner) {
+                Some(l) => *l,
+                None => {
+                    let l = backup::load(repo, owner).await?.is_some_and(|o| o.state != BackupState::Purging);
+                    *owner_listed.entry(owner).or_insert(l)
+                }
+            };
+            if listed {
                 continue;
             }
         }

@@ -23,7 +23,7 @@ pub const DEFAULT_TABLESPACE: u32 = 1663;
 pub const GLOBAL_TABLESPACE: u32 = 1664;
 
 /// The base backup an incremental one builds on: its id and what its manifest lists.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Base {
     /// Backup id.
     pub id: String,
@@ -39,7 +39,7 @@ pub struct Base {
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
     /// The base.
-    pub base: Option<Base>,
+    pub base: Base,
     /// The merged block references from the base's start to this backup's start.
     pub refs: BlockRefs,
     /// Set when the references cannot be trusted anywhere: every file is copied in full.
@@ -62,7 +62,7 @@ impl Changes {
     /// and tablespaces changed, or everything when a record is not known).
     pub fn from_refs(refs: BlockRefs, base: Base, block_size: u64, relseg_blocks: u64) -> Changes {
         let full = refs.copy_in_full();
-        let mut c = Changes { base: Some(base), block_size, relseg_blocks, ..Changes::default() };
+        let mut c = Changes { base, block_size, relseg_blocks, ..Changes::default() };
         if full.everything {
             let why = refs.unknown().first().map_or_else(
                 || "a record at the end of the WAL read is incomplete".to_string(),

@@ -186,10 +186,8 @@ struct Planned {
 
 /// Decides for every file what it reads and what it keeps from the base (`Item::ranges`).
 fn plan_incremental(items: &mut [capture::Item], ch: &Changes) -> Planned {
-    let empty = Vec::new();
-    let base_files = ch.base.as_ref().map_or(&empty, |b| &b.files);
     let by_path: std::collections::HashMap<&str, &FileEntry> =
-        base_files.iter().map(|f| (f.path.as_str(), f)).collect();
+        ch.base.files.iter().map(|f| (f.path.as_str(), f)).collect();
     let mut out = Planned { keep: Vec::new(), notes: Vec::new(), files_full: 0 };
     if let Some(why) = &ch.everything {
         out.notes.push(incremental::FullCopyNote { path: "*".into(), why: why.clone() });
@@ -223,7 +221,7 @@ fn finish_incremental(
     ch: &Changes,
     planned: Planned,
 ) -> anyhow::Result<incremental::IncrementalInfo> {
-    let base = ch.base.as_ref().ok_or_else(|| anyhow::anyhow!("an incremental backup without a base"))?;
+    let base = &ch.base;
     let mut borrowed = incremental::Borrowed::new(bundles.len());
     let mut info = incremental::IncrementalInfo {
         base: base.id.clone(),
